@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs `ansible-test sanity` on a copy of the collection placed where ansible-test wants it:
+# <somewhere>/ansible_collections/pgbackup/lowlevel. Only files git knows (tracked or not ignored) are copied.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VENV:-$here/.venv}
+dest=$here/build/sanity/ansible_collections/pgbackup/lowlevel
+
+"$here/scripts/ansible-test-offline-pip.sh" "$venv"
+
+rm -rf "$dest"
+mkdir -p "$dest"
+(cd "$here" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$dest"
+
+cd "$dest"
+# --venv: ansible-test makes one virtualenv per sanity test with the exact tool versions it pins.
+exec "$venv/bin/ansible-test" sanity --venv --python 3.11 --color no "$@"
