@@ -13,5 +13,8 @@ mkdir -p "$dest"
 (cd "$here" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$dest"
 
 cd "$dest"
+# The copy lives inside our checkout, where it is git-ignored; ansible-test asks git for the file list,
+# so the copy gets a repository of its own.
+git init -q . && git add -A
 # --venv: ansible-test makes one virtualenv per sanity test with the exact tool versions it pins.
 exec "$venv/bin/ansible-test" sanity --venv --python 3.11 --color no "$@"

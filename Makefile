@@ -1,0 +1,51 @@
+# The two commands a newcomer needs (both set everything up on a fresh Debian 12 machine, as root):
+#   make demo   - the main job on a local sandbox (a primary and a streaming standby)
+#   make test   - every check: ruff, ansible-lint, ansible-test sanity, unit and integration tests
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+BUILD := $(CURDIR)/build
+DEMO_DIR := $(BUILD)/demo
+COLLECTIONS := $(BUILD)/installed
+VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
+TARBALL := $(BUILD)/pgbackup-lowlevel-$(VERSION).tar.gz
+# PG_VERSIONS="13 18" narrows the integration tests to some majors (default: 13 to 18).
+export PG_VERSIONS
+
+.PHONY: demo test deps system-deps venv build lint sanity units integration clean
+
+deps: system-deps venv
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+venv:
+	@bash scripts/bootstrap-venv.sh
+
+build: venv
+	@mkdir -p $(BUILD)
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(BUILD) .
+	$(VENV)/bin/ansible-galaxy collection install --force -p $(COLLECTIONS) $(TARBALL)
+
+demo: deps build
+	@bash scripts/demo.sh "$(VENV)" "$(DEMO_DIR)" "$(COLLECTIONS)"
+
+test: deps
+	$(MAKE) lint sanity units integration
+
+lint: venv
+	$(VENV)/bin/ruff check plugins tests scripts bench
+	$(VENV)/bin/ruff format --check plugins tests scripts bench
+	$(VENV)/bin/ansible-lint --offline --profile production
+
+sanity: venv
+	bash scripts/sanity.sh
+
+units: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: deps
+	$(VENV)/bin/pytest -q tests/integration
+
+clean:
+	rm -rf $(BUILD) .pytest_cache .ruff_cache .hypothesis

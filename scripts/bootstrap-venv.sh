@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates .venv with Python 3.11+ and the pinned development requirements.
+# Re-installs only when requirements-dev.txt changed since the last install (stamp holds its hash).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VENV:-$here/.venv}
+stamp=$venv/.requirements-dev.sha256
+want=$(sha256sum "$here/requirements-dev.txt" | cut -d' ' -f1)
+
+if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      python=$candidate
+      break
+    fi
+  done
+fi
+[ -n "$python" ] || { echo "Python 3.11 or newer is needed (found none on PATH); on Debian 12: apt-get install python3" >&2; exit 1; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  if ! "$python" -m venv "$venv" 2>/dev/null; then
+    # Debian splits venv/ensurepip into python3-venv.
+    rm -rf "$venv"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    "$python" -m venv "$venv"
+  fi
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements-dev.txt"
+echo "$want" > "$stamp"
