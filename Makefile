@@ -36,7 +36,7 @@ test: deps
 lint: venv
 	$(VENV)/bin/ruff check plugins tests scripts bench
 	$(VENV)/bin/ruff format --check plugins tests scripts bench
-	$(VENV)/bin/ansible-lint --offline --profile production
+	PATH="$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --offline --profile production
 
 sanity: venv
 	bash scripts/sanity.sh
