@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -170,4 +171,5 @@ class Cluster:
     def client(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run one of Debian 15's client tools against this cluster over its socket."""
         argv = [str(client_bindir() / tool), "-h", str(self.socket_dir), "-p", str(self.port), "-U", OS_USER, *args]
-        return subprocess.run(argv, check=check, capture_output=True, text=True)
+        env = dict(os.environ, PGDATABASE="postgres")
+        return subprocess.run(argv, check=check, capture_output=True, text=True, env=env)

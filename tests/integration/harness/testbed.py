@@ -50,6 +50,7 @@ class Load:
 
 
 class Testbed:
+    __test__ = False  # not a pytest test class
     def __init__(self, mode: str = "local", hosts: tuple = ("db1", "db2"), run_dir: Optional[Path] = None) -> None:
         if mode not in ("local", "netns"):
             raise ValueError(f"mode must be local or netns, not {mode!r}")
