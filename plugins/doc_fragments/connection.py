@@ -1,0 +1,80 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The connection options shared by every module that talks to a PostgreSQL server."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # Defined in code by connection_argument_spec() in plugins/module_utils/connection.py; keep both in step.
+    DOCUMENTATION = r"""
+options:
+  login_host:
+    description:
+      - Host name or IP address of the PostgreSQL server, or a directory holding its Unix socket
+        (anything libpq accepts as C(host)).
+      - If not set, the environment variable E(PGHOST) on the host the module runs on is used;
+        without either, libpq connects over its default Unix socket.
+      - O(login_unix_socket) takes precedence when both are set.
+    type: str
+  login_port:
+    description:
+      - TCP port of the server, or the number in its Unix socket's name.
+      - If not set, the environment variable E(PGPORT) is used, then V(5432).
+    type: int
+    default: 5432
+  login_user:
+    description:
+      - Role to connect as.
+      - If not set, the environment variable E(PGUSER) is used, then V(postgres).
+    type: str
+    default: postgres
+  login_password:
+    description:
+      - Password of O(login_user).
+      - If not set, the environment variable E(PGPASSWORD) is used; without either, libpq may still
+        find one in C(~/.pgpass) (or the file named by E(PGPASSFILE)) of the user the module runs as.
+      - The password never appears in messages or returned values.
+    type: str
+  login_unix_socket:
+    description:
+      - Directory of the server's Unix socket, for example C(/var/run/postgresql).
+      - Takes precedence over O(login_host).
+    type: path
+  login_db:
+    description:
+      - Database to connect to.
+      - If not set, the environment variable E(PGDATABASE) is used; without either, libpq uses a
+        database named like O(login_user).
+    type: str
+  ssl_mode:
+    description:
+      - libpq's C(sslmode) for the connection.
+      - If not set, libpq's default applies (E(PGSSLMODE), otherwise V(prefer)).
+    type: str
+    choices: [disable, allow, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description:
+      - File of certificate authorities the server's certificate is checked against (libpq's C(sslrootcert)).
+      - Only used with O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
+    type: path
+  connect_params:
+    description:
+      - Further libpq connection keywords, for example C(sslcert), C(sslkey), C(target_session_attrs),
+        C(keepalives_idle), C(connect_timeout) or C(passfile).
+      - C(connect_timeout) is V(10) seconds unless set here.
+      - Keywords that have an option above (C(host), C(port), C(user), C(password), C(dbname), C(sslmode),
+        C(sslrootcert)) are refused, and so are C(application_name), C(options) and C(replication), which the
+        collection sets itself.
+    type: dict
+    default: {}
+notes:
+  - Connection options can be set once per play for every module of the collection that connects to
+    PostgreSQL with C(module_defaults) and the action group C(group/pgbackup.lowlevel.postgres).
+  - The connection is made with psycopg2 directly to the server (not through a pooler in transaction
+    mode), with C(application_name) set to C(pgbackup.lowlevel/<module>) and C(statement_timeout=0).
+  - A password passed through the task keyword C(environment) (for example E(PGPASSWORD)) may show in
+    the command lines Ansible logs at high verbosity; prefer O(login_password), which is C(no_log).
+requirements:
+  - psycopg2 (for example C(python3-psycopg2) or C(psycopg2-binary)) on the host the module runs on
+"""
