@@ -1,4 +1,4 @@
-"""Fixtures over the test bed (tests/integration/harness). Integration tests need root (namespaces, runuser)."""
+"""Fixtures over the test bed (tests/integration/harness, API in its README). Integration tests need root."""
 
 from __future__ import annotations
 
@@ -6,16 +6,27 @@ import os
 
 import pytest
 
+from .harness import ledger
 from .harness.pgbins import ROOT, selected_majors
-from .harness.testbed import Testbed
+from .harness.testbed import RUN_BASE, Testbed
+
+NOT_ROOT = "integration tests run PostgreSQL as the postgres user (runuser) and create network namespaces: run them as root"
 
 
 def _need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("integration tests run PostgreSQL as the postgres user and create network namespaces: run them as root")
+        pytest.skip(NOT_ROOT)
 
 
-@pytest.fixture(params=selected_majors(), ids=lambda m: f"pg{m}")
+@pytest.fixture(scope="session", autouse=True)
+def _reap_stale_test_beds():
+    """Tear down test beds of earlier runs that were killed before their own teardown (their pytest is gone)."""
+    if os.geteuid() == 0 and RUN_BASE.is_dir():
+        ledger.reap(RUN_BASE)
+
+
+# Session scope makes pytest run all tests of one major together, so each major's clusters are made once.
+@pytest.fixture(scope="session", params=selected_majors(), ids=lambda m: f"pg{m}")
 def pg_major(request) -> int:
     return request.param
 
@@ -31,7 +42,7 @@ def testbed():
 
 @pytest.fixture(scope="session")
 def netns_testbed():
-    """Three hosts as network namespaces on a bridge, each with its own address and sshd."""
+    """Three hosts (db1, db2, db3) as network namespaces on a bridge, each with its own address and sshd."""
     _need_root()
     bed = Testbed("netns", hosts=("db1", "db2", "db3"))
     yield bed
@@ -39,36 +50,66 @@ def netns_testbed():
 
 
 @pytest.fixture(scope="session")
-def _pairs():
+def _pairs(testbed):
     return {}
+
+
+def _healthy(primary, standby) -> bool:
+    try:
+        if not (primary.is_running() and standby.is_running()):
+            return False
+        if primary.sql("SELECT pg_is_in_recovery()") != [(False,)] or standby.sql("SELECT pg_is_in_recovery()") != [(True,)]:
+            return False
+        standby.wait_streaming(timeout=30)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "make a new pair", never a test error here
+        return False
 
 
 @pytest.fixture
 def primary_standby(testbed, pg_major, _pairs):
-    """A primary and a streaming standby of ``pg_major`` (local mode), made once and shared by the tests."""
+    """(primary, standby) of ``pg_major`` in local mode, streaming; made once per major and shared by the tests.
+
+    A test may stop, restart or load them; afterwards they are started again, and a pair a test broke for good
+    (promoted standby, stopped replication) is replaced by a new one for the next test.
+    """
     if pg_major not in _pairs:
-        primary = testbed.new_primary(pg_major)
-        _pairs[pg_major] = (primary, testbed.new_standby(primary))
+        generation = sum(1 for path in testbed.run_dir.glob(f"pg{pg_major}-primary*"))
+        suffix = f"-{generation + 1}" if generation else ""
+        primary = testbed.new_primary(pg_major, name=f"pg{pg_major}-primary{suffix}")
+        _pairs[pg_major] = (primary, primary.make_standby(f"pg{pg_major}-standby{suffix}"))
     primary, standby = _pairs[pg_major]
+    yield primary, standby
     for cluster in (primary, standby):
         if not cluster.is_running():
-            cluster.start()
-    return primary, standby
+            try:
+                cluster.start()
+            except RuntimeError:
+                pass
+    if not _healthy(primary, standby):
+        del _pairs[pg_major]
+        for cluster in (standby, primary):
+            if cluster.is_running():
+                cluster.stop("immediate")
+            testbed.clusters.remove(cluster)  # out of inventories; the ledger still stops it at teardown
 
 
 @pytest.fixture(scope="session")
-def ansible_env(testbed) -> dict:
+def ansible_env() -> dict:
     """Environment for ansible-playbook runs against this checkout of the collection."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "ANSIBLE_"))}
+    venv_bin = str(ROOT / ".venv" / "bin")
     env.update(
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "build" / "collections"),
+        PATH=f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}",
+        ANSIBLE_COLLECTIONS_PATH=str(ROOT / "build" / "collections"),  # tests/conftest.py links the checkout there
         ANSIBLE_HOST_KEY_CHECKING="False",
         ANSIBLE_RETRY_FILES_ENABLED="False",
         ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCAL_TEMP=str(testbed.run_dir / "ansible-local"),
+        ANSIBLE_FORCE_COLOR="0",
         ANSIBLE_STDOUT_CALLBACK="default",
         ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+        ANSIBLE_DEPRECATION_WARNINGS="False",
+        ANSIBLE_LOCALHOST_WARNING="False",
+        ANSIBLE_SSH_RETRIES="2",
     )
-    for key in ("PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE"):
-        env.pop(key, None)
     return env

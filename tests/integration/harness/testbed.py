@@ -1,8 +1,8 @@
 """The test bed: hosts, clusters on them, pgbench load, an Ansible inventory, and a teardown by PID.
 
-    with Testbed(mode="netns", hosts=("db1", "db2")) as bed:
-        primary = bed.new_primary(16, host=bed.hosts[0])
-        standby = bed.new_standby(primary, host=bed.hosts[1])
+with Testbed(mode="netns", hosts=("db1", "db2")) as bed:
+    primary = bed.new_primary(16, host=bed.hosts[0])
+    standby = primary.make_standby("replica1", host=bed.hosts[1])
 """
 
 from __future__ import annotations
@@ -10,75 +10,93 @@ from __future__ import annotations
 import atexit
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
+from . import inventory, ledger, procs
 from .cluster import Cluster, chown_postgres
-from .hosts import Host, Network, _kill
+from .hosts import Host, Network, postgres_login_problem
 from .pgbins import ROOT, client_bindir, postgres_install
 
-RUN_PREFIX = "pgbt-"
+# Run dirs must not be under /tmp: sshd's StrictModes rejects an authorized_keys file below a world-writable directory.
+RUN_BASE = Path(os.environ.get("PGBT_RUN_BASE", ROOT / "build" / "testbed"))
+PREFIX = "pgbt"  # + 4 hex digits: in run dir, namespace, link and cluster names, so leftovers are recognisable
 
 
 class Load:
     """pgbench writing against a primary in the background, bounded by -T and stopped by PID."""
 
-    def __init__(self, cluster: Cluster, seconds: int, clients: int) -> None:
+    def __init__(self, testbed: Testbed, cluster: Cluster, seconds: int, clients: int) -> None:
         argv = [str(client_bindir() / "pgbench"), "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres"]
         argv += ["-n", "-T", str(seconds), "-c", str(clients), "-j", str(clients), "postgres"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.cluster = cluster
+        self.output_file = testbed.run_dir / f"pgbench-{cluster.name}-{len(testbed.loads) + 1}.log"
+        with open(self.output_file, "w") as out:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
+        self.marker = str(cluster.socket_dir)
+        testbed.ledger.add("processes", {"pid": self.pid, "marker": self.marker, "what": "pgbench"})
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.poll()
 
     def stop(self) -> str:
-        """Stop pgbench (if still running) and return what it printed."""
+        """Stop pgbench (SIGINT, then SIGKILL) if it still runs, and return what it printed."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out or ""
+            procs.kill(self.pid, self.marker, sig=signal.SIGINT, timeout=30)
+        self.proc.wait()
+        return self.output_file.read_text(errors="replace") if self.output_file.exists() else ""
+
+    def __enter__(self) -> Load:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class Testbed:
     __test__ = False  # not a pytest test class
-    def __init__(self, mode: str = "local", hosts: tuple = ("db1", "db2"), run_dir: Optional[Path] = None) -> None:
+
+    def __init__(self, mode: str = "local", hosts: tuple = ("db1", "db2"), run_dir: Optional[Path] = None, ledger_path: Optional[Path] = None) -> None:
         if mode not in ("local", "netns"):
             raise ValueError(f"mode must be local or netns, not {mode!r}")
+        if os.geteuid() != 0:
+            raise RuntimeError("the test bed runs PostgreSQL as the postgres user (runuser) and creates namespaces: run it as root")
+        if mode == "netns" and postgres_login_problem():
+            raise RuntimeError(f"{postgres_login_problem()}: run scripts/install-system-deps.sh as root")
         self.mode = mode
-        self.run_id = secrets.token_hex(2)
-        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{self.run_id}-"))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.chmod(0o755)
-        self.password = secrets.token_urlsafe(18)
+        self.run_id, self.run_dir = _new_run_dir(run_dir)
+        self.prefix = f"{PREFIX}{self.run_id}"
+        self.ledger = ledger.Ledger(ledger_path or self.run_dir / "state.json", run_id=self.run_id, run_dir=str(self.run_dir), mode=mode, prefix=self.prefix)
+        self.password = secrets.token_urlsafe(18)  # never printed: not in argv, logs or the inventory file
         self.passfile = self.run_dir / "pgpass"
         self.clusters: list[Cluster] = []
         self.loads: list[Load] = []
         self.network: Optional[Network] = None
         self._torn_down = False
+        self._next_local_port = 20000 + int(self.run_id, 16) % 1000 * 20
         atexit.register(self.teardown)
-        self.passfile.write_text(f"*:*:*:postgres:{self.password}\n")
-        self.passfile.chmod(0o600)
-        chown_postgres(self.passfile)
-        if mode == "local":
-            self.hosts = [Host(name, "127.0.0.1") for name in hosts]
-        else:
-            self.network = Network(self.run_id, self.run_dir / "ssh")
-            try:
+        try:
+            self.passfile.write_text(f"*:*:*:postgres:{self.password}\n")
+            self.passfile.chmod(0o600)
+            chown_postgres(self.passfile)
+            if mode == "local":
+                self.hosts = [Host(name, "127.0.0.1") for name in hosts]
+            else:
+                self.network = Network(self.prefix, self.run_dir / "ssh", self.ledger)
+                self.hosts = []  # filled as they come up, so a failure half-way tears down what exists
                 self.network.setup()
-                self.hosts = [self.network.add_host(name) for name in hosts]
-            except BaseException:
-                self.teardown()
-                raise
+                for name in hosts:
+                    self.hosts.append(self.network.add_host(name))
+        except BaseException:
+            self.teardown()
+            raise
 
     def __enter__(self) -> Testbed:
         return self
@@ -86,107 +104,148 @@ class Testbed:
     def __exit__(self, *exc) -> None:
         self.teardown()
 
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def client_networks(self) -> list[str]:
+        """Where TCP clients (the controller, other hosts) connect from; pg_hba allows them with scram-sha-256."""
+        return ["127.0.0.1/32"] + ([str(self.network.subnet)] if self.network else [])
+
     # --- clusters -----------------------------------------------------------------------------------
-    def _free_port(self, address: str) -> int:
+    def _port(self, host: Host) -> int:
+        if host.netns:
+            host.next_port += 1
+            return host.next_port - 1
         used = {c.port for c in self.clusters}
-        for port in range(26000 + int(self.run_id, 16) % 2000 * 10, 65000):
+        while self._next_local_port < 65000:
+            port, self._next_local_port = self._next_local_port, self._next_local_port + 1
             if port in used:
                 continue
             with socket.socket() as sock:
                 try:
-                    sock.bind((address if self.mode == "local" else "127.0.0.1", port))
+                    sock.bind((host.address, port))
                 except OSError:
                     continue
             return port
         raise RuntimeError("no free TCP port")
 
-    def new_primary(self, major: int, host: Optional[Host] = None, wal_segsize: Optional[int] = None, name: Optional[str] = None) -> Cluster:
+    def _cluster(self, major: int, host: Optional[Host], name: str, role: str, upstream: Optional[Cluster] = None) -> Cluster:
         host = host or self.hosts[0]
-        name = name or f"pg{major}-primary{len(self.clusters) + 1}"
-        cluster = Cluster(
-            name=name, pg=postgres_install(major), host=host, port=self._free_port(host.address), base=self.run_dir / name,
-            password=self.password, passfile=self.passfile,
-        )
+        if any(c.name == name for c in self.clusters):
+            raise ValueError(f"a cluster named {name!r} exists already")
+        cluster = Cluster(self, name=name, pg=postgres_install(major), node=host, port=self._port(host), role=role, upstream=upstream)
         self.clusters.append(cluster)
+        self.ledger.add("clusters", {"name": name, "pg_ctl": str(cluster.pg.bindir / "pg_ctl"), "datadir": str(cluster.datadir), "pid": None})
+        return cluster
+
+    def new_primary(self, major: int, host: Optional[Host] = None, wal_segsize: Optional[int] = None, name: Optional[str] = None) -> Cluster:
+        """initdb (checksums on) and start a primary of ``major`` on ``host`` (default: the first host)."""
+        cluster = self._cluster(major, host, name or f"pg{major}-primary{len(self.clusters) + 1}", "primary")
         cluster.initdb(wal_segsize=wal_segsize)
         cluster.start()
         return cluster
 
     def new_standby(self, upstream: Cluster, host: Optional[Host] = None, name: Optional[str] = None) -> Cluster:
-        host = host or upstream.host_obj
+        """A streaming standby of ``upstream`` (a primary or a standby): a cold copy of its stopped data directory."""
         name = name or f"pg{upstream.major}-standby{len(self.clusters) + 1}"
-        standby = upstream.make_standby(name, host, self._free_port(host.address), self.run_dir / name)
-        self.clusters.append(standby)
+        standby = self._cluster(upstream.major, host or upstream.node, name, "standby", upstream=upstream)
+        standby._make_dirs()
+        was_running = upstream.is_running()
+        if was_running:
+            upstream.stop("fast")  # a clean shutdown: the copy needs no WAL beyond what it contains
+        try:
+            upstream.run(["cp", "-a", str(upstream.datadir), str(standby.datadir)])
+        finally:
+            if was_running:
+                upstream.start()
+        for leftover in ("postmaster.opts", "backup_label.old", "recovery.signal"):
+            (standby.datadir / leftover).unlink(missing_ok=True)
+        standby.write_settings()
+        (standby.datadir / "standby.signal").touch()
+        chown_postgres(standby.datadir / "standby.signal")
+        standby.start()
+        standby.wait_streaming()
         return standby
 
+    def empty_cluster(self, major: int, host: Optional[Host] = None, name: Optional[str] = None, upstream: Optional[Cluster] = None) -> Cluster:
+        """A cluster whose data directory the code under test fills (a restore, a clone): directories made, not started.
+
+        After filling ``cluster.datadir`` call ``cluster.write_settings()`` (its own port, socket, archive, and
+        primary_conninfo when ``upstream`` is given) and ``cluster.start()``; teardown stops it like any other.
+        """
+        cluster = self._cluster(major, host, name or f"pg{major}-restored{len(self.clusters) + 1}", "standby" if upstream else "primary", upstream)
+        cluster._make_dirs()
+        return cluster
+
+    def scratch_dir(self, name: str, owner: str = "postgres") -> Path:
+        """An empty directory in the run dir (removed at teardown), e.g. a backup destination."""
+        path = self.run_dir / "scratch" / name
+        path.mkdir(mode=0o750, parents=True)
+        path.parent.chmod(0o755)
+        shutil.chown(path, owner, owner)
+        return path
+
     def load(self, cluster: Cluster, seconds: int, clients: int = 2) -> Load:
-        load = Load(cluster, seconds, clients)
+        """pgbench -T ``seconds`` against ``cluster`` (run ``cluster.pgbench_init()`` first)."""
+        load = Load(self, cluster, seconds, clients)
         self.loads.append(load)
         return load
 
-    # --- ansible ------------------------------------------------------------------------------------
+    # --- access -------------------------------------------------------------------------------------
     def write_inventory(self, path: Optional[Path] = None) -> Path:
-        """A YAML inventory of the hosts; each host lists the clusters on it under ``testbed_clusters``."""
-        path = Path(path or self.run_dir / "inventory.yml")
-        common = {"ansible_python_interpreter": sys.executable}
-        if self.mode == "local":
-            common["ansible_connection"] = "local"
-        else:
-            common.update(
-                ansible_user="root",
-                ansible_ssh_private_key_file=str(self.network.client_key),
-                ansible_ssh_common_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-            )
-        hosts = {}
-        for host in self.hosts:
-            clusters = [c for c in self.clusters if c.host_obj is host]
-            hosts[host.name] = {
-                "ansible_host": host.address,
-                "testbed_clusters": [{"name": c.name, "major": c.major, "port": c.port, "role": c.role, "datadir": str(c.datadir)} for c in clusters],
-            }
-        path.write_text(yaml.safe_dump({"all": {"vars": common, "hosts": hosts}}, sort_keys=False))
-        return path
+        """A YAML inventory of the hosts (see inventory.py); the password goes to a 0600 group_vars file beside it."""
+        return inventory.write(self, Path(path or self.run_dir / "inventory.yml"))
 
-    def ssh(self, host: Host, argv: list[str], user: str = "root") -> subprocess.CompletedProcess:
+    def ssh(self, host: Host, argv: list[str], user: str = "root", timeout: float = 60) -> subprocess.CompletedProcess:
         """Run a command on a namespace host through its sshd, as a remote user would."""
-        return subprocess.run(["ssh", *self.network.ssh_options(), f"{user}@{host.address}", "--", *argv], capture_output=True, text=True, check=False)
+        if self.network is None:
+            raise RuntimeError("ssh needs a netns test bed")
+        remote = ["ssh", *self.network.ssh_options(), f"{user}@{host.address}", shlex.join(argv)]
+        return subprocess.run(remote, capture_output=True, text=True, check=False, timeout=timeout)
 
     # --- teardown -----------------------------------------------------------------------------------
     def teardown(self) -> None:
-        """Stop everything this test bed started, by PID, and remove its namespaces and files."""
+        """Stop everything this test bed started, by PID, and remove its namespaces, links and files. Idempotent."""
         if self._torn_down:
             return
         self._torn_down = True
+        atexit.unregister(self.teardown)
         for load in self.loads:
             load.stop()
-        for cluster in reversed(self.clusters):
-            pid = cluster.postmaster_pid()
-            if pid is None:
-                continue
-            for mode in ("fast", "immediate"):
-                try:
-                    cluster.stop(mode)
-                    break
-                except (subprocess.CalledProcessError, OSError):
-                    continue
-            _kill(pid)
-        if self.network:
-            self.network.teardown()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        ledger.teardown(self.ledger.data, self.ledger.path)
+
+    def leftovers(self) -> list[str]:
+        return leftovers(self.run_dir, self.prefix)
+
+
+def _new_run_dir(run_dir: Optional[Path]) -> tuple[str, Path]:
+    """A run id no live namespace, link or directory uses, and its run dir (mode 0755: postgres must traverse it)."""
+    taken = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
+    taken += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    for _ in range(100):
+        run_id = secrets.token_hex(2)
+        path = Path(run_dir) if run_dir else RUN_BASE / f"{PREFIX}{run_id}"
+        if f"{PREFIX}{run_id}" in taken or (path.exists() and any(path.iterdir())):
+            if run_dir:
+                raise RuntimeError(f"{run_dir} is not empty: tear the old test bed down first")
+            continue
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o755)
+        _check_strict_modes(path)
+        return run_id, path
+    raise RuntimeError("no free run id")
+
+
+def _check_strict_modes(path: Path) -> None:
+    for parent in [path, *path.parents]:
+        st = parent.stat()
+        if st.st_mode & 0o022 or st.st_uid != 0:
+            raise RuntimeError(f"{parent} is group/world-writable or not root's; sshd (StrictModes) would refuse keys below it: set PGBT_RUN_BASE")
 
 
 def leftovers(run_dir: Path, prefix: str) -> list[str]:
-    """What a torn-down test bed left behind: processes naming its run dir, namespaces and links with its prefix."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(run_dir) in cmdline:
-            found.append(f"process {proc.name}: {cmdline.strip()}")
+    """What a torn-down test bed left behind: processes naming its run dir or prefix, namespaces and links with its prefix."""
+    found = [f"process {pid}: {line}" for pid, line in procs.pids_mentioning(str(run_dir), prefix)]
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     found += [f"namespace {line.split()[0]}" for line in namespaces.splitlines() if line.startswith(prefix)]
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
@@ -196,4 +255,4 @@ def leftovers(run_dir: Path, prefix: str) -> list[str]:
     return found
 
 
-__all__ = ["ROOT", "Load", "Testbed", "leftovers"]
+__all__ = ["ROOT", "RUN_BASE", "Load", "Testbed", "leftovers"]
