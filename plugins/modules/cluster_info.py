@@ -21,7 +21,7 @@ description:
     C(pg_read_all_settings), or most of C(pg_stat_replication) without C(pg_read_all_stats)) is returned
     as V(null) with a warning; connect as a superuser or a member of C(pg_monitor) to get everything.
 author:
-  - pgbackup.lowlevel developers
+  - pgbackup.lowlevel developers (@pgbackup)
 extends_documentation_fragment:
   - pgbackup.lowlevel.connection
 options:
