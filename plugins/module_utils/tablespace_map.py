@@ -1,30 +1,67 @@
 # Copyright: contributors to pgbackup.lowlevel
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""tablespace_map: one ``<oid> <target path>`` line per symlink in pg_tblspc.
+"""tablespace_map: one ``<oid> <target path>\\n`` line per symlink in ``pg_tblspc``.
 
-Writing escapes ``\\n``, ``\\r`` and ``\\`` with a backslash (14+ and later 13 releases); reading treats
-a backslash as escaping the next character, as read_tablespace_map does.
+Writing (``do_pg_backup_start``) puts a backslash before ``\\n``, ``\\r`` and ``\\`` in the path (14+ and
+later 13 releases; 13.1 escaped only ``\\n`` and ``\\r``). Reading (``read_tablespace_map``) takes an
+unescaped ``\\n`` or ``\\r`` as the end of a line, skips empty lines, treats a backslash as escaping the
+next character, splits at the first space (so a path may start with spaces) and refuses an
+unterminated last line.
+
+Paths are ``str``. A path that is not valid UTF-8 on disk is carried with ``surrogateescape``:
+pass bytes to ``parse_tablespace_map`` and encode the result of ``format_tablespace_map`` with
+``encode("utf-8", "surrogateescape")`` to get the very bytes back.
 """
 
 from __future__ import annotations
 
+import re
+from typing import Union
+
 from .errors import PgBackupError
+
+_OID_RE = re.compile(r"\A[0-9]{1,10}\Z")
+
+
+def _check_oid(oid: object, where: str) -> int:
+    if isinstance(oid, bool) or not isinstance(oid, int) or not 0 < oid <= 0xFFFFFFFF:
+        raise PgBackupError(f"{where}: tablespace OID {oid!r} is not valid: expected an integer from 1 to 4294967295")
+    return oid
+
+
+def escape_path(path: str) -> str:
+    """A tablespace path as the map writes it: backslash before newline, carriage return and backslash."""
+    return "".join("\\" + ch if ch in "\n\r\\" else ch for ch in path)
 
 
 def format_tablespace_map(entries: list[tuple[int, str]]) -> str:
-    """The text PostgreSQL writes for ``(oid, path)`` pairs."""
+    """The text PostgreSQL writes for ``(oid, path)`` pairs, in the order given ('' for none)."""
     out = []
-    for oid, path in entries:
-        if isinstance(oid, bool) or not isinstance(oid, int) or not 0 < oid <= 0xFFFFFFFF:
-            raise PgBackupError(f"tablespace OID {oid!r} is not valid: expected an integer from 1 to 4294967295")
-        escaped = "".join("\\" + ch if ch in "\n\r\\" else ch for ch in path)
-        out.append(f"{oid} {escaped}\n")
+    seen = set()
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+            raise PgBackupError(f"tablespace_map entry {number} is {entry!r}: expected an (oid, path) pair")
+        oid, path = entry
+        _check_oid(oid, f"tablespace_map entry {number}")
+        if not isinstance(path, str) or not path:
+            raise PgBackupError(f"tablespace_map entry {number} (OID {oid}) has path {path!r}: expected the non-empty target of the pg_tblspc/{oid} link")
+        if "\0" in path:
+            raise PgBackupError(f"tablespace_map entry {number} (OID {oid}) has a NUL character in its path, which no file system path can hold")
+        if oid in seen:
+            raise PgBackupError(f"tablespace_map lists OID {oid} twice: pg_tblspc holds one link per tablespace")
+        seen.add(oid)
+        out.append(f"{oid} {escape_path(path)}\n")
     return "".join(out)
 
 
-def parse_tablespace_map(text: str) -> list[tuple[int, str]]:
+def parse_tablespace_map(text: Union[str, bytes]) -> list[tuple[int, str]]:
     """The ``(oid, path)`` pairs of a tablespace_map, refusing what recovery would refuse."""
-    entries = []
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "surrogateescape")
+    if not isinstance(text, str):
+        raise PgBackupError(f"tablespace_map must be text, got {type(text).__name__}")
+    entries: list[tuple[int, str]] = []
+    seen: dict[int, int] = {}
     line_no = 1
     buf: list[str] = []
     escaped = False
@@ -36,18 +73,28 @@ def parse_tablespace_map(text: str) -> list[tuple[int, str]]:
             escaped = True
         elif ch in "\n\r":
             if buf:
-                entries.append(_entry("".join(buf), line_no))
+                oid, path = _entry("".join(buf), line_no)
+                if oid in seen:
+                    raise PgBackupError(f"tablespace_map lists OID {oid} twice (lines {seen[oid]} and {line_no}): it is damaged or was edited by hand")
+                seen[oid] = line_no
+                entries.append((oid, path))
             buf = []
-            line_no += ch == "\n"
+            if ch == "\n":
+                line_no += 1
         else:
             buf.append(ch)
     if escaped or buf:
-        raise PgBackupError(f"tablespace_map line {line_no} is not terminated by a newline: the file is truncated (PostgreSQL refuses it)")
+        raise PgBackupError(
+            f"tablespace_map line {line_no} is not terminated by a newline: the file is truncated (PostgreSQL refuses it); take it again from pg_backup_stop"
+        )
     return entries
 
 
 def _entry(line: str, line_no: int) -> tuple[int, str]:
     oid, sep, path = line.partition(" ")
-    if not sep or not oid.isdigit() or not path or not 0 < int(oid) <= 0xFFFFFFFF:
-        raise PgBackupError(f"tablespace_map line {line_no} is {line!r}: expected '<tablespace OID> <path>'")
+    if not sep or not path or not _OID_RE.match(oid) or not 0 < int(oid) <= 0xFFFFFFFF:
+        raise PgBackupError(
+            f"invalid data in tablespace_map line {line_no}: {line!r}; expected '<tablespace OID> <path>' with a single space after the OID",
+            line=line_no,
+        )
     return int(oid), path

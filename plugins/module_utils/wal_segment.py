@@ -1,9 +1,24 @@
 # Copyright: contributors to pgbackup.lowlevel
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Is this file really WAL segment N of this cluster? (XLogReaderValidatePageHeader, page by page).
+"""Is this file really WAL segment N of this cluster? (``XLogReaderValidatePageHeader``, page by page).
 
-A recycled segment is an old file renamed to a future name: its pages still carry their old page
-addresses, so checking ``xlp_pageaddr`` of every page against the file name catches it.
+Every 8 KB WAL page starts with a header (``xlog_internal.h``)::
+
+    0  uint16 xlp_magic      2  uint16 xlp_info     4  uint32 xlp_tli
+    8  uint64 xlp_pageaddr  16  uint32 xlp_rem_len  (24 bytes with padding)
+
+and the first page of a segment has the long header, which adds ``xlp_sysid`` (24), ``xlp_seg_size``
+(32) and ``xlp_xlog_blcksz`` (36). A recycled segment is an old file renamed to a future name: its
+pages still carry their old page addresses, so checking ``xlp_pageaddr`` of *every* page against the
+file name catches it, as does the system identifier for WAL of another cluster.
+
+A complete segment is valid on every page, or valid up to an ``XLOG_SWITCH`` record and all-zero
+after it (``pg_switch_wal``, ``archive_timeout`` and the end of a backup zero the rest of the segment,
+headers included). Valid pages followed by zeros *without* a switch record is a segment copied while
+it was still being written; that is refused unless the caller asks only for the WAL up to an LSN
+(``complete=False``), as for the last segment of a backup taken from a standby or a ``.partial`` file.
+
+Files are read in 1 MB chunks; a 1 GB segment is never held in memory.
 """
 
 from __future__ import annotations
@@ -14,18 +29,30 @@ import struct
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .crc32c import crc32c
 from .errors import PgBackupError
-from .lsn import format_lsn
-from .wal import XLOG_BLCKSZ, check_segment_size, parse_wal_file_name, segment_start_lsn
+from .lsn import check_lsn, format_lsn
+from .wal import XLOG_BLCKSZ, check_segment_size, parse_wal_file_name
 
 WAL_PAGE_MAGIC = {13: 0xD106, 14: 0xD10D, 15: 0xD110, 16: 0xD113, 17: 0xD116, 18: 0xD118}
 _MAJOR_OF_MAGIC = {magic: major for major, magic in WAL_PAGE_MAGIC.items()}
+XLP_FIRST_IS_CONTRECORD = 0x0001
 XLP_LONG_HEADER = 0x0002
+XLP_BKP_REMOVABLE = 0x0004
+XLP_FIRST_IS_OVERWRITE_CONTRECORD = 0x0008
 XLP_ALL_FLAGS = 0x000F
+SIZE_OF_SHORT_PHD = 24
+SIZE_OF_LONG_PHD = 40
+SIZE_OF_XLOG_RECORD = 24
+RM_XLOG_ID = 0
+XLOG_SWITCH = 0x40
 _SHORT = struct.Struct("<HHIQI")  # magic, info, tli, pageaddr, rem_len
-_LONG = struct.Struct("<QII")  # sysid, seg_size, xlog_blcksz (at offset 24)
+_LONG = struct.Struct("<QII")  # sysid, seg_size, xlog_blcksz at offset 24
+_RECORD = struct.Struct("<IIQBBxxI")  # xl_tot_len, xl_xid, xl_prev, xl_info, xl_rmid, pad, xl_crc
 _CHUNK = 1 << 20
-_MAX_PROBLEMS = 20
+_ZERO_PAGE = bytes(XLOG_BLCKSZ)
+
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, io.RawIOBase, io.BufferedIOBase]
 
 
 @dataclass(frozen=True)
@@ -33,17 +60,42 @@ class SegmentCheck:
     """What a valid segment was found to hold."""
 
     file_name: str
-    major_version: int
+    timeline: int  # from the file name
+    segment_number: int
+    start_lsn: int  # LSN of the segment's first byte
+    magic: int
+    major_version: int  # from the page magic
     system_identifier: int
-    first_timeline: int
-    last_timeline: int
+    first_timeline: int  # xlp_tli of the first page
+    last_timeline: int  # xlp_tli of the last valid page
+    timelines: tuple  # the distinct page timelines, in order
+    pages_read: int
     valid_pages: int
     zero_from_page: Optional[int]  # first all-zero page (the rest after a WAL switch), if any
     end_lsn: int  # LSN just past the last page with a valid header
+    switch_lsn: Optional[int]  # LSN of the XLOG_SWITCH record the segment ends with, if it ends early
+    complete: bool  # every page valid, or valid up to a WAL switch and zero after it
+
+    def as_dict(self) -> dict:
+        return {
+            "file_name": self.file_name,
+            "timeline": self.timeline,
+            "major_version": self.major_version,
+            "magic": f"{self.magic:04X}",
+            "system_identifier": self.system_identifier,
+            "first_timeline": self.first_timeline,
+            "last_timeline": self.last_timeline,
+            "valid_pages": self.valid_pages,
+            "zero_from_page": self.zero_from_page,
+            "start_lsn": format_lsn(self.start_lsn),
+            "end_lsn": format_lsn(self.end_lsn),
+            "switch_lsn": None if self.switch_lsn is None else format_lsn(self.switch_lsn),
+            "complete": self.complete,
+        }
 
 
 def validate_segment(
-    source: Union[str, bytes],
+    source: Source,
     *,
     file_name: str,
     system_identifier: int,
@@ -54,135 +106,338 @@ def validate_segment(
 ) -> SegmentCheck:
     """Check every page header of a WAL segment against what its name and the cluster promise.
 
-    ``through_lsn``: the pages up to that LSN must be present, valid and not zero. ``complete=False``
-    (a segment still being written, taken from a live pg_wal) checks only the pages before ``through_lsn``.
-    Raises PgBackupError listing every problem found.
+    ``source`` is a path, the bytes, or a binary file object (e.g. ``gzip.open(...)``).
+    ``file_name`` is the name the segment is (or will be) known by; a ``.partial`` suffix is allowed.
+    ``major_version`` pins the page magic; without it any one known magic is accepted (all pages alike).
+    ``through_lsn``: the pages up to that LSN must be present, valid and not zero.
+    ``complete=False`` reads only the pages up to ``through_lsn`` (required then): for a segment still
+    being written, the last segment of a standby backup, or a ``.partial`` file.
+
+    Raises PgBackupError listing every problem found (``details['problems']`` has them all).
     """
     check_segment_size(seg_size)
-    tli, segno = parse_wal_file_name(file_name, seg_size)
-    base = segment_start_lsn(segno, seg_size)
-    if through_lsn is not None and not base < through_lsn <= base + seg_size:
-        raise PgBackupError(f"{file_name} cannot hold WAL through {format_lsn(through_lsn)}: it covers {format_lsn(base)} to {format_lsn(base + seg_size)}")
+    if not isinstance(file_name, str):
+        raise PgBackupError(f"file_name must be the segment's file name, got {file_name!r}")
+    name = file_name[: -len(".partial")] if file_name.endswith(".partial") else file_name
+    tli, segno = parse_wal_file_name(name, seg_size)
+    if isinstance(system_identifier, bool) or not isinstance(system_identifier, int) or not 0 < system_identifier < 1 << 64:
+        raise PgBackupError(f"system identifier {system_identifier!r} is not valid: expected the cluster's 64-bit identifier from pg_control")
     if major_version is not None and major_version not in WAL_PAGE_MAGIC:
-        raise PgBackupError(f"PostgreSQL {major_version} is not supported: expected 13 to 18")
-    pages_needed = seg_size // XLOG_BLCKSZ
-    if through_lsn is not None and not complete:
-        pages_needed = (through_lsn - base + XLOG_BLCKSZ - 1) // XLOG_BLCKSZ
-    state = _Scan(file_name, tli, base, system_identifier, seg_size, major_version)
-    with _open(source) as handle:
-        size = _size(handle)
-        if size < pages_needed * XLOG_BLCKSZ or (complete and size != seg_size):
+        raise PgBackupError(f"PostgreSQL {major_version} is not supported: expected a major version from 13 to 18")
+    base = segno * seg_size
+    if through_lsn is not None:
+        check_lsn(through_lsn)
+        if not base < through_lsn <= base + seg_size:
             raise PgBackupError(
-                f"{file_name} has {size} bytes, expected {seg_size if complete else pages_needed * XLOG_BLCKSZ}: the file is truncated or is not "
-                "a complete WAL segment (a .partial file cannot stand in for a complete one)"
+                f"{file_name} cannot hold WAL through {format_lsn(through_lsn)}: it covers {format_lsn(base)} up to {format_lsn(base + seg_size)}"
             )
-        page_no = 0
-        while page_no < pages_needed:
-            chunk = handle.read(min(_CHUNK, (pages_needed - page_no) * XLOG_BLCKSZ))
-            for offset in range(0, len(chunk), XLOG_BLCKSZ):
-                state.page(page_no, chunk[offset : offset + XLOG_BLCKSZ])
-                page_no += 1
-    if through_lsn is not None and state.valid_end < through_lsn:
-        state.problem(f"holds valid pages only up to {format_lsn(state.valid_end)}, not through {format_lsn(through_lsn)}")
-    return state.result()
+    elif not complete:
+        raise PgBackupError("complete=False needs through_lsn: the LSN up to which the segment must hold WAL")
+    pages_total = seg_size // XLOG_BLCKSZ
+    pages_needed = pages_total if complete else (through_lsn - base + XLOG_BLCKSZ - 1) // XLOG_BLCKSZ
+    scan = _Scan(file_name, tli, base, system_identifier, seg_size, major_version)
+    with _Reader(source, file_name) as reader:
+        if reader.size is not None:
+            _check_size(file_name, reader.size, seg_size, pages_needed, complete)
+        total = 0
+        while scan.pages_read < pages_needed:
+            want = min(_CHUNK, (pages_needed - scan.pages_read) * XLOG_BLCKSZ)
+            chunk = reader.read(want)
+            total += len(chunk)
+            for offset in range(0, len(chunk) - XLOG_BLCKSZ + 1, XLOG_BLCKSZ):
+                scan.page(chunk[offset : offset + XLOG_BLCKSZ])
+            if len(chunk) < want:
+                break
+        if reader.size is None or total < pages_needed * XLOG_BLCKSZ:
+            # A stream's size is known only now; a file may also have shrunk while we read it.
+            size = total + (reader.count_rest() if complete and reader.size is None else 0)
+            _check_size(file_name, size, seg_size, pages_needed, complete)
+    scan.finish(complete, through_lsn)
+    return scan.result()
+
+
+def _check_size(file_name: str, size: int, seg_size: int, pages_needed: int, complete: bool) -> None:
+    if complete and size != seg_size:
+        raise PgBackupError(
+            f"{file_name} has {size} bytes, expected {seg_size}: the file is truncated or is not a complete WAL segment "
+            "(fetch it again; a .partial file cannot stand in for a complete segment)",
+            file_name=file_name,
+            size=size,
+            expected_size=seg_size,
+        )
+    if not complete and size < pages_needed * XLOG_BLCKSZ:
+        raise PgBackupError(
+            f"{file_name} has {size} bytes, expected at least {pages_needed * XLOG_BLCKSZ} to hold the WAL needed: the file is truncated",
+            file_name=file_name,
+            size=size,
+            expected_size=pages_needed * XLOG_BLCKSZ,
+        )
+
+
+class _Reader:
+    """A path, bytes or binary file object, read in chunks; ``size`` when it is known up front."""
+
+    def __init__(self, source: Source, file_name: str) -> None:
+        self._close = False
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self._handle = io.BytesIO(bytes(source))
+            self.size: Optional[int] = len(source) if not isinstance(source, memoryview) else source.nbytes
+        elif isinstance(source, (str, os.PathLike)):
+            try:
+                self._handle = open(source, "rb")
+            except OSError as exc:
+                raise PgBackupError(f"cannot read WAL segment {os.fspath(source)}: {exc.strerror}", path=os.fspath(source)) from exc
+            self._close = True
+            self.size = os.fstat(self._handle.fileno()).st_size
+        elif hasattr(source, "read"):
+            self._handle = source
+            self.size = None
+        else:
+            raise PgBackupError(f"cannot read WAL segment {file_name} from a {type(source).__name__}: pass a path, bytes or a binary file")
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._close:
+            self._handle.close()
+
+    def count_rest(self) -> int:
+        """Read to the end, returning how many bytes were left."""
+        count = 0
+        while True:
+            data = self._handle.read(_CHUNK)
+            if not data:
+                return count
+            count += len(data)
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; fewer only at the end of the file."""
+        parts = []
+        while size > 0:
+            data = self._handle.read(size)
+            if not data:
+                break
+            parts.append(data)
+            size -= len(data)
+        return b"".join(parts)
 
 
 class _Scan:
     def __init__(self, file_name: str, tli: int, base: int, sysid: int, seg_size: int, major: Optional[int]) -> None:
         self.file_name, self.tli, self.base, self.sysid, self.seg_size = file_name, tli, base, sysid, seg_size
         self.major = major
-        self.problems: list[str] = []
-        self.first_tli: Optional[int] = None
+        self.magic: Optional[int] = None
+        self.problems: list[tuple[str, str]] = []
+        self.timelines: list[int] = []
         self.last_tli = 0
+        self.pages_read = 0
         self.valid_pages = 0
         self.zero_from: Optional[int] = None
         self.valid_end = base
+        # the last two valid pages, when consecutive, to find the record that ends the WAL
+        self.prev: Optional[tuple[int, bytes]] = None
+        self.last: Optional[tuple[int, bytes]] = None
 
-    def problem(self, text: str) -> None:
-        self.problems.append(text)
+    def problem(self, kind: str, text: str) -> None:
+        self.problems.append((kind, text))
 
-    def page(self, page_no: int, page: bytes) -> None:
-        where = f"page {page_no} (LSN {format_lsn(self.base + page_no * XLOG_BLCKSZ)})"
-        if not any(page):
+    def page(self, page: bytes) -> None:
+        page_no = self.pages_read
+        self.pages_read += 1
+        addr = self.base + page_no * XLOG_BLCKSZ
+        where = f"page {page_no} (LSN {format_lsn(addr)})"
+        if page == _ZERO_PAGE:
             if page_no == 0:
-                self.problem("page 0 is all zeros: the file was pre-allocated and never written")
+                self.problem("zero-first", "page 0 is all zeros: the file was pre-allocated and never written, it holds no WAL")
             if self.zero_from is None:
                 self.zero_from = page_no
             return
         if self.zero_from is not None:
-            self.problem(f"{where} has data after the all-zero page {self.zero_from}: the tail is stale")
-            self.zero_from = None
+            self.problem("data-after-zero", f"{where} holds data after the all-zero page {self.zero_from}: the file's tail is stale or damaged")
         magic, info, page_tli, pageaddr, _ = _SHORT.unpack_from(page)
-        expected_major = self.major if self.major is not None else _MAJOR_OF_MAGIC.get(magic)
-        if expected_major is None or magic != WAL_PAGE_MAGIC[expected_major]:
-            wanted = f"{WAL_PAGE_MAGIC[self.major]:04X} (PostgreSQL {self.major})" if self.major else "one of PostgreSQL 13-18's"
-            self.problem(f"{where} has magic {magic:04X}, expected {wanted}: not WAL of this version")
+        if self.major is not None:
+            expected_magic = WAL_PAGE_MAGIC[self.major]
+        else:
+            expected_magic = self.magic if self.magic is not None else (magic if magic in _MAJOR_OF_MAGIC else None)
+        if magic != expected_magic:
+            if expected_magic is None:
+                wanted = "the magic of PostgreSQL 13 to 18 (" + ", ".join(f"{m:04X}" for m in WAL_PAGE_MAGIC.values()) + ")"
+            else:
+                wanted = f"{expected_magic:04X} (PostgreSQL {_MAJOR_OF_MAGIC[expected_magic]})"
+            known = f" (PostgreSQL {_MAJOR_OF_MAGIC[magic]})" if magic in _MAJOR_OF_MAGIC else ""
+            self.problem("magic", f"{where} has magic number {magic:04X}{known}, expected {wanted}: it is not WAL of this PostgreSQL version")
+            self._break_chain()
             return
-        self.major = expected_major
+        self.magic = magic
+        bad = False
         if info & ~XLP_ALL_FLAGS:
-            self.problem(f"{where} has unknown flag bits {info:04X} in xlp_info")
-        expected_addr = self.base + page_no * XLOG_BLCKSZ
-        if pageaddr != expected_addr:
+            self.problem("info", f"{where} has unknown flag bits {info:04X} in xlp_info (allowed: {XLP_ALL_FLAGS:04X})")
+            bad = True
+        if pageaddr != addr:
             self.problem(
-                f"{where} has page address {format_lsn(pageaddr)}, expected {format_lsn(expected_addr)}: "
-                "the file is a recycled or renamed segment, not the one its name promises"
+                "pageaddr",
+                f"{where} has page address {format_lsn(pageaddr)}, expected {format_lsn(addr)}: "
+                "the file is a recycled or renamed segment, not the one its name promises",
             )
+            self._break_chain()
             return
-        if page_tli > self.tli:
-            self.problem(f"{where} is on timeline {page_tli}, above the file name's timeline {self.tli}")
-        elif page_tli < self.last_tli:
-            self.problem(f"{where} goes back from timeline {self.last_tli} to {page_tli}")
         if page_no == 0:
-            self._long_header(info, page)
-        if self.first_tli is None:
-            self.first_tli = page_tli
-        self.last_tli = max(self.last_tli, page_tli)
-        self.valid_pages += 1
-        self.valid_end = expected_addr + XLOG_BLCKSZ
-
-    def _long_header(self, info: int, page: bytes) -> None:
-        if not info & XLP_LONG_HEADER:
-            self.problem("page 0 lacks the long header every segment starts with")
+            bad = self._long_header(info, page) or bad
+        elif info & XLP_LONG_HEADER:
+            self.problem("long-elsewhere", f"{where} has the long-header flag, which only a segment's first page carries")
+            bad = True
+        if page_tli == 0:
+            self.problem("tli-zero", f"{where} has timeline 0 in its header, which PostgreSQL never writes")
+            bad = True
+        elif page_tli > self.tli:
+            self.problem(
+                "tli-high",
+                f"{where} was written on timeline {page_tli}, above the file name's timeline {self.tli}: "
+                "the file holds another timeline's WAL than its name says",
+            )
+            bad = True
+        elif page_tli < self.last_tli:
+            self.problem("tli-back", f"{where} goes back from timeline {self.last_tli} to {page_tli}: timelines never decrease within WAL")
+            bad = True
+        if bad:
+            self._break_chain()
             return
-        sysid, seg_size, blcksz = _LONG.unpack_from(page, _SHORT.size + 4)
+        if not self.timelines or self.timelines[-1] != page_tli:
+            self.timelines.append(page_tli)
+        self.last_tli = page_tli
+        self.valid_pages += 1
+        self.valid_end = addr + XLOG_BLCKSZ
+        self.prev = self.last if self.last is not None and self.last[0] == page_no - 1 else None
+        self.last = (page_no, page)
+
+    def _break_chain(self) -> None:
+        self.prev = self.last = None
+
+    def _long_header(self, info: int, page: bytes) -> bool:
+        if not info & XLP_LONG_HEADER:
+            self.problem("no-long", f"page 0 has xlp_info {info:04X} without the long header every segment starts with")
+            return True
+        sysid, seg_size, blcksz = _LONG.unpack_from(page, SIZE_OF_SHORT_PHD)
+        bad = False
         if sysid != self.sysid:
-            self.problem(f"belongs to the cluster with system identifier {sysid}, expected {self.sysid}: it is WAL of another cluster")
+            self.problem(
+                "sysid",
+                f"the segment belongs to the cluster with system identifier {sysid}, expected {self.sysid}: it is WAL of another cluster",
+            )
+            bad = True
         if seg_size != self.seg_size:
-            self.problem(f"says segment size {seg_size}, expected {self.seg_size}")
+            self.problem("segsize", f"the segment header says segment size {seg_size}, expected {self.seg_size}")
+            bad = True
         if blcksz != XLOG_BLCKSZ:
-            self.problem(f"says WAL block size {blcksz}, expected {XLOG_BLCKSZ}")
+            self.problem("blcksz", f"the segment header says WAL block size {blcksz}, expected {XLOG_BLCKSZ}")
+            bad = True
+        return bad
+
+    def finish(self, complete: bool, through_lsn: Optional[int]) -> None:
+        self.switch_lsn: Optional[int] = None
+        self.complete = False
+        if self.problems:
+            return
+        if self.zero_from is None:
+            self.complete = self.pages_read * XLOG_BLCKSZ == self.seg_size
+        elif self.last is not None and self.last[0] == self.zero_from - 1:
+            self.switch_lsn = self._switch_record()
+            self.complete = self.switch_lsn is not None
+        if through_lsn is not None and self.valid_end < through_lsn:
+            self.problem(
+                "through",
+                f"the segment holds valid pages only up to {format_lsn(self.valid_end)}, not through {format_lsn(through_lsn)} as needed: "
+                "it was copied before that WAL was written",
+            )
+        elif complete and not self.complete:
+            self.problem(
+                "incomplete",
+                f"the segment's WAL stops at {format_lsn(self.valid_end)} (page {self.zero_from}) without a WAL switch record: "
+                "it was copied while PostgreSQL was still writing it; fetch it again once it is archived",
+            )
+
+    def _switch_record(self) -> Optional[int]:
+        """LSN of the XLOG_SWITCH record that ends the WAL on the last valid pages, or None."""
+        pages = [p for p in (self.prev, self.last) if p is not None]
+        payloads = []
+        for page_no, page in pages:
+            header = SIZE_OF_LONG_PHD if page_no == 0 else SIZE_OF_SHORT_PHD
+            payloads.append((page_no, header, page[header:]))
+        stream = b"".join(p for _, _, p in payloads)
+        # Where the first record starts: after the continuation of a record from an earlier page.
+        pos = 0
+        for page_no, page in pages:
+            payload_len = XLOG_BLCKSZ - (SIZE_OF_LONG_PHD if page_no == 0 else SIZE_OF_SHORT_PHD)
+            _, info, _, _, rem_len = _SHORT.unpack_from(page)
+            skip = _maxalign(rem_len) if info & XLP_FIRST_IS_CONTRECORD else 0
+            if skip < payload_len:
+                pos += skip
+                break
+            pos += payload_len
+        else:
+            return None  # no record starts on these pages: the last one began earlier and was cut off
+        last = None
+        while pos + 4 <= len(stream):
+            tot_len = struct.unpack_from("<I", stream, pos)[0]
+            if tot_len == 0:
+                break
+            if tot_len < SIZE_OF_XLOG_RECORD or pos + tot_len > len(stream):
+                return None  # a record running into the zero pages: cut off
+            last = pos
+            pos = _maxalign(pos + tot_len)
+        if last is None or pos < len(stream) - len(payloads[-1][2]):
+            return None
+        tot_len, _, _, xl_info, rmid, xl_crc = _RECORD.unpack_from(stream, last)
+        if tot_len != SIZE_OF_XLOG_RECORD or rmid != RM_XLOG_ID or xl_info & 0xF0 != XLOG_SWITCH:
+            return None
+        if crc32c(stream[last : last + 20]) != xl_crc:
+            return None
+        first_len = len(payloads[0][2])
+        page_no, header, _ = payloads[0] if last < first_len else payloads[-1]
+        offset = last if last < first_len else last - first_len
+        return self.base + page_no * XLOG_BLCKSZ + header + offset
 
     def result(self) -> SegmentCheck:
         if self.problems:
-            shown = self.problems[:_MAX_PROBLEMS]
-            more = len(self.problems) - len(shown)
             raise PgBackupError(
-                f"WAL segment {self.file_name} is not valid: " + "; ".join(shown) + (f"; and {more} more problems" if more else ""),
+                f"WAL segment {self.file_name} is not valid: " + "; ".join(_summarise(self.problems)),
                 file_name=self.file_name,
-                problems=self.problems,
+                problems=[text for _, text in self.problems],
             )
         return SegmentCheck(
             file_name=self.file_name,
-            major_version=self.major or 0,
+            timeline=self.tli,
+            segment_number=self.base // self.seg_size,
+            start_lsn=self.base,
+            magic=self.magic or 0,
+            major_version=_MAJOR_OF_MAGIC.get(self.magic or 0, 0),
             system_identifier=self.sysid,
-            first_timeline=self.first_tli or 0,
+            first_timeline=self.timelines[0] if self.timelines else 0,
             last_timeline=self.last_tli,
+            timelines=tuple(self.timelines),
+            pages_read=self.pages_read,
             valid_pages=self.valid_pages,
             zero_from_page=self.zero_from,
             end_lsn=self.valid_end,
+            switch_lsn=self.switch_lsn,
+            complete=self.complete,
         )
 
 
-def _open(source: Union[str, bytes]):
-    if isinstance(source, (bytes, bytearray)):
-        return io.BytesIO(source)
-    try:
-        return open(source, "rb")
-    except OSError as exc:
-        raise PgBackupError(f"cannot read WAL segment {source}: {exc.strerror}") from exc
+def _maxalign(value: int) -> int:
+    return (value + 7) & ~7
 
 
-def _size(handle) -> int:
-    if isinstance(handle, io.BytesIO):
-        return len(handle.getbuffer())
-    return os.fstat(handle.fileno()).st_size
+def _summarise(problems: list[tuple[str, str]]) -> list[str]:
+    """One line per kind of problem: the first occurrence, and how many pages had the same."""
+    order: list[str] = []
+    first: dict[str, str] = {}
+    count: dict[str, int] = {}
+    for kind, text in problems:
+        if kind not in first:
+            order.append(kind)
+            first[kind] = text
+            count[kind] = 0
+        count[kind] += 1
+    return [first[k] + (f" (and {count[k] - 1} more pages like it)" if count[k] > 1 else "") for k in order]
