@@ -71,7 +71,7 @@ class Testbed:
         if mode == "netns" and postgres_login_problem():
             raise RuntimeError(f"{postgres_login_problem()}: run scripts/install-system-deps.sh as root")
         self.mode = mode
-        self.run_id, self.run_dir = _new_run_dir(run_dir)
+        self.run_id, self.run_dir = _new_run_dir(run_dir, strict_modes=mode == "netns")
         self.prefix = f"{PREFIX}{self.run_id}"
         self.ledger = ledger.Ledger(ledger_path or self.run_dir / "state.json", run_id=self.run_id, run_dir=str(self.run_dir), mode=mode, prefix=self.prefix)
         self.password = secrets.token_urlsafe(18)  # never printed: not in argv, logs or the inventory file
@@ -218,7 +218,7 @@ class Testbed:
         return leftovers(self.run_dir, self.prefix)
 
 
-def _new_run_dir(run_dir: Optional[Path]) -> tuple[str, Path]:
+def _new_run_dir(run_dir: Optional[Path], strict_modes: bool) -> tuple[str, Path]:
     """A run id no live namespace, link or directory uses, and its run dir (mode 0755: postgres must traverse it)."""
     taken = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
     taken += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
@@ -231,7 +231,8 @@ def _new_run_dir(run_dir: Optional[Path]) -> tuple[str, Path]:
             continue
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o755)
-        _check_strict_modes(path)
+        if strict_modes:
+            _check_strict_modes(path)
         return run_id, path
     raise RuntimeError("no free run id")
 
