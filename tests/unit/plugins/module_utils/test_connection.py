@@ -1,0 +1,424 @@
+"""Connection options and connecting: the argument spec, libpq keywords, and no password in any message."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import traceback
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2
+import pytest
+import yaml
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.pgbackup.lowlevel.plugins.doc_fragments.connection import ModuleDocFragment
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import connection as conn_mod
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import (
+    CONNECTION_OPTIONS,
+    MASK,
+    Session,
+    connect,
+    connect_kwargs,
+    connection_argument_spec,
+    describe_target,
+    run_query,
+    scrub,
+    with_connection_options,
+)
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+
+APP = "pgbackup.lowlevel/test"
+NASTY_PASSWORDS = [
+    "s3cr3t-Pa55",
+    "with space and 'quote' and \"dq\"",
+    "back\\slash\\'mix",
+    "pass=word;host=evil port=1",
+    "p@ss:w/rd?#%&+",
+    "{{ not_jinja }}$HOME`id`",
+    "pässwörd-€-ключ",
+]
+
+
+def _params(**overrides) -> dict:
+    params = {name: None for name in CONNECTION_OPTIONS}
+    params.update(login_port=5432, login_user="postgres", connect_params={})
+    params.update(overrides)
+    return params
+
+
+def _assert_clean(text: str, password: str) -> None:
+    assert password not in text
+    for form in (quote(password, safe=""), password.replace("\\", "\\\\").replace("'", "\\'")):
+        assert form not in text
+
+
+# --- the argument spec -------------------------------------------------------------------------------
+
+
+def test_argument_spec_is_fresh_and_complete():
+    first, second = connection_argument_spec(), connection_argument_spec()
+    assert first == second and first is not second
+    first["login_host"]["type"] = "int"
+    assert connection_argument_spec()["login_host"]["type"] == "str"
+    assert tuple(first) == CONNECTION_OPTIONS
+    assert second["login_password"]["no_log"] is True
+    assert second["login_port"]["default"] == 5432
+    assert second["login_user"]["default"] == "postgres"
+
+
+def test_doc_fragment_matches_the_argument_spec():
+    documented = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    spec = connection_argument_spec()
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        doc = documented[name]
+        assert doc["type"] == option["type"], name
+        assert doc.get("default") == option.get("default"), name
+        assert doc.get("choices") == option.get("choices"), name
+        assert bool(doc.get("no_log")) is False  # no_log is code, not documentation
+        env = conn_mod.ENV_FALLBACKS.get(name)
+        if env:
+            assert f"E({env})" in " ".join(doc["description"]), f"{name} must document its fallback {env}"
+
+
+def test_environment_fallbacks_fill_unset_options_and_mask_the_password(monkeypatch):
+    monkeypatch.setenv("PGHOST", "db.example.com")
+    monkeypatch.setenv("PGPORT", "6543")
+    monkeypatch.setenv("PGUSER", "backup")
+    monkeypatch.setenv("PGPASSWORD", "from-env")
+    monkeypatch.setenv("PGDATABASE", "app")
+    result = ArgumentSpecValidator(connection_argument_spec()).validate({"login_user": "explicit"})
+    assert not result.error_messages
+    params = result.validated_parameters
+    assert params["login_host"] == "db.example.com"
+    assert params["login_port"] == 6543
+    assert params["login_user"] == "explicit"  # an explicit option wins over the environment
+    assert params["login_password"] == "from-env"
+    assert params["login_db"] == "app"
+    assert "from-env" in result._no_log_values  # ansible masks it wherever it would be printed
+
+
+def test_defaults_without_environment(monkeypatch):
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"):
+        monkeypatch.delenv(name, raising=False)
+    params = ArgumentSpecValidator(connection_argument_spec()).validate({}).validated_parameters
+    assert params["login_port"] == 5432 and params["login_user"] == "postgres"
+    assert params["login_host"] is None and params["login_password"] is None
+    assert params["connect_params"] == {}
+
+
+def test_with_connection_options_merges_and_refuses_clashes():
+    merged = with_connection_options({"data_dir": {"type": "path"}})
+    assert set(merged) == set(CONNECTION_OPTIONS) | {"data_dir"}
+    with pytest.raises(ValueError, match="login_port"):
+        with_connection_options({"login_port": {"type": "int"}})
+
+
+# --- libpq keywords ----------------------------------------------------------------------------------
+
+
+def test_keywords_from_options():
+    kwargs = connect_kwargs(_params(login_host="db1", login_password="pw", login_db="app", ssl_mode="verify-full", ca_cert="/ca.pem"), application_name=APP)
+    assert kwargs == {
+        "host": "db1",
+        "port": 5432,
+        "user": "postgres",
+        "dbname": "app",
+        "sslmode": "verify-full",
+        "sslrootcert": "/ca.pem",
+        "password": "pw",
+        "connect_timeout": 10,
+        "application_name": APP,
+        "options": "-c statement_timeout=0",
+    }
+
+
+def test_unset_options_are_left_to_libpq():
+    kwargs = connect_kwargs(_params(login_password=""), application_name=APP)
+    assert set(kwargs) == {"port", "user", "connect_timeout", "application_name", "options"}
+
+
+def test_unix_socket_wins_over_host():
+    assert connect_kwargs(_params(login_host="db1", login_unix_socket="/run/pg"), application_name=APP)["host"] == "/run/pg"
+
+
+def test_connect_params_pass_through_and_may_override_the_timeout():
+    kwargs = connect_kwargs(_params(connect_params={"connect_timeout": 3, "keepalives": True, "target_session_attrs": "read-write"}), application_name=APP)
+    assert kwargs["connect_timeout"] == "3" and kwargs["keepalives"] == "1" and kwargs["target_session_attrs"] == "read-write"
+
+
+@pytest.mark.parametrize("keyword", ["password", "PASSWORD", "application_name", "options", "host", "port", "user", "dbname", "sslmode", "replication"])
+def test_connect_params_refuse_keywords_we_own(keyword):
+    with pytest.raises(PgBackupError, match=f"connect_params may not set '{keyword}': use ") as caught:
+        connect_kwargs(_params(connect_params={keyword: "secret-value"}), application_name=APP)
+    assert "secret-value" not in str(caught.value)
+
+
+def test_connect_params_must_be_a_dict():
+    with pytest.raises(PgBackupError, match="dictionary"):
+        connect_kwargs(_params(connect_params="sslmode=disable"), application_name=APP)
+
+
+def test_session_settings_are_escaped_into_options():
+    kwargs = connect_kwargs(_params(), application_name=APP, settings={"idle_session_timeout": 0, "search_path": "a b\\c"})
+    assert kwargs["options"] == "-c statement_timeout=0 -c idle_session_timeout=0 -c search_path=a\\ b\\\\c"
+
+
+def test_target_description_never_has_the_password():
+    kwargs = connect_kwargs(_params(login_host="db1", login_password="hunter2", login_db="app"), application_name=APP)
+    assert describe_target(kwargs) == "host=db1, port=5432, user=postgres, database=app"
+    assert "socket directory=/run/pg" in describe_target({"host": "/run/pg"})
+    assert "libpq default Unix socket" in describe_target({})
+
+
+# --- scrubbing ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", NASTY_PASSWORDS)
+def test_scrub_masks_every_spelling_of_the_password(password):
+    dsn = psycopg2.extensions.make_dsn(host="h", password=password)
+    text = f"raw {password} | dsn {dsn} | uri postgresql://u:{quote(password, safe='')}@h/db | end"
+    cleaned = scrub(text, (password,))
+    _assert_clean(cleaned, password)
+    assert cleaned.startswith("raw ") and cleaned.endswith(" end")
+
+
+def test_scrub_masks_assignments_of_unknown_passwords():
+    text = "invalid dsn: password=abc host=x, password = 'q\\'uoted' and postgres://me:pw@db/x"
+    cleaned = scrub(text)
+    assert "abc" not in cleaned and "uoted" not in cleaned and ":pw@" not in cleaned
+    assert cleaned.count(MASK) == 3
+
+
+# --- connecting --------------------------------------------------------------------------------------
+
+
+def _fail_with(message: str, *, pgcode=None, exc_type=psycopg2.OperationalError):
+    def fake_connect(**kwargs):
+        error = exc_type(message.format(**{k: v for k, v in kwargs.items()}, dsn=psycopg2.extensions.make_dsn(**kwargs)))
+        if pgcode:
+            try:
+                error.pgcode = pgcode
+            except AttributeError:
+                pass
+        raise error
+
+    return fake_connect
+
+
+@pytest.mark.parametrize("password", NASTY_PASSWORDS)
+def test_an_error_echoing_the_dsn_and_password_is_scrubbed(password):
+    echo = _fail_with('FATAL:  password authentication failed for user "{user}" using "{password}" ({dsn})')
+    with pytest.raises(PgBackupError) as caught:
+        connect(_params(login_host="db1", login_password=password, login_db="app"), application_name=APP, connect_function=echo)
+    error = caught.value
+    everything = "\n".join([str(error), repr(error), repr(error.details), "".join(traceback.format_exception(error))])
+    _assert_clean(everything, password)
+    assert error.__cause__ is None and error.__suppress_context__
+    assert "host=db1, port=5432, user=postgres, database=app" in str(error)
+    assert "check login_password" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("message", "hint"),
+    [
+        ('FATAL:  no pg_hba.conf entry for host "10.0.0.9", user "x", database "y", no encryption', "pg_hba.conf"),
+        ("fe_sendauth: no password supplied", "set login_password"),
+        ('FATAL:  role "nobody" does not exist', "check login_user"),
+        ('FATAL:  database "nope" does not exist', "check login_db"),
+        ('could not translate host name "nope.invalid" to address: Name or service not known', "does not resolve"),
+        ('connection to server at "10.0.0.1", port 5432 failed: timeout expired', "nothing answered in time"),
+        ('connection to server at "127.0.0.1", port 1 failed: Connection refused', "the server runs"),
+        ('connection to server on socket "/tmp/.s.PGSQL.1" failed: No such file or directory', "name its socket"),
+        ("FATAL:  the database system is starting up", "retry"),
+        ("FATAL:  sorry, too many clients already", "check the connection options"),
+        ('FATAL:  Peer authentication failed for user "postgres"', "OS user"),
+        ('invalid dsn: invalid connection option "bogus"', "remove the unknown keyword"),
+    ],
+)
+def test_connection_failures_say_what_to_do(message, hint):
+    with pytest.raises(PgBackupError) as caught:
+        connect(_params(login_host="db1"), application_name=APP, connect_function=_fail_with(message))
+    assert hint in str(caught.value)
+    assert str(caught.value).startswith("cannot connect to PostgreSQL at host=db1, port=5432, user=postgres, database=postgres: ")
+
+
+def test_sqlstate_is_reported_when_the_error_has_one():
+    class Coded(Exception):
+        pgcode = "28P01"
+
+    def fake_connect(**kwargs):
+        raise Coded('FATAL:  password authentication failed for user "postgres"')
+
+    with pytest.raises(PgBackupError) as caught:
+        connect(_params(login_password="pw"), application_name=APP, connect_function=fake_connect)
+    assert "(SQLSTATE 28P01)" in str(caught.value) and caught.value.details["sqlstate"] == "28P01"
+
+
+@pytest.mark.parametrize("password", NASTY_PASSWORDS)
+def test_real_libpq_refused_connection_with_a_nasty_password(password):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PgBackupError) as caught:
+        connect(_params(login_host="127.0.0.1", login_port=port, login_password=password), application_name=APP)
+    _assert_clean(str(caught.value), password)
+    assert "Connection refused" in str(caught.value) and "the server runs" in str(caught.value)
+
+
+def test_real_libpq_unknown_host_and_unknown_keyword():
+    with pytest.raises(PgBackupError, match="does not resolve"):
+        connect(_params(login_host="nonexistent.invalid", login_password="pw"), application_name=APP)
+    with pytest.raises(PgBackupError, match='invalid connection option "bogus"') as caught:
+        connect(_params(login_host="127.0.0.1", login_password="pw-XYZ", connect_params={"bogus": "1"}), application_name=APP)
+    assert "pw-XYZ" not in str(caught.value)
+
+
+class _EchoServer:
+    """Speaks just enough of the PostgreSQL protocol to ask for a cleartext password and echo it back in an error."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        client, _addr = self.sock.accept()
+        with client:
+            while True:  # SSL/GSS encryption requests are declined with 'N'; then comes the startup packet
+                length, code = struct.unpack("!II", self._read(client, 8))
+                if code in (80877103, 80877104):
+                    client.sendall(b"N")
+                    continue
+                self._read(client, length - 8)
+                break
+            client.sendall(b"R" + struct.pack("!II", 8, 3))  # AuthenticationCleartextPassword
+            length = struct.unpack("!xI", self._read(client, 5))[0]
+            password = self._read(client, length - 4).rstrip(b"\0")
+            self.received.append(password)
+            uri = quote(password.decode(), safe="").encode()
+            message = b'password authentication failed for user "postgres": got "' + password + b'" (password=' + password
+            message += b" postgresql://postgres:" + uri + b"@here)"
+            fields = b"SFATAL\0VFATAL\0C28P01\0M" + message + b"\0\0"
+            client.sendall(b"E" + struct.pack("!I", len(fields) + 4) + fields)
+
+    @staticmethod
+    def _read(client: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = client.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("client went away")
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("password", NASTY_PASSWORDS)
+def test_a_server_echoing_the_password_is_scrubbed(password):
+    server = _EchoServer()
+    try:
+        with pytest.raises(PgBackupError) as caught:
+            connect(
+                _params(login_host="127.0.0.1", login_port=server.port, login_password=password, connect_params={"gssencmode": "disable"}),
+                application_name=APP,
+            )
+    finally:
+        server.close()
+    assert server.received == [password.encode()], "the fake server must have seen the real password"
+    error = caught.value
+    everything = "\n".join([str(error), repr(error), repr(error.details), "".join(traceback.format_exception(error))])
+    _assert_clean(everything, password)
+    assert "password authentication failed" in str(error) and "check login_password" in str(error)
+
+
+def test_missing_psycopg2_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(conn_mod, "psycopg2", None)
+    with pytest.raises(PgBackupError, match=r"psycopg2 is missing .* install it"):
+        connect(_params(), application_name=APP)
+
+
+# --- queries -----------------------------------------------------------------------------------------
+
+
+class _Cursor:
+    def __init__(self, rows, description, error=None) -> None:
+        self.rows, self.description, self.error, self.query = rows, description, error, None
+        self.closed = False
+
+    def execute(self, sql, params=None) -> None:
+        if self.error:
+            raise self.error
+        self.query = (sql % tuple(repr(p) for p in params) if params else sql).encode()
+
+    def fetchall(self):
+        return self.rows
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Connection:
+    def __init__(self, cursor) -> None:
+        self._cursor = cursor
+        self.closed = False
+
+    def cursor(self):
+        return self._cursor
+
+    def close(self) -> None:
+        raise RuntimeError("already broken")
+
+
+def test_run_query_returns_dicts_and_records_the_statement():
+    cursor = _Cursor([(1, "a"), (2, "b")], [("n",), ("s",)])
+    session = Session(_Connection(cursor), target="host=db1")
+    assert run_query(session, "SELECT n, s FROM t WHERE n > %s", (0,)) == [{"n": 1, "s": "a"}, {"n": 2, "s": "b"}]
+    assert session.queries == ["SELECT n, s FROM t WHERE n > 0"]
+    assert cursor.closed
+    assert session.query("SET x = %s", ("secret",), record=False) == [{"n": 1, "s": "a"}, {"n": 2, "s": "b"}]
+    assert session.queries == ["SELECT n, s FROM t WHERE n > 0"]
+
+
+def test_run_query_without_result_rows():
+    session = Session(_Connection(_Cursor([], None)), target="host=db1")
+    assert run_query(session, "CHECKPOINT") == []
+    assert session.queries == ["CHECKPOINT"]
+
+
+def test_run_query_failure_carries_the_sqlstate():
+    error = psycopg2.errors.InsufficientPrivilege if hasattr(psycopg2, "errors") else Exception
+
+    class Denied(error):
+        pgcode = "42501"
+        pgerror = "ERROR:  permission denied for function pg_control_system\n"
+
+    session = Session(_Connection(_Cursor([], None, error=Denied())), target="host=db1, port=5432")
+    with pytest.raises(PgBackupError) as caught:
+        run_query(session, "SELECT * FROM pg_control_system()")
+    assert caught.value.details["sqlstate"] == "42501"
+    assert caught.value.details["server_message"] == "ERROR: permission denied for function pg_control_system"
+    assert str(caught.value) == (
+        "query failed on host=db1, port=5432: ERROR: permission denied for function pg_control_system (SQLSTATE 42501); "
+        "the query was: SELECT * FROM pg_control_system()"
+    )
+    assert session.queries == []
+
+
+def test_session_close_swallows_a_broken_connection():
+    with Session(_Connection(_Cursor([], None)), target="x") as session:
+        assert session.target == "x"
+
+
+def test_this_file_is_where_the_argspec_lives():
+    source = Path(conn_mod.__file__).read_text()
+    assert source.count("from ansible") == 1, "only connection_argument_spec() may import Ansible"
