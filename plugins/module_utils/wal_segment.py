@@ -74,6 +74,7 @@ class SegmentCheck:
     zero_from_page: Optional[int]  # first all-zero page (the rest after a WAL switch), if any
     end_lsn: int  # LSN just past the last page with a valid header
     switch_lsn: Optional[int]  # LSN of the XLOG_SWITCH record the segment ends with, if it ends early
+    switch_end_lsn: Optional[int]  # the end of that record: what pg_switch_wal() returned
     complete: bool  # every page valid, or valid up to a WAL switch and zero after it
 
     def as_dict(self) -> dict:
@@ -90,6 +91,7 @@ class SegmentCheck:
             "start_lsn": format_lsn(self.start_lsn),
             "end_lsn": format_lsn(self.end_lsn),
             "switch_lsn": None if self.switch_lsn is None else format_lsn(self.switch_lsn),
+            "switch_end_lsn": None if self.switch_end_lsn is None else format_lsn(self.switch_end_lsn),
             "complete": self.complete,
         }
 
@@ -336,6 +338,7 @@ class _Scan:
 
     def finish(self, complete: bool, through_lsn: Optional[int]) -> None:
         self.switch_lsn: Optional[int] = None
+        self.switch_end_lsn: Optional[int] = None
         self.complete = False
         if self.problems:
             return
@@ -393,9 +396,20 @@ class _Scan:
             return None
         if crc32c(stream[last : last + 20]) != xl_crc:
             return None
-        first_len = len(payloads[0][2])
-        page_no, header, _ = payloads[0] if last < first_len else payloads[-1]
-        offset = last if last < first_len else last - first_len
+        self.switch_end_lsn = self._stream_lsn(payloads, last + SIZE_OF_XLOG_RECORD, end=True)
+        return self._stream_lsn(payloads, last)
+
+    def _stream_lsn(self, payloads: list, offset: int, end: bool = False) -> int:
+        """The LSN of a byte offset in the concatenated page payloads (page headers left out).
+
+        An end pointer exactly at a page's end stays there (``XLogBytePosToEndRecPtr``) instead of
+        moving past the next page's header.
+        """
+        for page_no, header, payload in payloads[:-1]:
+            if offset < len(payload) or (end and offset == len(payload)):
+                return self.base + page_no * XLOG_BLCKSZ + header + offset
+            offset -= len(payload)
+        page_no, header, _ = payloads[-1]
         return self.base + page_no * XLOG_BLCKSZ + header + offset
 
     def result(self) -> SegmentCheck:
@@ -421,6 +435,7 @@ class _Scan:
             zero_from_page=self.zero_from,
             end_lsn=self.valid_end,
             switch_lsn=self.switch_lsn,
+            switch_end_lsn=self.switch_end_lsn,
             complete=self.complete,
         )
 
