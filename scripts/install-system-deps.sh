@@ -46,17 +46,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   trap cleanup EXIT
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  # Installing a service package enables it for the next boot; we only want the binaries.
-  for pkg in "${missing[@]}"; do
-    case $pkg in
-      openssh-server) units=(ssh.service ssh.socket) ;;
-      postgresql-15) units=(postgresql.service) ;;
-      *) units=() ;;
-    esac
-    for unit in "${units[@]}"; do
-      command -v deb-systemd-helper >/dev/null 2>&1 && deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
+  # Installing a service package enables it for the next boot; we only want the binaries. (systemctl disable
+  # edits the unit symlinks even when systemd is not running; deb-systemd-helper refuses outside dpkg.)
+  if command -v systemctl >/dev/null 2>&1; then
+    for pkg in "${missing[@]}"; do
+      case $pkg in
+        openssh-server) systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true ;;
+        postgresql-15) systemctl disable --quiet postgresql.service 2>/dev/null || true ;;
+      esac
     done
-  done
+  fi
 fi
 
 # The clusters run as the postgres OS user (postgresql-common creates it; make sure on odd machines).

@@ -192,10 +192,16 @@ def test_sandbox_up_and_down():
 @pytest.mark.netns
 def test_teardown_leaves_nothing_behind():
     bed = Testbed("netns", hosts=("a", "b"))
-    primary = bed.new_primary(pgbins.selected_majors()[-1], host=bed.hosts[0])
+    major = pgbins.selected_majors()[-1]
+    primary = bed.new_primary(major, host=bed.hosts[0])
     primary.make_standby("standby", host=bed.hosts[1])
     primary.pgbench_init()
     bed.load(primary, seconds=60)
+    # A server the code under test started on its own in the run dir (a restore, a clone) is stopped too.
+    foreign, bindir = bed.scratch_dir("foreign"), postgres_install(major).bindir
+    bed.hosts[1].run([str(bindir / "initdb"), "-D", str(foreign / "data"), "--no-sync", "-U", "postgres"], user="postgres")
+    options = f"-p 5499 -k {foreign} -c listen_addresses=''"
+    bed.hosts[1].run([str(bindir / "pg_ctl"), "-D", str(foreign / "data"), "-o", options, "-l", str(foreign / "log"), "-w", "start"], user="postgres")
     assert bed.leftovers(), "the probe must see a running test bed"
     bed.teardown()
     bed.teardown()

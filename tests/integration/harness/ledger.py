@@ -47,6 +47,10 @@ def teardown(data: dict[str, Any], ledger_path: Optional[Path] = None) -> None:
         procs.kill(proc["pid"], proc["marker"], sig=signal.SIGINT if proc.get("what") == "pgbench" else signal.SIGTERM)
     for cluster in reversed(data.get("clusters", [])):
         _stop_cluster(cluster)
+    if data.get("run_dir"):
+        # Servers the code under test started in data directories of its own under the run dir (restores, clones).
+        for pid_file in Path(data["run_dir"]).rglob("postmaster.pid"):
+            _stop_cluster({"datadir": str(pid_file.parent), "pg_ctl": None})
     for netns in data.get("netns", []):
         # Anything still inside one of our namespaces was started there by us (an ssh session, a server).
         pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=False).stdout.split()
@@ -71,6 +75,9 @@ def _stop_cluster(cluster: dict[str, Any]) -> None:
         except (OSError, ValueError):
             pass
     if not pid or not procs.alive(pid, datadir):
+        return
+    if cluster["pg_ctl"] is None:
+        procs.kill(pid, datadir, sig=signal.SIGINT, timeout=60)  # SIGINT is a fast shutdown; SIGKILL follows if it hangs
         return
     for mode in ("fast", "immediate"):
         stop = ["runuser", "-u", "postgres", "--", cluster["pg_ctl"], "-D", datadir, "-m", mode, "-w", "-t", "60", "stop"]

@@ -16,10 +16,20 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def cwd(pid: int) -> str:
+    try:
+        return os.readlink(Path("/proc") / str(pid) / "cwd")
+    except OSError:
+        return ""
+
+
 def alive(pid: int, marker: str = "") -> bool:
-    """Whether ``pid`` runs and (with a marker) is still ours: a recycled PID would not name our run dir or cluster."""
+    """Whether ``pid`` runs and (with a marker) is still ours: a recycled PID would not name our run dir or cluster.
+
+    A postmaster runs in its data directory, so its cwd identifies it even when its command line has a relative path.
+    """
     line = cmdline(pid)
-    return bool(line) and marker in line
+    return bool(line) and (marker in line or cwd(pid) == marker)
 
 
 def kill(pid: int, marker: str = "", sig: int = signal.SIGTERM, timeout: float = 10) -> None:

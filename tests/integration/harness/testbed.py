@@ -80,6 +80,7 @@ class Testbed:
         self.loads: list[Load] = []
         self.network: Optional[Network] = None
         self._torn_down = False
+        self._serial = 0  # default cluster names; never reused, even after a cluster is dropped from .clusters
         self._next_local_port = 20000 + int(self.run_id, 16) % 1000 * 20
         atexit.register(self.teardown)
         try:
@@ -131,23 +132,27 @@ class Testbed:
 
     def _cluster(self, major: int, host: Optional[Host], name: str, role: str, upstream: Optional[Cluster] = None) -> Cluster:
         host = host or self.hosts[0]
-        if any(c.name == name for c in self.clusters):
+        if any(c.name == name for c in self.clusters) or (self.run_dir / name).exists():
             raise ValueError(f"a cluster named {name!r} exists already")
         cluster = Cluster(self, name=name, pg=postgres_install(major), node=host, port=self._port(host), role=role, upstream=upstream)
         self.clusters.append(cluster)
         self.ledger.add("clusters", {"name": name, "pg_ctl": str(cluster.pg.bindir / "pg_ctl"), "datadir": str(cluster.datadir), "pid": None})
         return cluster
 
+    def _next_serial(self) -> int:
+        self._serial += 1
+        return self._serial
+
     def new_primary(self, major: int, host: Optional[Host] = None, wal_segsize: Optional[int] = None, name: Optional[str] = None) -> Cluster:
         """initdb (checksums on) and start a primary of ``major`` on ``host`` (default: the first host)."""
-        cluster = self._cluster(major, host, name or f"pg{major}-primary{len(self.clusters) + 1}", "primary")
+        cluster = self._cluster(major, host, name or f"pg{major}-primary{self._next_serial()}", "primary")
         cluster.initdb(wal_segsize=wal_segsize)
         cluster.start()
         return cluster
 
     def new_standby(self, upstream: Cluster, host: Optional[Host] = None, name: Optional[str] = None) -> Cluster:
         """A streaming standby of ``upstream`` (a primary or a standby): a cold copy of its stopped data directory."""
-        name = name or f"pg{upstream.major}-standby{len(self.clusters) + 1}"
+        name = name or f"pg{upstream.major}-standby{self._next_serial()}"
         standby = self._cluster(upstream.major, host or upstream.node, name, "standby", upstream=upstream)
         standby._make_dirs()
         was_running = upstream.is_running()
@@ -173,7 +178,7 @@ class Testbed:
         After filling ``cluster.datadir`` call ``cluster.write_settings()`` (its own port, socket, archive, and
         primary_conninfo when ``upstream`` is given) and ``cluster.start()``; teardown stops it like any other.
         """
-        cluster = self._cluster(major, host, name or f"pg{major}-restored{len(self.clusters) + 1}", "standby" if upstream else "primary", upstream)
+        cluster = self._cluster(major, host, name or f"pg{major}-restored{self._next_serial()}", "standby" if upstream else "primary", upstream)
         cluster._make_dirs()
         return cluster
 
