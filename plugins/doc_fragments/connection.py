@@ -63,6 +63,7 @@ options:
       - Further libpq connection keywords, for example C(sslcert), C(sslkey), C(target_session_attrs),
         C(keepalives_idle), C(connect_timeout) or C(passfile).
       - C(connect_timeout) is V(10) seconds unless set here.
+      - A C(sslpassword) given here is kept out of output and messages like O(login_password).
       - Keywords that have an option above (C(host), C(port), C(user), C(password), C(dbname), C(sslmode),
         C(sslrootcert)) are refused, and so are C(application_name), C(options) and C(replication), which the
         collection sets itself.

@@ -44,6 +44,9 @@ ENV_FALLBACKS = {
     "login_db": "PGDATABASE",
 }
 
+# libpq keywords whose values are secrets wherever they come from.
+SECRET_KEYWORDS = ("password", "sslpassword")
+
 # libpq keywords that connect_params may not set, and what to use instead.
 _OWNED_KEYWORDS = {
     "password": "login_password (it is marked no_log; connect_params is not)",
@@ -90,6 +93,23 @@ def with_connection_options(module_spec: Mapping[str, dict], connection_spec: Op
     merged = dict(connection_spec)
     merged.update(module_spec)
     return merged
+
+
+def connection_secrets(params: Mapping[str, Any]) -> set:
+    """Every secret among the connection options: login_password and secret keywords in connect_params.
+
+    A module adds these to ``module.no_log_values`` first thing, so Ansible masks them everywhere it prints
+    (connect_params is not no_log as a whole: that would mask every value in it, like ``1``).
+    """
+    secrets = set()
+    if params.get("login_password"):
+        secrets.add(str(params["login_password"]))
+    extra = params.get("connect_params")
+    if isinstance(extra, Mapping):
+        for key, value in extra.items():
+            if str(key).lower() in SECRET_KEYWORDS and value not in (None, ""):
+                secrets.add(str(value))
+    return secrets
 
 
 # --- building the connection ---------------------------------------------------------------------
@@ -230,7 +250,7 @@ def _connect_hint(message: str) -> str:
 
 def connect_error(exc: BaseException, kwargs: Mapping[str, Any]) -> PgBackupError:
     """The PgBackupError for a failed connection attempt with ``kwargs``."""
-    secrets = (kwargs.get("password"),)
+    secrets = tuple(kwargs.get(keyword) for keyword in SECRET_KEYWORDS)
     message = _server_message(exc, secrets)
     sqlstate = _sqlstate(exc)
     target = scrub(describe_target(kwargs), secrets)
@@ -317,6 +337,9 @@ def run_query(session: Session, sql: str, params: Any = None, *, record: bool = 
             if not cursor.description:
                 return []
             names = [column[0] for column in cursor.description]
+            if len(set(names)) != len(names):
+                duplicates = sorted({name for name in names if names.count(name) > 1})
+                raise ValueError(f"the query returns more than one column named {', '.join(duplicates)}: give each column its own name with AS")
             return [dict(zip(names, row)) for row in cursor.fetchall()]
         finally:
             cursor.close()

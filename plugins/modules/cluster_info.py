@@ -596,7 +596,7 @@ cluster:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.cluster_facts import data_dir_facts, server_facts
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connect, with_connection_options
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connect, connection_secrets, with_connection_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 
 APPLICATION_NAME = "pgbackup.lowlevel/cluster_info"
@@ -613,6 +613,7 @@ def run_module(module: AnsibleModule) -> dict:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=with_connection_options({"data_dir": {"type": "path"}}), supports_check_mode=True)
+    module.no_log_values.update(connection_secrets(module.params))
     try:
         result = run_module(module)
     except PgBackupError as exc:

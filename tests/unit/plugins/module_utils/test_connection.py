@@ -389,6 +389,12 @@ def test_run_query_returns_dicts_and_records_the_statement():
     assert session.queries == ["SELECT n, s FROM t WHERE n > 0"]
 
 
+def test_run_query_refuses_columns_with_the_same_name():
+    session = Session(_Connection(_Cursor([(1, 2)], [("current_setting",), ("current_setting",)])), target="host=db1")
+    with pytest.raises(PgBackupError, match="more than one column named current_setting: give each column its own name with AS"):
+        run_query(session, "SELECT current_setting('a'), current_setting('b')")
+
+
 def test_run_query_without_result_rows():
     session = Session(_Connection(_Cursor([], None)), target="host=db1")
     assert run_query(session, "CHECKPOINT") == []
