@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -16,6 +17,20 @@ NOT_ROOT = "integration tests run PostgreSQL as the postgres user (runuser) and 
 def _need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip(NOT_ROOT)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _teardown_on_sigterm():
+    """A CI timeout sends SIGTERM, which would skip finalizers and atexit; as an interrupt, pytest tears down."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+    yield
+    if signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session", autouse=True)
