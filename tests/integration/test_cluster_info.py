@@ -140,7 +140,7 @@ def test_primary_standby_and_stopped_copy_through_ansible(primary_standby, testb
 
 @pytest.mark.parametrize("pg_major", [_one_major()], indirect=True, ids=lambda m: f"pg{m}")
 def test_wrong_password_fails_clearly_and_never_shows_it(primary_standby, testbed, ansible_env, tmp_path):
-    primary, _ = primary_standby
+    primary = primary_standby[0]
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     proc = _playbook(
         ansible_env,

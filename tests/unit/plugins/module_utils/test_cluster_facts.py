@@ -179,7 +179,7 @@ class _Connection:
         pass
 
 
-def _facts(server: FakeServer) -> tuple[dict, list[str], Session]:
+def _facts(server: FakeServer) -> tuple:
     warnings: list[str] = []
     session = Session(_Connection(server), target="host=db1, port=5432, user=u, database=postgres")
     return server_facts(session, warn=warnings.append), warnings, session
@@ -285,25 +285,25 @@ def test_standby_facts(major):
 
 
 def test_standby_without_wal_receiver_uses_the_recovery_timelines():
-    facts, _, _ = _facts(FakeServer(16, standby=True, pg_stat_wal_receiver=(["pid"], [])))
+    facts = _facts(FakeServer(16, standby=True, pg_stat_wal_receiver=(["pid"], [])))[0]
     assert facts["wal_receiver"] is None and facts["received_timeline"] is None
     assert facts["timeline"] == 2
 
 
 def test_unprivileged_role_gets_nulls_and_warnings():
-    facts, warnings, _ = _facts(FakeServer(16, privileged=False))
+    facts, warnings = _facts(FakeServer(16, privileged=False))[:2]
     assert facts["data_directory"] is None and facts["wal_segment_size"] == 16777216
     assert facts["replication"][0]["state"] is None
     assert len(warnings) == 2
     assert "data_directory" in warnings[0] and "pg_read_all_settings" in warnings[0]
     assert "pg_stat_replication" in warnings[1] and "pg_read_all_stats" in warnings[1]
-    facts, warnings, _ = _facts(FakeServer(16, standby=True, privileged=False))
+    facts, warnings = _facts(FakeServer(16, standby=True, privileged=False))[:2]
     assert facts["wal_receiver"]["status"] is None and facts["received_timeline"] is None
     assert any("pg_stat_wal_receiver" in w for w in warnings)
 
 
 def test_revoked_functions_give_nulls_and_say_what_to_grant():
-    facts, warnings, _ = _facts(FakeServer(15, denied=("pg_control_system()", "pg_control_checkpoint()", "pg_replication_slots")))
+    facts, warnings = _facts(FakeServer(15, denied=("pg_control_system()", "pg_control_checkpoint()", "pg_replication_slots")))[:2]
     assert facts["system_identifier"] is None and facts["checkpoint"] is None and facts["checkpoint_timeline"] is None
     assert facts["replication_slots"] is None
     assert facts["timeline"] == 3, "the primary's timeline still comes from its current WAL file"
@@ -328,7 +328,7 @@ def test_other_sql_errors_fail():
 @pytest.mark.parametrize("major", [12, 19])
 def test_unsupported_majors_warn(major):
     version = (["server_version", "server_version_num", "in_recovery"], [(f"{major}.1", major * 10000 + 1, False)])
-    _, warnings, _ = _facts(FakeServer(13, server_version_num=version))
+    warnings = _facts(FakeServer(13, server_version_num=version))[1]
     assert any("supports 13 to 18" in w for w in warnings)
 
 

@@ -197,7 +197,7 @@ def test_scrub_masks_assignments_of_unknown_passwords():
 
 def _fail_with(message: str, *, pgcode=None, exc_type=psycopg2.OperationalError):
     def fake_connect(**kwargs):
-        error = exc_type(message.format(**{k: v for k, v in kwargs.items()}, dsn=psycopg2.extensions.make_dsn(**kwargs)))
+        error = exc_type(message.format(**kwargs, dsn=psycopg2.extensions.make_dsn(**kwargs)))
         if pgcode:
             try:
                 error.pgcode = pgcode
