@@ -48,18 +48,17 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Facts of the server, connection options set once for the play
-  hosts: databases
+- name: Facts of the server, with the connection options set once (a play's module_defaults works the same way)
   module_defaults:
     group/pgbackup.lowlevel.postgres:
       login_host: "{{ ansible_host }}"
       login_password: "{{ vault_postgres_password }}"
-  tasks:
+  block:
     - name: Read the facts
       pgbackup.lowlevel.cluster_info:
       register: pg
 
-    - name: Refuse a standby whose primary is another cluster
+    - name: Refuse a standby that belongs to another cluster than the primary
       ansible.builtin.assert:
         that:
           - pg.cluster.in_recovery
@@ -71,7 +70,7 @@ EXAMPLES = r"""
   become_user: postgres
   pgbackup.lowlevel.cluster_info:
     login_unix_socket: /var/run/postgresql
-  register: pg
+  register: local_pg
 
 - name: Facts of a stopped copy, from its pg_control
   pgbackup.lowlevel.cluster_info:
