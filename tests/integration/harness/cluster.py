@@ -25,6 +25,15 @@ def chown_postgres(path: Path) -> None:
     shutil.chown(path, OS_USER, OS_USER)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a postgres-owned 0600 file that is never readable by others, not even between write and chmod."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+        handle.write(text)
+    chown_postgres(path)
+
+
 class Cluster:
     def __init__(self, testbed: Testbed, *, name: str, pg: PgInstall, node: Host, port: int, role: str = "primary", upstream: Optional[Cluster] = None) -> None:
         self.testbed = testbed
@@ -109,9 +118,7 @@ class Cluster:
         self._write(self.datadir / "pg_hba.conf", "".join(lines))
 
     def _write(self, path: Path, text: str) -> None:
-        path.write_text(text)
-        path.chmod(0o600)
-        chown_postgres(path)
+        write_private(path, text)
 
     def initdb(self, wal_segsize: Optional[int] = None) -> None:
         self._make_dirs()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import inventory, ledger, procs
-from .cluster import Cluster, chown_postgres
+from .cluster import Cluster, chown_postgres, write_private
 from .hosts import Host, Network, postgres_login_problem
 from .pgbins import ROOT, client_bindir, postgres_install
 
@@ -84,9 +84,7 @@ class Testbed:
         self._next_local_port = 20000 + int(self.run_id, 16) % 1000 * 20
         atexit.register(self.teardown)
         try:
-            self.passfile.write_text(f"*:*:*:postgres:{self.password}\n")
-            self.passfile.chmod(0o600)
-            chown_postgres(self.passfile)
+            write_private(self.passfile, f"*:*:*:postgres:{self.password}\n")
             if mode == "local":
                 self.hosts = [Host(name, "127.0.0.1") for name in hosts]
             else:
@@ -163,8 +161,7 @@ class Testbed:
         finally:
             if was_running:
                 upstream.start()
-        for leftover in ("postmaster.opts", "backup_label.old", "recovery.signal"):
-            (standby.datadir / leftover).unlink(missing_ok=True)
+        (standby.datadir / "postmaster.opts").unlink(missing_ok=True)  # the upstream's command line, not this server's
         standby.write_settings()
         (standby.datadir / "standby.signal").touch()
         chown_postgres(standby.datadir / "standby.signal")
