@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.cluster_facts import server_facts
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.cluster_facts import data_dir_facts, server_facts
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connect, run_query
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 
@@ -192,6 +192,7 @@ def test_two_namespace_hosts_over_ssh(netns_testbed, ansible_env, tmp_path):
     finally:
         for cluster in (standby, primary):
             cluster.stop()
+            bed.clusters.remove(cluster)
 
 
 def test_a_role_without_privileges_gets_warnings_not_failures(primary_standby):
@@ -216,3 +217,25 @@ def test_a_role_without_privileges_gets_warnings_not_failures(primary_standby):
         else:
             assert facts["wal_receiver"]["status"] is None and any("pg_stat_wal_receiver" in w for w in warnings)
             assert facts["timeline"] == 1, "without the WAL receiver's row the timeline still comes from pg_control"
+
+
+@pytest.mark.parametrize("pg_major", [_one_major()], indirect=True, ids=lambda m: f"pg{m}")
+def test_timeline_right_after_a_promotion(primary_standby, testbed, pg_major):
+    primary = primary_standby[0]
+    promoted = testbed.new_standby(primary, name=f"pg{pg_major}-ci-promoted")
+    try:
+        promoted.sql("SELECT pg_promote(true, 60)")
+        params = {"login_unix_socket": str(promoted.socket_dir), "login_port": promoted.port, "login_user": "postgres", "login_db": "postgres"}
+        with connect(params, application_name="pgbackup.lowlevel/test") as session:
+            facts = server_facts(session, warn=pytest.fail)
+        # WAL goes to timeline 2 at once; the checkpoint in pg_control may still be the one from before the promotion.
+        assert facts["in_recovery"] is False and facts["timeline"] == facts["insert_timeline"] == 2
+        assert facts["current_wal_file"].startswith("00000002") and facts["checkpoint_timeline"] in (1, 2)
+        promoted.stop()
+        stopped = data_dir_facts(str(promoted.datadir), warn=pytest.fail)
+        assert stopped["timeline"] == 2 and stopped["state"] == "shut down" and stopped["running"] is False
+        assert stopped["system_identifier"] == _truth(primary)["system_identifier"]
+    finally:
+        if promoted.is_running():
+            promoted.stop()
+        testbed.clusters.remove(promoted)  # out of later inventories; the ledger still knows it for teardown
