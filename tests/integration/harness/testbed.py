@@ -233,10 +233,14 @@ def _new_run_dir(run_dir: Optional[Path], strict_modes: bool) -> tuple[str, Path
             continue
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o755)
-        if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)], check=False).returncode != 0:
-            raise RuntimeError(f"the postgres user cannot enter {path}: choose a run dir whose parents are world-executable")
-        if strict_modes:
-            _check_strict_modes(path)
+        try:
+            if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)], check=False).returncode != 0:
+                raise RuntimeError(f"the postgres user cannot enter {path}: choose a run dir whose parents are world-executable")
+            if strict_modes:
+                _check_strict_modes(path)
+        except RuntimeError:
+            path.rmdir()  # empty: nothing was made in it yet
+            raise
         return run_id, path
     raise RuntimeError("no free run id")
 
