@@ -1,0 +1,375 @@
+from __future__ import annotations
+
+import gzip
+import io
+
+import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import parse_wal_file_name, wal_file_name
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_segment import WAL_PAGE_MAGIC, validate_segment
+
+from . import core_vectors
+from .walbuilder import MAGIC_15, MB, PAGE, SYSID, build_segment, full_segment, page, patch, record, switch_record, with_page
+
+NAME = "000000010000000000000005"  # segment 5 of 1 MB segments: 0/500000
+BASE = 5 * MB
+
+
+def check(data, name=NAME, **kw):
+    kw.setdefault("system_identifier", SYSID)
+    kw.setdefault("seg_size", MB)
+    return validate_segment(data, file_name=name, **kw)
+
+
+def refused(data, name=NAME, **kw) -> str:
+    with pytest.raises(PgBackupError) as err:
+        check(data, name, **kw)
+    return str(err.value)
+
+
+def test_magic_numbers_by_major():
+    assert WAL_PAGE_MAGIC == {13: 0xD106, 14: 0xD10D, 15: 0xD110, 16: 0xD113, 17: 0xD116, 18: 0xD118}
+
+
+# --- complete segments ------------------------------------------------------------------------------
+
+
+def test_a_full_segment_is_complete():
+    result = check(full_segment())
+    assert result.complete
+    assert result.valid_pages == result.pages_read == 128
+    assert result.zero_from_page is None and result.switch_lsn is None
+    assert (result.major_version, result.magic, result.timelines) == (15, MAGIC_15, (1,))
+    assert result.start_lsn == BASE and result.end_lsn == BASE + MB
+    assert result.as_dict()["end_lsn"] == "0/600000"
+
+
+@pytest.mark.parametrize("major", sorted(WAL_PAGE_MAGIC))
+def test_every_known_magic(major):
+    data = full_segment(magic=WAL_PAGE_MAGIC[major])
+    assert check(data).major_version == major
+    assert check(data, major_version=major).major_version == major
+
+
+def test_a_switch_mid_page_completes_the_segment():
+    data = build_segment([record(100), record(5000), switch_record()])
+    result = check(data)
+    assert result.complete
+    assert result.zero_from_page == 1 and result.valid_pages == 1
+    # records: 40 + 124 -> 168 (aligned), + 5024 -> 5192, switch at 5192
+    assert result.switch_lsn == BASE + 5192
+    assert result.switch_end_lsn == BASE + 5192 + 24
+    assert result.as_dict()["switch_end_lsn"] == format_lsn(BASE + 5216)
+
+
+def test_a_switch_record_split_across_pages():
+    # fill page 0 up to 16 bytes before its end, so the 24-byte switch header continues on page 1
+    first = 8192 - 40 - 16 - 24
+    data = build_segment([record(first), switch_record()])
+    assert page(data, 1)[:2] != bytes(2) and page(data, 2) == bytes(PAGE)
+    result = check(data)
+    assert result.complete
+    assert result.switch_lsn == BASE + 8192 - 16
+    assert result.switch_end_lsn == BASE + 8192 + 24 + 8  # the rest of the header after page 1's header
+
+
+def test_a_switch_record_ending_exactly_at_a_page_end():
+    data = build_segment([record(8192 - 40 - 24 - 24), switch_record()])
+    result = check(data)
+    assert result.complete and result.zero_from_page == 1
+    assert result.switch_end_lsn == BASE + 8192  # an end pointer on a boundary stays there
+
+
+def test_a_switch_after_a_long_record_spanning_pages():
+    data = build_segment([record(30000), switch_record()])
+    result = check(data)
+    assert result.complete
+    assert result.zero_from_page == 4
+
+
+def test_a_segment_starting_with_the_continuation_of_a_record():
+    data = build_segment([record(50), switch_record()], continued=300)
+    result = check(data)
+    assert result.complete and result.switch_lsn == BASE + 40 + 304 + 80
+
+
+def test_a_segment_entirely_continuation_then_a_switch():
+    data = build_segment([switch_record()], continued=3 * 8192)
+    assert check(data).complete
+
+
+def test_timeline_may_rise_within_a_file_but_not_above_its_name():
+    name = "000000020000000000000005"
+    data = full_segment(tli=2, page_tlis={n: 1 for n in range(10)})
+    result = check(data, name)
+    assert result.timelines == (1, 2) and result.first_timeline == 1 and result.last_timeline == 2
+
+
+# --- refusals ---------------------------------------------------------------------------------------
+
+
+def test_zeros_without_a_switch_are_an_unfinished_segment():
+    data = build_segment([record(100), record(5000)])
+    message = refused(data)
+    assert "without a WAL switch record" in message and "0/502000" in message
+    # ... which is fine when only the WAL up to an LSN is needed and the rest may still come
+    result = check(data, complete=False, through_lsn=BASE + 5000)
+    assert not result.complete and result.pages_read == 1
+
+
+def test_a_record_cut_off_by_zero_pages_is_unfinished():
+    data = build_segment([record(30000)])
+    assert "without a WAL switch record" in refused(data)
+
+
+def test_a_non_switch_last_record_is_unfinished():
+    data = build_segment([record(100), record(0, rmid=0, info=0x30)])  # XLOG_NEXTOID-like, 24 bytes
+    assert "without a WAL switch record" in refused(data)
+
+
+def test_a_switch_record_with_a_bad_crc_is_not_trusted():
+    data = build_segment([record(100), switch_record()])
+    data = patch(data, 40 + 128 + 20, "<I", 0xDEADBEEF)
+    assert "without a WAL switch record" in refused(data)
+
+
+def test_through_lsn_beyond_the_written_wal():
+    data = build_segment([record(100), switch_record()])
+    message = refused(data, through_lsn=BASE + 3 * PAGE)
+    assert "only up to 0/502000, not through 0/506000" in message
+
+
+def test_through_lsn_must_be_in_the_segment():
+    assert "cannot hold WAL through 0/400000" in refused(full_segment(), through_lsn=4 * MB)
+    assert "cannot hold WAL through 0/500000" in refused(full_segment(), through_lsn=BASE)
+    assert check(full_segment(), through_lsn=BASE + MB).complete
+
+
+def test_complete_false_needs_through_lsn():
+    assert "needs through_lsn" in refused(full_segment(), complete=False)
+
+
+def test_a_renamed_segment_is_caught_on_every_page():
+    data = full_segment()
+    message = refused(data, "000000010000000000000007")
+    assert "page 0 (LSN 0/700000) has page address 0/500000, expected 0/700000" in message
+    assert "recycled or renamed" in message and "127 more pages" in message
+    with pytest.raises(PgBackupError) as err:
+        check(data, "000000010000000000000007")
+    assert len(err.value.details["problems"]) == 128
+
+
+def test_a_recycled_file_with_only_its_first_pages_rewritten():
+    fresh = build_segment([record(100), record(100)])
+    stale = full_segment(segno=2)
+    data = fresh[:PAGE] + stale[PAGE:]
+    message = refused(data)
+    assert "page 1 (LSN 0/502000) has page address 0/202000" in message
+    assert check(data, complete=False, through_lsn=BASE + 300).valid_pages == 1
+
+
+def test_wal_of_another_cluster():
+    message = refused(full_segment(sysid=SYSID + 1))
+    assert f"system identifier {SYSID + 1}, expected {SYSID}" in message and "another cluster" in message
+
+
+def test_segment_size_and_block_size_in_the_long_header():
+    assert "segment size 16777216, expected 1048576" in refused(patch(full_segment(), 32, "<I", 16 * MB))
+    assert "WAL block size 4096, expected 8192" in refused(patch(full_segment(), 36, "<I", 4096))
+
+
+def test_missing_long_header_on_page_0():
+    assert "without the long header" in refused(patch(full_segment(), 2, "<H", 0x0000))
+
+
+def test_long_header_flag_on_another_page():
+    data = patch(full_segment(), 3 * PAGE + 2, "<H", 0x0003)
+    assert "page 3 (LSN 0/506000) has the long-header flag" in refused(data)
+
+
+def test_unknown_info_bits():
+    assert "unknown flag bits 0012" in refused(patch(full_segment(), 2 * PAGE + 2, "<H", 0x0012))
+
+
+def test_xlp_overwrite_contrecord_is_a_known_bit():
+    assert check(patch(full_segment(), 2 * PAGE + 2, "<H", 0x0009)).complete
+
+
+def test_magic_of_another_version():
+    data = full_segment()
+    assert "magic number D110 (PostgreSQL 15), expected D113 (PostgreSQL 16)" in refused(data, major_version=16)
+
+
+def test_a_page_of_another_version_in_the_middle():
+    data = patch(full_segment(), 7 * PAGE, "<H", 0xD106)
+    assert "page 7 (LSN 0/50E000) has magic number D106 (PostgreSQL 13), expected D110 (PostgreSQL 15)" in refused(data)
+
+
+def test_unknown_magic():
+    message = refused(full_segment(magic=0xD0FF))
+    assert "magic number D0FF, expected the magic of PostgreSQL 13 to 18" in message
+
+
+def test_timeline_above_the_file_name():
+    data = full_segment(page_tlis={4: 2})
+    assert "page 4 (LSN 0/508000) was written on timeline 2, above the file name's timeline 1" in refused(data)
+
+
+def test_timeline_going_back():
+    data = full_segment(tli=3, page_tlis={0: 2, 1: 3, 2: 2})
+    assert "goes back from timeline 3 to 2" in refused(data, "000000030000000000000005")
+
+
+def test_timeline_zero():
+    assert "timeline 0" in refused(full_segment(page_tlis={1: 0}))
+
+
+def test_a_never_written_file():
+    message = refused(bytes(MB))
+    assert "page 0 is all zeros" in message
+
+
+def test_data_after_zero_pages():
+    data = build_segment([record(100), switch_record()])
+    data = with_page(data, 9, page(full_segment(), 9))
+    assert "page 9 (LSN 0/512000) holds data after the all-zero page 1" in refused(data)
+
+
+def test_truncated_and_padded_files():
+    data = full_segment()
+    assert f"has {MB - PAGE} bytes, expected {MB}" in refused(data[:-PAGE])
+    assert f"has {MB - 100} bytes, expected {MB}" in refused(data[:-100])
+    assert f"has {MB + 1} bytes, expected {MB}" in refused(data + b"\0")
+    assert "has 0 bytes" in refused(b"")
+    assert "expected at least 16384" in refused(data[: PAGE + 100], complete=False, through_lsn=BASE + PAGE + 1)
+    assert check(data[: 2 * PAGE], complete=False, through_lsn=BASE + PAGE + 1).pages_read == 2
+
+
+def test_bad_arguments():
+    assert "not a WAL segment file name" in refused(full_segment(), "000000010000000000000005.gz")
+    assert "timeline 0" in refused(full_segment(), "000000000000000000000005")
+    assert "system identifier" in refused(full_segment(), system_identifier=0)
+    assert "system identifier" in refused(full_segment(), system_identifier="1")
+    assert "PostgreSQL 12 is not supported" in refused(full_segment(), major_version=12)
+    assert "power of two" in refused(full_segment(), seg_size=1000)
+    with pytest.raises(PgBackupError, match="file_name"):
+        validate_segment(full_segment(), file_name=None, system_identifier=SYSID, seg_size=MB)
+    with pytest.raises(PgBackupError, match="pass a path, bytes or a binary file"):
+        check(12345)
+
+
+def test_a_partial_name_is_the_segment_it_continues():
+    data = build_segment([record(100), record(100)])
+    assert check(data, NAME + ".partial", complete=False, through_lsn=BASE + 200).file_name == NAME + ".partial"
+
+
+def test_problems_of_different_kinds_are_all_listed():
+    data = patch(patch(full_segment(sysid=1), 3 * PAGE + 2, "<H", 0x0012), 5 * PAGE + 8, "<Q", 0)
+    message = refused(data)
+    assert "another cluster" in message and "unknown flag bits" in message and "page address 0/0" in message
+
+
+# --- sources ----------------------------------------------------------------------------------------
+
+
+def test_sources_path_bytes_and_file_objects(tmp_path):
+    data = build_segment([record(100), switch_record()])
+    target = tmp_path / NAME
+    target.write_bytes(data)
+    for source in (str(target), target, data, bytearray(data), memoryview(data), io.BytesIO(data)):
+        assert check(source).complete
+    gz = tmp_path / (NAME + ".gz")
+    with gzip.open(gz, "wb") as out:
+        out.write(data)
+    with gzip.open(gz, "rb") as handle:
+        assert check(handle).complete
+    with gzip.open(gz, "rb") as handle:
+        handle.read(10)
+        assert "has 1048566 bytes" in refused(handle)
+
+
+def test_a_stream_longer_than_a_segment():
+    assert f"has {MB + 5000} bytes" in refused(io.BytesIO(full_segment() + bytes(5000)))
+
+
+def test_a_missing_file(tmp_path):
+    assert "cannot read WAL segment" in refused(str(tmp_path / NAME))
+
+
+class CountingReader(io.RawIOBase):
+    """A binary stream that remembers the largest read asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self.largest = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        self.largest = max(self.largest, size)
+        return self._data.read(size)
+
+
+def test_a_big_segment_is_read_in_chunks():
+    seg_size = 64 * MB
+    data = build_segment([record(100), switch_record()], segno=3, seg_size=seg_size)
+    reader = CountingReader(data)
+    result = validate_segment(reader, file_name=wal_file_name(1, 3, seg_size), system_identifier=SYSID, seg_size=seg_size)
+    assert result.complete and result.pages_read == seg_size // PAGE
+    assert 0 < reader.largest <= MB + PAGE + 1
+
+
+# --- real segments from PostgreSQL 13-18 ------------------------------------------------------------------------
+
+COMPLETE = core_vectors.segments("complete")
+PARTIAL = core_vectors.segments("partial")
+
+
+def real(major: int, seg: dict) -> tuple[bytes, dict]:
+    exp = core_vectors.expected(major)
+    return core_vectors.read(major, seg["file"]), {"system_identifier": int(exp["system_identifier"]), "seg_size": exp["seg_size"]}
+
+
+@pytest.mark.parametrize(("major", "seg"), COMPLETE, ids=core_vectors.ids(COMPLETE, "name"))
+def test_real_segments_are_valid(major, seg):
+    data, kw = real(major, seg)
+    result = validate_segment(data, file_name=seg["name"], major_version=major, **kw)
+    assert result.complete and result.major_version == major
+    assert validate_segment(data, file_name=seg["name"], **kw).major_version == major
+    tli = parse_wal_file_name(seg["name"], kw["seg_size"])[0]
+    assert result.last_timeline == tli
+    if seg["switch_end_lsn"]:
+        assert result.switch_end_lsn == parse_lsn(seg["switch_end_lsn"])
+    if tli == 2:
+        assert result.timelines == (1, 2)  # timeline 1's WAL copied up to the switchpoint, then timeline 2's
+
+
+@pytest.mark.parametrize(("major", "seg"), COMPLETE, ids=core_vectors.ids(COMPLETE, "name"))
+def test_real_segments_refused_under_a_later_name_of_another_cluster_or_truncated(major, seg):
+    data, kw = real(major, seg)
+    tli, segno = parse_wal_file_name(seg["name"], kw["seg_size"])
+    later = wal_file_name(tli, segno + 3, kw["seg_size"])
+    with pytest.raises(PgBackupError, match="recycled or renamed"):
+        validate_segment(data, file_name=later, **kw)
+    with pytest.raises(PgBackupError, match="another cluster"):
+        validate_segment(data, file_name=seg["name"], seg_size=kw["seg_size"], system_identifier=kw["system_identifier"] ^ 1)
+    with pytest.raises(PgBackupError, match="bytes, expected 1048576"):
+        validate_segment(data[: len(data) // 2], file_name=seg["name"], **kw)
+    other = 13 if major != 13 else 18
+    with pytest.raises(PgBackupError, match=f"expected {WAL_PAGE_MAGIC[other]:04X}"):
+        validate_segment(data, file_name=seg["name"], major_version=other, **kw)
+    if tli == 2:
+        with pytest.raises(PgBackupError, match="above the file name's timeline 1"):
+            validate_segment(data, file_name=wal_file_name(1, segno, kw["seg_size"]), **kw)
+
+
+@pytest.mark.parametrize(("major", "seg"), PARTIAL, ids=core_vectors.ids(PARTIAL, "name"))
+def test_real_partial_segments(major, seg):
+    data, kw = real(major, seg)
+    through = parse_lsn(seg["through_lsn"])
+    result = validate_segment(data, file_name=seg["name"], complete=False, through_lsn=through, **kw)
+    assert not result.complete and result.last_timeline == 1
+    with pytest.raises(PgBackupError, match="bytes, expected 1048576"):
+        validate_segment(data, file_name=seg["name"], **kw)
