@@ -33,10 +33,17 @@ demo: deps build
 test: deps
 	$(MAKE) lint sanity units integration
 
-lint: venv
+# This checkout seen as ansible_collections/pgbackup/lowlevel (the same link tests/conftest.py makes), so that
+# ansible-lint and ansible-doc resolve pgbackup.lowlevel.* and group/pgbackup.lowlevel.postgres.
+LINKED := $(BUILD)/collections
+$(LINKED)/ansible_collections/pgbackup/lowlevel:
+	@mkdir -p $(dir $@) && ln -sfn $(CURDIR) $@
+
+lint: venv $(LINKED)/ansible_collections/pgbackup/lowlevel
 	$(VENV)/bin/ruff check plugins tests scripts bench
 	$(VENV)/bin/ruff format --check plugins tests scripts bench
-	PATH="$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --offline --profile production
+	ANSIBLE_COLLECTIONS_PATH=$(LINKED) PATH="$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --offline --profile production
+	PATH="$(VENV)/bin:$$PATH" $(PY) scripts/gen_module_docs.py --check
 
 sanity: venv
 	bash scripts/sanity.sh

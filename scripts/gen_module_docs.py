@@ -1,7 +1,7 @@
 """Write docs/modules.md from the modules' own DOCUMENTATION / EXAMPLES / RETURN (through ansible-doc).
 
-    .venv/bin/python scripts/gen_module_docs.py            # rewrite docs/modules.md
-    .venv/bin/python scripts/gen_module_docs.py --check    # exit 1 when docs/modules.md is stale
+.venv/bin/python scripts/gen_module_docs.py            # rewrite docs/modules.md
+.venv/bin/python scripts/gen_module_docs.py --check    # exit 1 when docs/modules.md is stale
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +36,30 @@ def _ansible_doc(*args: str) -> dict:
     return json.loads(out)
 
 
+# Ansible's documentation markup: O(option), V(value), C(code), I(italic), B(bold), M(module), U(url), L(text,url), RV(return).
+_MARKUP = re.compile(r"\b([OVCIBMURE]|RV|L)\(((?:[^()]|\([^()]*\))*)\)")
+
+
+def _markup(match: re.Match) -> str:
+    kind, body = match.group(1), match.group(2)
+    if kind in ("O", "V", "C", "RV", "E", "M"):
+        return f"`{body.split('=')[0] if kind == 'O' and '=' not in body else body}`"
+    if kind == "I":
+        return f"*{body}*"
+    if kind == "B":
+        return f"**{body}**"
+    if kind == "L":
+        text, _, url = body.rpartition(",")
+        return f"[{text.strip()}]({url.strip()})"
+    return f"<{body}>"
+
+
 def _text(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, list):
         return " ".join(_text(v) for v in value)
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return _MARKUP.sub(_markup, str(value)).replace("|", "\\|").replace("\n", " ")
 
 
 def _options(options: dict, prefix: str = "") -> list[str]:
