@@ -131,7 +131,7 @@ class BackupLabel:
     def check_segment_size(self, seg_size: int) -> None:
         """Refuse a label whose WAL file names do not fit its LSNs with ``seg_size``-byte segments."""
         check_segment_size(seg_size)
-        _, segno = parse_wal_file_name(self.start_wal_file, seg_size)
+        segno = parse_wal_file_name(self.start_wal_file, seg_size)[1]
         if segno != segment_number(self.start_lsn, seg_size):
             raise PgBackupError(
                 f"backup_label START WAL LOCATION {format_lsn(self.start_lsn)} is not in its file {self.start_wal_file} with {seg_size}-byte segments; "
@@ -140,7 +140,7 @@ class BackupLabel:
                 seg_size=seg_size,
             )
         if self.stop_lsn is not None and self.stop_wal_file is not None:
-            _, stop_segno = parse_wal_file_name(self.stop_wal_file, seg_size)
+            stop_segno = parse_wal_file_name(self.stop_wal_file, seg_size)[1]
             # 13-15 name the segment of stop-1, 16+ the segment of stop: they differ only on a boundary.
             allowed = {segment_number(self.stop_lsn, seg_size)}
             if self.stop_lsn > 0:
@@ -212,7 +212,7 @@ def parse_backup_label(text: object, *, seg_size: Optional[int] = None, allow_in
             )
         last_rank = rank
         lines.append((key, value))
-    keys = [key for key, _ in lines]
+    keys = [line[0] for line in lines]
     expected_head = (
         ["START WAL LOCATION", "STOP WAL LOCATION", "CHECKPOINT LOCATION"] if "STOP WAL LOCATION" in keys else ["START WAL LOCATION", "CHECKPOINT LOCATION"]
     )

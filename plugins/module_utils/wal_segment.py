@@ -257,7 +257,7 @@ class _Scan:
             return
         if self.zero_from is not None:
             self.problem("data-after-zero", f"{where} holds data after the all-zero page {self.zero_from}: the file's tail is stale or damaged")
-        magic, info, page_tli, pageaddr, _ = _SHORT.unpack_from(page)
+        magic, info, page_tli, pageaddr, _rem_len = _SHORT.unpack_from(page)
         if self.major is not None:
             expected_magic = WAL_PAGE_MAGIC[self.major]
         else:
@@ -367,12 +367,12 @@ class _Scan:
         for page_no, page in pages:
             header = SIZE_OF_LONG_PHD if page_no == 0 else SIZE_OF_SHORT_PHD
             payloads.append((page_no, header, page[header:]))
-        stream = b"".join(p for _, _, p in payloads)
+        stream = b"".join(payload for _page_no, _header, payload in payloads)
         # Where the first record starts: after the continuation of a record from an earlier page.
         pos = 0
         for page_no, page in pages:
             payload_len = XLOG_BLCKSZ - (SIZE_OF_LONG_PHD if page_no == 0 else SIZE_OF_SHORT_PHD)
-            _, info, _, _, rem_len = _SHORT.unpack_from(page)
+            _magic, info, _tli, _addr, rem_len = _SHORT.unpack_from(page)
             skip = _maxalign(rem_len) if info & XLP_FIRST_IS_CONTRECORD else 0
             if skip < payload_len:
                 pos += skip
@@ -391,7 +391,7 @@ class _Scan:
             pos = _maxalign(pos + tot_len)
         if last is None or pos < len(stream) - len(payloads[-1][2]):
             return None
-        tot_len, _, _, xl_info, rmid, xl_crc = _RECORD.unpack_from(stream, last)
+        tot_len, _xid, _prev, xl_info, rmid, xl_crc = _RECORD.unpack_from(stream, last)
         if tot_len != SIZE_OF_XLOG_RECORD or rmid != RM_XLOG_ID or xl_info & 0xF0 != XLOG_SWITCH:
             return None
         if crc32c(stream[last : last + 20]) != xl_crc:
@@ -409,7 +409,7 @@ class _Scan:
             if offset < len(payload) or (end and offset == len(payload)):
                 return self.base + page_no * XLOG_BLCKSZ + header + offset
             offset -= len(payload)
-        page_no, header, _ = payloads[-1]
+        page_no, header = payloads[-1][:2]
         return self.base + page_no * XLOG_BLCKSZ + header + offset
 
     def result(self) -> SegmentCheck:
@@ -417,7 +417,7 @@ class _Scan:
             raise PgBackupError(
                 f"WAL segment {self.file_name} is not valid: " + "; ".join(_summarise(self.problems)),
                 file_name=self.file_name,
-                problems=[text for _, text in self.problems],
+                problems=[text for _kind, text in self.problems],
             )
         return SegmentCheck(
             file_name=self.file_name,

@@ -57,7 +57,7 @@ def gz_write(path: Path, data: bytes) -> None:
 def control_snapshot(cluster) -> dict:
     """pg_control's bytes and the SQL functions' view of it, from one statement, repeated until stable."""
     previous = None
-    for _ in range(50):
+    for _attempt in range(50):
         row = cluster.sql(CONTROL_QUERY)[0]
         if row == previous:
             data = bytes.fromhex(row[0])

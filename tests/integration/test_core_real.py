@@ -51,7 +51,7 @@ def sql_control(cluster) -> dict:
 
 def stable_control(cluster):
     """Our parse of the file on disk, with the SQL functions' view of it from just before and just after."""
-    for _ in range(50):
+    for _attempt in range(50):
         before = sql_control(cluster)
         parsed = read_control_file(str(cluster.datadir))
         after = sql_control(cluster)
@@ -136,7 +136,7 @@ def test_pg_control_agrees_with_pg_controldata_on_15(primary_standby, pg_major):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LC_", "LANG"))}
     env.update(TZ="UTC", LC_ALL="C")
     for cluster in primary_standby:
-        for _ in range(50):
+        for _attempt in range(50):
             before = read_control_file(str(cluster.datadir))
             out = subprocess.run([str(client_bindir() / "pg_controldata"), str(cluster.datadir)], check=True, capture_output=True, text=True, env=env)
             after = read_control_file(str(cluster.datadir))
@@ -155,7 +155,7 @@ def test_pg_control_agrees_with_pg_controldata_on_15(primary_standby, pg_major):
 
 
 def test_every_archived_segment_is_valid(primary_standby, pg_major):
-    primary, _ = primary_standby
+    primary = primary_standby[0]
     switched = switch_and_wait(primary)
     control = read_control_file(str(primary.datadir))
     segments = archived_segments(primary)
@@ -172,7 +172,7 @@ def test_every_archived_segment_is_valid(primary_standby, pg_major):
 
 
 def test_real_segments_are_refused_when_they_are_not_what_the_name_says(primary_standby, pg_major, other_primary, tmp_path):
-    primary, _ = primary_standby
+    primary = primary_standby[0]
     name = switch_and_wait(primary, rounds=1)[0]
     control = read_control_file(str(primary.datadir))
     seg_size = control.xlog_seg_size
@@ -198,10 +198,10 @@ def test_real_segments_are_refused_when_they_are_not_what_the_name_says(primary_
 
 
 def test_a_segment_copied_while_being_written(primary_standby, pg_major, tmp_path):
-    primary, _ = primary_standby
+    primary = primary_standby[0]
     control = read_control_file(str(primary.datadir))
     kw = {"system_identifier": control.system_identifier, "seg_size": control.xlog_seg_size}
-    for _ in range(20):
+    for _attempt in range(20):
         primary.sql("CREATE TABLE IF NOT EXISTS core_real (id serial, t text)")
         primary.sql("INSERT INTO core_real (t) VALUES ('in the current segment')")
         flushed = parse_lsn(primary.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0])
@@ -221,7 +221,7 @@ def test_a_segment_copied_while_being_written(primary_standby, pg_major, tmp_pat
 
 
 def test_backup_label_and_wal_range_of_a_real_backup(primary_standby, pg_major, testbed):
-    primary, _ = primary_standby
+    primary = primary_standby[0]
     control = read_control_file(str(primary.datadir))
     seg_size = control.xlog_seg_size
     conn = primary.connect()

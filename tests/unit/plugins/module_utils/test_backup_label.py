@@ -67,7 +67,11 @@ def test_real_labels_round_trip_byte_for_byte(major, vector):
     assert label.label.startswith("vec")
 
 
-@pytest.mark.parametrize(("major", "vector"), [v for v in LABELS if v[1].get("backup_history")], ids=lambda v: str(v))
+HISTORIES = [v for v in LABELS if v[1].get("backup_history")]
+NON_EXCLUSIVE = [v for v in LABELS if v[1]["kind"] != "exclusive"]
+
+
+@pytest.mark.parametrize(("major", "vector"), HISTORIES, ids=core_vectors.ids(HISTORIES, "kind"))
 def test_real_backup_history_files(major, vector):
     seg_size = core_vectors.expected(major)["seg_size"]
     history = parse_backup_label(vector["backup_history"], seg_size=seg_size)
@@ -79,7 +83,7 @@ def test_real_backup_history_files(major, vector):
     assert [line for line in history.lines if line[0] in dict(label.lines)] == list(label.lines)
 
 
-@pytest.mark.parametrize(("major", "vector"), [v for v in LABELS if v[1]["kind"] != "exclusive"], ids=lambda v: str(v))
+@pytest.mark.parametrize(("major", "vector"), NON_EXCLUSIVE, ids=core_vectors.ids(NON_EXCLUSIVE, "kind"))
 def test_build_reproduces_real_labels(major, vector):
     real = parse_backup_label(vector["backup_label"])
     built = build_backup_label(

@@ -169,7 +169,7 @@ def test_round_trip_from_entries(entries):
     text = format_tablespace_map(entries)
     assert parse_tablespace_map(text) == entries
     assert format_tablespace_map(parse_tablespace_map(text)) == text
-    assert text.count("\n") - sum(p.count("\n") for _, p in entries) == len(entries)
+    assert text.count("\n") - sum(entry[1].count("\n") for entry in entries) == len(entries)
 
 
 paths_13 = paths.filter(lambda p: not p.endswith("\\") and p[0] not in " \t\n\r\v\f")

@@ -299,8 +299,8 @@ def test_parse_real_history_files(major):
 
 @given(st.lists(st.tuples(st.integers(min_value=1, max_value=1000), st.integers(min_value=1, max_value=1 << 40)), max_size=8, unique_by=lambda t: t[0]))
 def test_history_round_trip(pairs):
-    parents = sorted(p for p, _ in pairs)
-    points = sorted(s for _, s in pairs)
+    parents = sorted(pair[0] for pair in pairs)
+    points = sorted(pair[1] for pair in pairs)
     entries = [E(p, s, f"reason {p}") for p, s in zip(parents, points)]
     newest = (parents[-1] if parents else 1) + 1
     assert parse_history(format_history(entries), newest) == entries
@@ -429,12 +429,12 @@ def test_segments_between_is_contiguous_and_monotonic(case):
     seg_size, history, stop_tli, start, stop = case
     names = segments_between(start, stop, stop_tli, history, seg_size)
     parsed = [parse_wal_file_name(n, seg_size) for n in names]
-    segnos = [s for _, s in parsed]
+    segnos = [pair[1] for pair in parsed]
     assert segnos == list(range(segment_number(start, seg_size), end_segment_number(stop, seg_size) + 1))
-    file_tlis = [t for t, _ in parsed]
+    file_tlis = [pair[0] for pair in parsed]
     assert file_tlis == sorted(file_tlis)  # timelines never go back
     assert file_tlis[-1] >= timeline_of_lsn(stop - 1, history, stop_tli)
-    known = {t for t, _ in timeline_starts(history, stop_tli)}
+    known = {pair[0] for pair in timeline_starts(history, stop_tli)}
     for tli, segno in parsed:
         assert tli in known
         # the newest timeline that began at or before the end of this segment...
