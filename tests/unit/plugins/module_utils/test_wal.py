@@ -493,3 +493,21 @@ def test_history_files_needed():
     assert history_files_needed(12, [E(1, 5, ""), E(10, 9, "")]) == ["0000000A.history", "0000000C.history"]
     with pytest.raises(PgBackupError):
         history_files_needed(2, HISTORY_3)
+
+
+@pytest.mark.parametrize("major", core_vectors.MAJORS)
+def test_segments_across_a_real_promotion(major):
+    """The standby promoted in make_vectors: the switch segment exists under timeline 2, the old one only as .partial."""
+    exp = core_vectors.expected(major)
+    seg_size = exp["seg_size"]
+    history = parse_history(exp["history"]["text"], 2)
+    switchpoint = history[0].switchpoint
+    archived = {s["name"] for s in exp["segments"]}
+    first_tli2 = wal_file_name(2, segment_number(switchpoint, seg_size), seg_size)
+    assert first_tli2 in archived
+    assert wal_file_name(1, segment_number(switchpoint, seg_size), seg_size) + ".partial" in archived
+    names = segments_between(switchpoint - seg_size, switchpoint + 100, 2, history, seg_size)
+    assert names == [wal_file_name(1, segment_number(switchpoint, seg_size) - 1, seg_size), first_tli2]
+    ranges = timeline_ranges(switchpoint - 100, 1, switchpoint + 100, 2, history)
+    assert ranges == [(2, switchpoint, switchpoint + 100), (1, switchpoint - 100, switchpoint)]
+    assert history_files_needed(2, history) == [exp["history"]["name"]]
