@@ -16,6 +16,7 @@ The CRC is CRC-32C over every byte before it. Big-endian and 32-bit builds are r
 
 from __future__ import annotations
 
+import datetime
 import os
 import struct
 import time as _time
@@ -271,7 +272,16 @@ class ControlFile:
         facts["data_checksums"] = self.data_checksums
         facts["next_xid"] = self.next_xid
         facts["redo_wal_file"] = self.redo_wal_file
+        facts["time_utc"] = _iso(self.time)
+        facts["checkpoint_time_utc"] = _iso(self.checkpoint_time)
         return facts
+
+
+def _iso(unix_time: int) -> Optional[str]:
+    try:
+        return datetime.datetime.fromtimestamp(unix_time, datetime.timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def major_version_of(catalog_version_no: int) -> int:

@@ -237,6 +237,7 @@ class _Scan:
         self.valid_pages = 0
         self.zero_from: Optional[int] = None
         self.valid_end = base
+        self.stale_from: Optional[int] = None  # first page with another segment's address
         # the last two valid pages, when consecutive, to find the record that ends the WAL
         self.prev: Optional[tuple[int, bytes]] = None
         self.last: Optional[tuple[int, bytes]] = None
@@ -282,6 +283,8 @@ class _Scan:
                 f"{where} has page address {format_lsn(pageaddr)}, expected {format_lsn(addr)}: "
                 "the file is a recycled or renamed segment, not the one its name promises",
             )
+            if self.stale_from is None:
+                self.stale_from = page_no
             self._break_chain()
             return
         if page_no == 0:
@@ -414,8 +417,14 @@ class _Scan:
 
     def result(self) -> SegmentCheck:
         if self.problems:
+            hint = ""
+            if self.stale_from and self.valid_pages and self.valid_end == self.base + self.stale_from * XLOG_BLCKSZ:
+                hint = (
+                    f"; pages 0 to {self.stale_from - 1} are right, so the file was probably copied from pg_wal before PostgreSQL "
+                    "finished writing it (the rest is a recycled file's old content): fetch it again once it is archived"
+                )
             raise PgBackupError(
-                f"WAL segment {self.file_name} is not valid: " + "; ".join(_summarise(self.problems)),
+                f"WAL segment {self.file_name} is not valid: " + "; ".join(_summarise(self.problems)) + hint,
                 file_name=self.file_name,
                 problems=[text for _kind, text in self.problems],
             )

@@ -326,3 +326,11 @@ def test_a_short_file_is_not_retried(tmp_path, monkeypatch):
     with pytest.raises(PgBackupError, match="has 4096 bytes"):
         read_control_file(str(target))
     assert sleeper.sleeps == 0
+
+
+def test_times_in_utc():
+    parsed = parse_control_file(put(put(real_file(15), 24, "<q", 0), 104, "<q", 1795386006))
+    facts = parsed.as_dict()
+    assert facts["time_utc"] == "1970-01-01T00:00:00+00:00"
+    assert facts["checkpoint_time_utc"] == "2026-11-22T22:20:06+00:00"
+    assert parse_control_file(put(real_file(15), 24, "<q", -(1 << 62))).as_dict()["time_utc"] is None

@@ -373,3 +373,12 @@ def test_real_partial_segments(major, seg):
     assert not result.complete and result.last_timeline == 1
     with pytest.raises(PgBackupError, match="bytes, expected 1048576"):
         validate_segment(data, file_name=seg["name"], **kw)
+
+
+def test_a_live_copy_with_a_recycled_tail_gets_a_hint():
+    fresh = build_segment([record(100), record(9000), record(100)])
+    stale = full_segment(segno=2)
+    data = fresh[: 2 * PAGE] + stale[2 * PAGE :]
+    message = refused(data)
+    assert "pages 0 to 1 are right" in message and "copied from pg_wal before PostgreSQL finished writing it" in message
+    assert "pages 0 to" not in refused(full_segment(), "000000010000000000000007")  # a plain rename: no such hint
