@@ -8,6 +8,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import Pg
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import parse_wal_file_name, wal_file_name
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_segment import WAL_PAGE_MAGIC, validate_segment
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from . import core_vectors
 from .walbuilder import MAGIC_15, MB, PAGE, SYSID, build_segment, full_segment, page, patch, record, switch_record, with_page
@@ -382,3 +384,19 @@ def test_a_live_copy_with_a_recycled_tail_gets_a_hint():
     message = refused(data)
     assert "pages 0 to 1 are right" in message and "copied from pg_wal before PostgreSQL finished writing it" in message
     assert "pages 0 to" not in refused(full_segment(), "000000010000000000000007")  # a plain rename: no such hint
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=20000), max_size=25), st.booleans(), st.integers(min_value=0, max_value=3 * PAGE))
+def test_any_wal_ending_in_a_switch_is_complete_and_any_other_is_not(lengths, with_switch, continued):
+    records = [record(n) for n in lengths] + ([switch_record()] if with_switch else [])
+    data = build_segment(records, continued=continued)
+    if with_switch:
+        result = check(data)
+        assert result.complete and result.switch_lsn is not None
+        assert result.switch_end_lsn - result.switch_lsn in (24, 24 + 24)  # plus a page header when the record is split
+        assert result.zero_from_page == (result.switch_end_lsn - 1 - BASE) // PAGE + 1
+    elif records or continued:
+        assert "without a WAL switch record" in refused(data)
+    else:
+        assert "page 0 is all zeros" in refused(data)
