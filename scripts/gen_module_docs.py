@@ -49,7 +49,7 @@ def _markup(match: re.Match) -> str:
     if kind == "B":
         return f"**{body}**"
     if kind == "L":
-        text, _, url = body.rpartition(",")
+        text, _comma, url = body.rpartition(",")
         return f"[{text.strip()}]({url.strip()})"
     return f"<{body}>"
 

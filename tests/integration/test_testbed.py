@@ -72,7 +72,7 @@ def test_archive_and_wal_segment_size(testbed, pg_major):
         primary.sql("CREATE TABLE testbed_archive_probe AS SELECT 1 AS id")
         segment = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
         primary.sql("SELECT pg_switch_wal()")
-        _eventually(lambda: (primary.archive_dir / segment).is_file(), f"{segment} was not archived")
+        _eventually((primary.archive_dir / segment).is_file, f"{segment} was not archived")
         assert (primary.archive_dir / segment).stat().st_size == 1024 * 1024
         assert not list(primary.archive_dir.glob(".*.tmp"))
     finally:
@@ -80,7 +80,7 @@ def test_archive_and_wal_segment_size(testbed, pg_major):
 
 
 def test_load_runs_and_stops(testbed, primary_standby):
-    primary, _ = primary_standby
+    primary = primary_standby[0]
     primary.pgbench_init(scale=1)
     before = primary.sql("SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'")[0][0]
     load = testbed.load(primary, seconds=120)
@@ -91,7 +91,7 @@ def test_load_runs_and_stops(testbed, primary_standby):
 
 
 def test_installs_ship_amcheck(pg_major, primary_standby):
-    primary, _ = primary_standby
+    primary = primary_standby[0]
     assert postgres_install(pg_major).has_extension("amcheck")
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
     if pg_major == 13:

@@ -224,7 +224,7 @@ def _new_run_dir(run_dir: Optional[Path], strict_modes: bool) -> tuple[str, Path
     """A run id no live namespace, link or directory uses, and its run dir (mode 0755: postgres must traverse it)."""
     taken = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
     taken += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-    for _ in range(100):
+    for _attempt in range(100):
         run_id = secrets.token_hex(2)
         path = Path(run_dir) if run_dir else RUN_BASE / f"{PREFIX}{run_id}"
         if f"{PREFIX}{run_id}" in taken or (path.exists() and any(path.iterdir())):
