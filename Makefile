@@ -25,7 +25,7 @@ venv:
 build: venv
 	@mkdir -p $(BUILD)
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(BUILD) .
-	$(VENV)/bin/ansible-galaxy collection install --force -p $(COLLECTIONS) $(TARBALL)
+	ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS) $(VENV)/bin/ansible-galaxy collection install --force -p $(COLLECTIONS) $(TARBALL)
 
 demo: deps build
 	@bash scripts/demo.sh "$(VENV)" "$(DEMO_DIR)" "$(COLLECTIONS)"

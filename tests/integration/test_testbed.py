@@ -181,7 +181,7 @@ def test_sandbox_up_and_down():
     state = json.loads((directory / "state.json").read_text())
     inventory = yaml.safe_load((directory / "inventory.yml").read_text())
     assert set(inventory["all"]["children"]) == {"primary", "standby"}
-    assert {"login_host", "login_port", "login_user"} <= set(inventory["all"]["children"]["standby"]["hosts"]["standby"])
+    assert {"sandbox_login_host", "sandbox_login_port", "sandbox_login_user"} <= set(inventory["all"]["children"]["standby"]["hosts"]["sandbox-standby"])
     assert (directory / "group_vars" / "all" / "secret.yml").stat().st_mode & 0o777 == 0o600
     subprocess.run([*sandbox, "down", "--dir", str(directory)], cwd=ROOT, check=True, capture_output=True, timeout=300)
     assert leftovers(Path(state["run_dir"]), state["prefix"]) == []

@@ -37,19 +37,17 @@ def up(directory: Path, mode: str, major: int) -> None:
         hosts = {}
         for cluster in (primary, standby):
             connection = {"ansible_host": cluster.host} if mode == "netns" else {}
-            vars_ = {"login_host": cluster.host, "login_port": cluster.port, "login_user": "postgres", "data_dir": str(cluster.datadir)}
-            # playbooks/sandbox_facts.yml reads the sandbox_* names.
+            sandbox_vars = {"login_host": cluster.host, "login_port": cluster.port, "login_user": "postgres", "data_dir": str(cluster.datadir)}
             hosts[cluster.name] = {
                 **connection,
                 **inventory.connection_vars(bed),
-                **vars_,
-                **{f"sandbox_{k}": v for k, v in vars_.items()},
-                "login_unix_socket": str(cluster.socket_dir),
-                "pg_bindir": str(cluster.pg.bindir),
+                **{f"sandbox_{k}": v for k, v in sandbox_vars.items()},
+                "sandbox_pg_bindir": str(cluster.pg.bindir),
             }
-        document = {"all": {"children": {name: {"hosts": {name: hosts[name]}} for name in ("primary", "standby")}}}
+        # Hosts are named apart from their groups (Ansible warns when a host and a group share a name).
+        document = {"all": {"children": {name: {"hosts": {f"sandbox-{name}": hosts[name]}} for name in ("primary", "standby")}}}
         (directory / "inventory.yml").write_text(yaml.safe_dump(document, sort_keys=False))
-        inventory.write_secret(directory, {"login_password": bed.password, "sandbox_login_password": bed.password})
+        inventory.write_secret(directory, {"sandbox_login_password": bed.password})
     except BaseException:
         bed.teardown()
         raise
