@@ -149,7 +149,7 @@ def history_file_name(tli: int) -> str:
 
 
 def parse_history_file_name(name: object) -> int:
-    """The timeline of a ``XXXXXXXX.history`` file name."""
+    """The timeline of a history file name such as ``0000000A.history``."""
     match = _HISTORY_RE.match(name) if isinstance(name, str) else None
     if match is None or int(match.group(1), 16) < 2:
         raise PgBackupError(f"{name!r} is not a timeline history file name: expected 8 uppercase hex digits of a timeline from 2 up and '.history'")
