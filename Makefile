@@ -40,8 +40,8 @@ $(LINKED)/ansible_collections/pgbackup/lowlevel:
 	@mkdir -p $(dir $@) && ln -sfn $(CURDIR) $@
 
 lint: venv $(LINKED)/ansible_collections/pgbackup/lowlevel
-	$(VENV)/bin/ruff check plugins tests scripts
-	$(VENV)/bin/ruff format --check plugins tests scripts
+	$(VENV)/bin/ruff check plugins tests scripts $(wildcard bench)
+	$(VENV)/bin/ruff format --check plugins tests scripts $(wildcard bench)
 	ANSIBLE_COLLECTIONS_PATH=$(LINKED) PATH="$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --offline --profile production
 	PATH="$(VENV)/bin:$$PATH" $(PY) scripts/gen_module_docs.py --check
 
