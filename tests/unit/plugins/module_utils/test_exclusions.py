@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.exclusions import (
     Exclusions,
     is_database_dir,
