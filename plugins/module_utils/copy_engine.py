@@ -1,0 +1,560 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Copy a PostgreSQL data directory (and its tablespaces) the way a base backup would, with rsync.
+
+Runs on the destination host; the source is local or reached over ssh. Steps:
+
+1. List the source (``os.scandir`` locally; ``find -printf`` over ssh, NUL-separated), tablespace
+   targets included, and filter it with :mod:`exclusions` for the source's major version.
+2. Refuse before touching anything: no data directory, non-empty destination without delta, live
+   postmaster.pid, nested paths, tablespace landing on its source, too little free space.
+3. Write the incomplete marker, create every directory, then run rsync (``-s``/``--protect-args``,
+   ``--files-from --from0``, argument lists only, no shell on this side) with N streams over lists
+   balanced by size. Delta mode adds ``--checksum`` (never size+mtime alone) and removes what the source
+   no longer has.
+4. Copy ``global/pg_control`` last, to ``global/pg_control.pgbackup-pending``.
+5. Read each copied file once at the destination (page cache) for SHA-256, fsync it, chown it; fsync
+   every directory; record the sums; remove the marker.
+
+The source is read once (by rsync); the second read is of the destination, usually from the page cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shlex
+import stat
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+from . import copy_state
+from .errors import PgBackupError
+from .exclusions import Exclusions, wal_dirs_kept
+
+CHUNK = 1024 * 1024
+RSYNC_VANISHED = 24
+
+
+class Source:
+    """Where the data directory is: ``host`` None means this host."""
+
+    def __init__(self, path: str, host: Optional[str] = None, user: Optional[str] = None, port: Optional[int] = None,
+                 key: Optional[str] = None, ssh_options: tuple = ()) -> None:  # fmt: skip
+        if not os.path.isabs(path):
+            raise PgBackupError(f"source path {path!r} must be absolute")
+        if host is not None and (host.startswith("-") or not host):
+            raise PgBackupError(f"source host {host!r} is not a host name")
+        self.path = os.path.normpath(path)
+        self.host = host
+        self.user = user
+        self.port = port
+        self.key = key
+        self.ssh_options = list(ssh_options)
+
+    @property
+    def remote(self) -> bool:
+        return self.host is not None
+
+    def ssh_argv(self) -> list:
+        argv = ["ssh", "-o", "BatchMode=yes"]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        if self.key:
+            argv += ["-i", self.key]
+        if self.user:
+            argv += ["-l", self.user]
+        return argv + self.ssh_options
+
+    def run(self, argv: list) -> bytes:
+        """Run ``argv`` on the source host (each word quoted for the remote shell) and return stdout."""
+        if self.remote:
+            full = [*self.ssh_argv(), self.host, "--", " ".join(shlex.quote(a) for a in argv)]
+        else:
+            full = argv
+        proc = subprocess.run(full, capture_output=True, check=False)
+        if proc.returncode != 0:
+            where = f"on {self.host}" if self.remote else "locally"
+            raise PgBackupError(f"{argv[0]} {where} failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout
+
+    def rsync_spec(self, path: str) -> str:
+        return f"{self.host}:{path}" if self.remote else path
+
+
+class Entry:
+    __slots__ = ("kind", "mode", "rel", "size", "target")
+
+    def __init__(self, rel: str, kind: str, size: int, mode: int, target: str = "") -> None:
+        self.rel = rel
+        self.kind = kind
+        self.size = size
+        self.mode = mode
+        self.target = target
+
+
+def _list_local(root: str) -> list:
+    out = []
+    st = os.stat(root)
+    out.append(Entry("", "d", 0, stat.S_IMODE(st.st_mode)))
+    stack = [("", root)]
+    while stack:
+        rel, path = stack.pop()
+        try:
+            it = list(os.scandir(path))
+        except FileNotFoundError:
+            continue
+        for de in it:
+            r = f"{rel}/{de.name}" if rel else de.name
+            try:
+                st = de.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                out.append(Entry(r, "d", 0, stat.S_IMODE(st.st_mode)))
+                stack.append((r, de.path))
+            elif stat.S_ISLNK(st.st_mode):
+                out.append(Entry(r, "l", 0, 0o777, os.readlink(de.path)))
+            elif stat.S_ISREG(st.st_mode):
+                out.append(Entry(r, "f", st.st_size, stat.S_IMODE(st.st_mode)))
+    return out
+
+
+def _parse_find(data: bytes) -> list:
+    out = []
+    for rec in data.split(b"\0"):
+        if not rec:
+            continue
+        kind, size, mode, target, rel = rec.split(b"\t", 4)
+        k = kind.decode()
+        if k not in ("f", "d", "l"):
+            continue
+        out.append(Entry(os.fsdecode(rel), k, int(size), int(mode, 8), os.fsdecode(target)))
+    return out
+
+
+def list_tree(source: Source, root: str) -> list:
+    if not source.remote:
+        return _list_local(root)
+    return _parse_find(source.run(["find", "-H", root, "-printf", r"%y\t%s\t%m\t%l\t%P\0"]))
+
+
+class Plan:
+    """What will be copied: ``roots`` maps a destination root to (source root, entries)."""
+
+    def __init__(self) -> None:
+        self.major = 0
+        self.roots: list = []  # (src_root, dest_root, [Entry])
+        self.tablespaces: list = []  # dicts: oid, source, dest, in_place
+        self.excluded: list = []
+        self.control: Optional[Entry] = None
+
+    @property
+    def files(self) -> int:
+        return sum(1 for _s, _d, es in self.roots for e in es if e.kind == "f") + (1 if self.control else 0)
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for _s, _d, es in self.roots for e in es if e.kind == "f") + (self.control.size if self.control else 0)
+
+
+def _inside(a: str, b: str) -> bool:
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: list) -> Plan:
+    plan = Plan()
+    entries = list_tree(source, source.path)
+    names = {e.rel: e for e in entries}
+    if "PG_VERSION" not in names or names["PG_VERSION"].kind != "f" or "global/pg_control" not in names:
+        raise PgBackupError(f"{source.path} is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)", source=source.path)
+    version = source.run(["cat", os.path.join(source.path, "PG_VERSION")]).decode().strip()
+    try:
+        plan.major = int(version.split(".")[0])
+    except ValueError as exc:
+        raise PgBackupError(f"{source.path}/PG_VERSION holds {version!r}, not a major version") from exc
+    if not 13 <= plan.major <= 18:
+        raise PgBackupError(f"{source.path} is PostgreSQL {plan.major}; this collection supports 13 to 18")
+    rules = Exclusions(plan.major, excludes)
+
+    main: list = []
+    for e in entries:
+        parts = e.rel.split("/")
+        if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "l":
+            oid = parts[1]
+            new = tablespace_mapping.get(oid) or tablespace_mapping.get(e.target) or tablespace_mapping.get(e.target.rstrip("/"))
+            if new is None:
+                if not source.remote:
+                    raise PgBackupError(
+                        f"tablespace {oid} ({e.target}) has no mapping and would land on its source's own path on this host; give tablespace_mapping",
+                        tablespace=oid,
+                    )
+                new = e.target
+            new = os.path.normpath(new)
+            if not os.path.isabs(new):
+                raise PgBackupError(f"tablespace mapping of {oid} to {new!r} must be an absolute path")
+            if not source.remote and (_inside(new, e.target) or _inside(e.target, new)):
+                raise PgBackupError(f"tablespace {oid} would be copied onto or into its own source {e.target} ({new})", tablespace=oid)
+            plan.tablespaces.append({"oid": oid, "source": e.target, "dest": new, "in_place": False})
+            main.append(e)
+            continue
+        if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "d":
+            plan.tablespaces.append({"oid": parts[1], "source": os.path.join(source.path, e.rel), "dest": os.path.join(dest, e.rel), "in_place": True})
+        if e.rel == "pg_wal" and e.kind == "l":
+            continue  # sent as a directory
+        main.append(e)
+
+    kept, dropped = rules.filter([(e.rel, e.kind) for e in main])
+    plan.excluded.extend(dropped)
+    keep = {rel for rel, _k in kept}
+    main_entries = [e for e in main if e.rel in keep and e.rel != "global/pg_control"]
+    plan.control = names["global/pg_control"]
+    # pg_wal as a directory, with archive_status (and summaries on 17+), even when the source's is a symlink
+    have = {e.rel for e in main_entries}
+    for d in ("pg_wal", *wal_dirs_kept(plan.major)):
+        if d not in have:
+            main_entries.append(Entry(d, "d", 0, names[""].mode))
+    plan.roots.append((source.path, dest, main_entries))
+
+    for ts in plan.tablespaces:
+        if ts["in_place"]:
+            continue
+        tentries = list_tree(source, ts["source"])
+        prefix = f"pg_tblspc/{ts['oid']}/"
+        tk, td = rules.filter([(prefix + e.rel if e.rel else prefix.rstrip("/"), e.kind) for e in tentries])
+        tkeep = {r for r, _k in tk}
+        plan.excluded.extend(td)
+        plan.roots.append((ts["source"], ts["dest"], [e for e in tentries if (prefix + e.rel if e.rel else prefix.rstrip("/")) in tkeep]))
+    return plan
+
+
+def check_destination(source: Source, plan: Plan, dest: str, delta: bool) -> None:
+    """Refusals about the destination, before anything is written."""
+    for _src, droot, _es in plan.roots:
+        if os.path.lexists(droot) and not os.path.isdir(droot):
+            raise PgBackupError(f"destination {droot} exists and is not a directory", dest=droot)
+        if os.path.isdir(droot) and os.listdir(droot) and not delta:
+            raise PgBackupError(f"destination {droot} is not empty; use delta: true to bring an existing copy in line", dest=droot)
+    pid_file = os.path.join(dest, "postmaster.pid")
+    if os.path.exists(pid_file):
+        try:
+            with open(pid_file, encoding="utf-8", errors="replace") as f:
+                pid = int(f.readline().strip() or "0")
+        except ValueError:
+            pid = 0
+        if pid > 0:
+            try:
+                os.kill(pid, 0)
+                live = True
+            except ProcessLookupError:
+                live = False
+            except PermissionError:
+                live = True
+            if live:
+                raise PgBackupError(f"destination {dest} holds a live postmaster.pid (PID {pid}): a server runs there; stop it first", dest=dest, pid=pid)
+    if not source.remote:
+        for sroot, droot, _es in plan.roots:
+            if _inside(droot, sroot) or _inside(sroot, droot):
+                raise PgBackupError(f"destination {droot} and source {sroot} are nested on the same host", dest=droot, source=sroot)
+    # free space, per destination filesystem
+    need: dict = {}
+    for _src, droot, es in plan.roots:
+        probe = droot
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        dev = os.stat(probe).st_dev
+        size = sum(e.size for e in es if e.kind == "f")
+        if droot == dest and plan.control:
+            size += plan.control.size
+        if delta:
+            size = 0  # rsync replaces files one at a time; only growth matters, which we cannot know cheaply
+        entry = need.setdefault(dev, [probe, droot, 0])
+        entry[2] += size
+    for probe, droot, size in need.values():
+        st = os.statvfs(probe)
+        free = st.f_bavail * st.f_frsize
+        if size > free:
+            raise PgBackupError(
+                f"too little free space at the destination {droot}: the copy needs {size} bytes, {free} are free",
+                dest=droot,
+                needed=size,
+                free=free,
+            )
+
+
+def balance(entries: list, n: int) -> list:
+    """Split file entries into ``n`` lists of about equal total size (largest first, to the lightest list)."""
+    buckets: list = [[0, []] for _ in range(max(1, n))]
+    for e in sorted(entries, key=lambda x: -x.size):
+        b = min(buckets, key=lambda x: x[0])
+        b[0] += e.size
+        b[1].append(e)
+    return [b[1] for b in buckets if b[1]]
+
+
+def rsync_argv(source: Source, src_root: str, dest_root: str, files_from: str, delta: bool) -> list:
+    argv = ["rsync", "--protect-args", "--links", "--perms", "--times", "--devices", "--specials", "--from0", f"--files-from={files_from}"]
+    argv += ["--ignore-missing-args", "--out-format=%l", "--no-implied-dirs"]
+    argv += ["--checksum"] if delta else ["--whole-file"]
+    if source.remote:
+        argv += ["-e", shlex.join(source.ssh_argv())]
+    argv += ["--", source.rsync_spec(src_root.rstrip("/") + "/"), dest_root.rstrip("/") + "/"]
+    return argv
+
+
+class Progress:
+    def __init__(self, path: Optional[str], total_bytes: int, total_files: int) -> None:
+        self.path = path
+        self.total_bytes = total_bytes
+        self.total_files = total_files
+        self.bytes = 0
+        self.files = 0
+        self.phase = "copy"
+        self.start = time.monotonic()
+        self.lock = threading.Lock()
+        self.last = 0.0
+
+    def add(self, size: int) -> None:
+        with self.lock:
+            self.bytes += size
+            self.files += 1
+        self.write()
+
+    def write(self, force: bool = False) -> None:
+        if not self.path:
+            return
+        now = time.monotonic()
+        with self.lock:
+            if not force and now - self.last < 1.0:
+                return
+            self.last = now
+            self._dump(now)
+
+    def _dump(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-6)
+        data = {
+            "phase": self.phase,
+            "bytes_done": self.bytes,
+            "bytes_total": self.total_bytes,
+            "files_done": self.files,
+            "files_total": self.total_files,
+            "seconds": round(elapsed, 3),
+            "rate_bytes_per_second": int(self.bytes / elapsed),
+        }
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.path)
+
+
+def _drain(stream, into: list) -> None:
+    into.append(stream.read())
+
+
+def _run_rsync(argv: list, progress: Progress) -> None:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err: list = []
+    t = threading.Thread(target=_drain, args=(proc.stderr, err))
+    t.start()
+    for line in proc.stdout:
+        try:
+            progress.add(int(line.strip() or 0))
+        except ValueError:
+            pass
+    proc.wait()
+    t.join()
+    if proc.returncode not in (0, RSYNC_VANISHED):
+        raise PgBackupError(f"rsync failed ({proc.returncode}): {b''.join(err).decode(errors='replace').strip()[-2000:]}", rsync_rc=proc.returncode)
+
+
+def _hash_fsync(path: str, uid: int, gid: int) -> Optional[tuple]:
+    """SHA-256 of the copied file, fsync and chown; None when it vanished from the source (never copied)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        h = hashlib.sha256()
+        size = 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = os.readv(fd, [buf])
+            if not n:
+                break
+            h.update(view[:n])
+            size += n
+        os.fsync(fd)
+        if uid >= 0:
+            os.fchown(fd, uid, gid)
+        st = os.fstat(fd)
+        return size, st.st_mtime_ns, h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def owner_ids(owner: Optional[str]) -> tuple:
+    if not owner:
+        return -1, -1
+    try:
+        pw = pwd.getpwnam(owner)
+    except KeyError as exc:
+        raise PgBackupError(f"owner {owner!r} is not a user on this host") from exc
+    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+        raise PgBackupError(f"only root can give the copy to {owner}; run with become or set owner to the current user")
+    return pw.pw_uid, pw.pw_gid
+
+
+def _delta_remove(plan: Plan, dest: str) -> list:
+    """Remove what the destination has beyond the plan (delta mode); returns the removed relative paths."""
+    removed = []
+    for _src, droot, es in plan.roots:
+        wanted = {e.rel for e in es}
+        if droot == dest:
+            wanted |= set(copy_state.OWN_FILES) | {copy_state.PENDING_CONTROL}
+        if not os.path.isdir(droot):
+            continue
+        for e in sorted(_list_local(droot), key=lambda x: x.rel, reverse=True):
+            if not e.rel or e.rel in wanted:
+                continue
+            if droot == dest and e.rel.split("/")[0] == "pg_tblspc" and len(e.rel.split("/")) > 1:
+                continue  # tablespace roots are handled by their own plan
+            path = os.path.join(droot, e.rel)
+            if e.kind == "d" and not os.path.islink(path):
+                if not os.listdir(path):
+                    os.rmdir(path)
+            else:
+                os.unlink(path)
+            removed.append(e.rel)
+    return removed
+
+
+def execute(source: Source, plan: Plan, dest: str, *, parallel: int = 1, delta: bool = False, owner: Optional[str] = "postgres",
+            progress_file: Optional[str] = None, tmpdir: Optional[str] = None) -> dict:  # fmt: skip
+    uid, gid = owner_ids(owner)
+    start = time.monotonic()
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    copy_state.write_marker(dest, f"datadir_copy from {source.host or 'localhost'}:{source.path} started {time.time():.0f}\n")
+    progress = Progress(progress_file, plan.bytes, plan.files)
+    progress.write(force=True)
+    removed: list = []
+    if delta:
+        removed = _delta_remove(plan, dest)
+    # directories first (parents before children), with the source's modes
+    for _src, droot, es in plan.roots:
+        os.makedirs(droot, mode=0o700, exist_ok=True)
+        for e in sorted((e for e in es if e.kind == "d"), key=lambda x: x.rel.count("/")):
+            path = os.path.join(droot, e.rel) if e.rel else droot
+            if e.rel and not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+    # tablespace symlinks point to the mapped paths
+    ts_links = {f"pg_tblspc/{ts['oid']}": ts["dest"] for ts in plan.tablespaces if not ts["in_place"]}
+    for rel, target in ts_links.items():
+        link = os.path.join(dest, rel)
+        if os.path.islink(link) or os.path.exists(link):
+            if os.path.islink(link) and os.readlink(link) == target:
+                continue
+            os.unlink(link)
+        os.symlink(target, link)
+
+    jobs = []
+    workdir = tmpdir or os.path.dirname(dest.rstrip("/")) or "/"
+    lists = []
+    try:
+        for src, droot, es in plan.roots:
+            items = [e for e in es if e.kind == "f" or (e.kind == "l" and e.rel not in ts_links)]
+            for i, bucket in enumerate(balance(items, parallel)):
+                fname = os.path.join(workdir, f".pgbackup-files-{os.getpid()}-{len(lists)}-{i}")
+                with open(fname, "wb") as f:
+                    f.write(b"".join(os.fsencode(e.rel) + b"\0" for e in bucket))
+                lists.append(fname)
+                jobs.append(rsync_argv(source, src, droot, fname, delta))
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            for fut in [pool.submit(_run_rsync, argv, progress) for argv in jobs]:
+                fut.result()
+        # pg_control last, under its pending name
+        pending = os.path.join(dest, copy_state.PENDING_CONTROL)
+        argv = ["rsync", "--protect-args", "--perms", "--times", "--whole-file", "--out-format=%l"]
+        if source.remote:
+            argv += ["-e", shlex.join(source.ssh_argv())]
+        argv += ["--", source.rsync_spec(os.path.join(source.path, "global/pg_control")), pending]
+        _run_rsync(argv, progress)
+    finally:
+        for fname in lists:
+            try:
+                os.unlink(fname)
+            except FileNotFoundError:
+                pass
+    copy_seconds = time.monotonic() - start
+
+    # checksums, fsync, owner
+    progress.phase = "sync"
+    progress.write(force=True)
+    sums: dict = {}
+    vanished: list = []
+    tasks = []
+    for _src, droot, es in plan.roots:
+        prefix = "" if droot == dest else f"pg_tblspc/{_oid_of(plan, droot)}/"
+        for e in es:
+            if e.kind == "f":
+                tasks.append((prefix + e.rel, os.path.join(droot, e.rel)))
+    tasks.append((copy_state.PENDING_CONTROL, pending))
+    with ThreadPoolExecutor(max_workers=max(2, parallel)) as pool:
+        results = pool.map(lambda t: (t[0], _hash_fsync(t[1], uid, gid)), tasks)
+        for rel, res in results:
+            if res is None:
+                vanished.append(rel)
+            else:
+                sums["global/pg_control" if rel == copy_state.PENDING_CONTROL else rel] = list(res)
+    for _src, droot, es in plan.roots:
+        dirs = sorted((e for e in es if e.kind == "d"), key=lambda x: -x.rel.count("/"))
+        for e in es:
+            if e.kind == "l":
+                path = os.path.join(droot, e.rel)
+                if os.path.islink(path) and uid >= 0:
+                    os.lchown(path, uid, gid)
+        for e in dirs:
+            path = os.path.join(droot, e.rel) if e.rel else droot
+            if os.path.isdir(path):
+                os.chmod(path, e.mode & 0o7777)
+                if uid >= 0:
+                    os.chown(path, uid, gid)
+                copy_state.fsync_dir(path)
+        if droot != dest:
+            copy_state.fsync_dir(os.path.dirname(droot.rstrip("/")))
+    for ts in ts_links:
+        if uid >= 0:
+            os.lchown(os.path.join(dest, ts), uid, gid)
+    if os.path.isdir(os.path.join(dest, "pg_tblspc")):
+        copy_state.fsync_dir(os.path.join(dest, "pg_tblspc"))
+    copy_state.write_checksums(dest, "SHA256", sums)
+    if uid >= 0:
+        os.chown(os.path.join(dest, copy_state.CHECKSUMS_FILE), uid, gid)
+    copy_state.remove_marker(dest)
+    copy_state.fsync_dir(os.path.dirname(dest.rstrip("/")) or "/")
+    seconds = time.monotonic() - start
+    total = sum(v[0] for v in sums.values())
+    progress.phase = "done"
+    progress.write(force=True)
+    return {
+        "bytes": total,
+        "files": len(sums),
+        "seconds": round(seconds, 3),
+        "copy_seconds": round(copy_seconds, 3),
+        "throughput_bytes_per_second": int(total / max(seconds, 1e-6)),
+        "vanished": vanished,
+        "removed": removed,
+    }
+
+
+def _oid_of(plan: Plan, droot: str) -> str:
+    for ts in plan.tablespaces:
+        if ts["dest"] == droot:
+            return ts["oid"]
+    raise PgBackupError(f"no tablespace copies to {droot}")

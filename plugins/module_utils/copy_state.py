@@ -1,0 +1,95 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Names datadir_copy leaves in a copy, and the check every other module makes before using one.
+
+- ``INCOMPLETE_MARKER`` (``.pgbackup-incomplete`` in the copy's root) exists from the moment a copy
+  starts writing until everything is copied and fsynced. A killed or failed copy keeps it. Every module
+  of the collection except datadir_copy must call ``check_not_incomplete(data_dir)`` first.
+- ``PENDING_CONTROL`` (``global/pg_control.pgbackup-pending``): the copied pg_control, written last and
+  under this name, so that PostgreSQL refuses to start the copy (no ``global/pg_control``) until the
+  label-placement step renames it into place next to its backup_label.
+- ``CHECKSUMS_FILE`` (``.pgbackup-checksums.json`` in the copy's root): size, mtime and SHA-256 of every
+  copied file, read (and removed) by backup_manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .errors import PgBackupError
+
+INCOMPLETE_MARKER = ".pgbackup-incomplete"
+PENDING_CONTROL = "global/pg_control.pgbackup-pending"
+CHECKSUMS_FILE = ".pgbackup-checksums.json"
+OWN_FILES = (INCOMPLETE_MARKER, CHECKSUMS_FILE)
+
+
+def is_incomplete(data_dir: str) -> bool:
+    """Whether ``data_dir`` carries the marker of an unfinished datadir_copy."""
+    return os.path.lexists(os.path.join(data_dir, INCOMPLETE_MARKER))
+
+
+def check_not_incomplete(data_dir: str) -> None:
+    """Refuse a copy whose datadir_copy did not finish (killed, failed, disk full)."""
+    if is_incomplete(data_dir):
+        raise PgBackupError(
+            f"{data_dir} is an unfinished copy (it has {INCOMPLETE_MARKER}): its datadir_copy failed or was killed; "
+            "run datadir_copy again (delta: true reuses what was copied) before using it",
+            path=data_dir,
+        )
+
+
+def write_marker(data_dir: str, text: str) -> None:
+    """Create the incomplete marker and make it durable (file and directory fsynced)."""
+    path = os.path.join(data_dir, INCOMPLETE_MARKER)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(data_dir)
+
+
+def remove_marker(data_dir: str) -> None:
+    """Remove the incomplete marker durably (the last step of a successful copy)."""
+    path = os.path.join(data_dir, INCOMPLETE_MARKER)
+    if os.path.lexists(path):
+        os.unlink(path)
+    fsync_dir(data_dir)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checksums(data_dir: str, algorithm: str, files: dict) -> None:
+    """``files``: relative path -> [size, mtime_ns, hex digest]; written atomically and fsynced."""
+    path = os.path.join(data_dir, CHECKSUMS_FILE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps({"algorithm": algorithm, "files": files}).encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(data_dir)
+
+
+def read_checksums(data_dir: str) -> tuple:
+    """``(algorithm, files)`` recorded by datadir_copy, or ``(None, {})`` when there are none."""
+    path = os.path.join(data_dir, CHECKSUMS_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("ascii"))
+    except FileNotFoundError:
+        return None, {}
+    except ValueError as exc:
+        raise PgBackupError(f"{path} is not a checksum record of datadir_copy: {exc}", path=path) from exc
+    return data.get("algorithm"), data.get("files", {})

@@ -1,0 +1,231 @@
+#!/usr/bin/python
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: datadir_copy
+short_description: Copy a PostgreSQL data directory and its tablespaces the way a base backup would
+version_added: 0.1.0
+description:
+  - Runs on the destination host and pulls a PostgreSQL 13 to 18 data directory from O(source_host) over ssh
+    with rsync, or copies it locally when O(source_host) is not given.
+  - Leaves out what PostgreSQL's base backup leaves out for the source's major version (C(basebackup.c)) -
+    contents of C(pg_stat_tmp), C(pg_replslot), C(pg_dynshmem), C(pg_notify), C(pg_serial), C(pg_snapshots),
+    C(pg_subtrans); C(postmaster.pid), C(postmaster.opts), C(backup_label), C(tablespace_map),
+    C(backup_manifest), C(pg_internal.init*), the C(*.tmp) files; C(pgsql_tmp*) at any depth; temporary
+    relations; every fork of an unlogged relation except its C(_init) fork; C(pg_wal) is created empty with
+    C(archive_status) (and C(summaries) on 17+). O(excludes) adds patterns.
+  - C(global/pg_control) is copied after every other file and written as C(global/pg_control.pgbackup-pending),
+    so PostgreSQL refuses to start the copy until its backup_label is placed and pg_control renamed.
+  - Each symlink in C(pg_tblspc) is followed and its target copied to the path O(tablespace_mapping) gives;
+    in-place tablespaces are copied as directories.
+  - Every copied file is read once more at the destination for its SHA-256 (recorded in
+    C(.pgbackup-checksums.json) for P(pgbackup.lowlevel.backup_manifest#module)), fsynced and given to O(owner);
+    every directory is fsynced.
+  - While it runs, the copy carries C(.pgbackup-incomplete); a failed or killed copy keeps it, and every other
+    module of the collection refuses such a directory.
+author:
+  - pgbackup.lowlevel developers (@pgbackup)
+options:
+  source_path:
+    description: The source data directory (absolute).
+    type: path
+    required: true
+  source_host:
+    description: Host to pull from over ssh; omit for a copy on this host.
+    type: str
+  source_user:
+    description: ssh user on O(source_host).
+    type: str
+  source_port:
+    description: ssh port of O(source_host).
+    type: int
+  ssh_key:
+    description: Private key file for ssh.
+    type: path
+  ssh_options:
+    description: Extra ssh arguments, one list element per argument (for example V(-o), V(StrictHostKeyChecking=no)).
+    type: list
+    elements: str
+    default: []
+  dest:
+    description: The destination data directory on this host. Must be absent or empty unless O(delta).
+    type: path
+    required: true
+  tablespace_mapping:
+    description:
+      - Tablespace OID or old path -> new path. Required for every tablespace of a copy on the same host;
+        across hosts a tablespace without a mapping keeps its path.
+    type: dict
+    default: {}
+  excludes:
+    description: Extra patterns (shell style, matched against the relative path and each of its names) to leave out.
+    type: list
+    elements: str
+    default: []
+  parallel:
+    description: Number of concurrent rsync streams, over file lists balanced by size.
+    type: int
+    default: 1
+  delta:
+    description:
+      - Bring an existing copy in line with the source - files are compared by checksum (never by size and
+        modification time alone) and files the source no longer has are removed.
+    type: bool
+    default: false
+  owner:
+    description: OS user that owns the copy (its primary group too).
+    type: str
+    default: postgres
+  progress_file:
+    description: JSON file kept up to date with bytes and files done and total, and the rate.
+    type: path
+attributes:
+  check_mode:
+    description: Reports the files, bytes and tablespaces that would be copied; copies nothing.
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+notes:
+  - Needs C(rsync) on both hosts and C(find) (GNU) on the source host.
+"""
+
+EXAMPLES = r"""
+- name: Pull the standby's data directory to this host, two streams, tablespace 16400 to /srv/ts1
+  pgbackup.lowlevel.datadir_copy:
+    source_host: db2.example.com
+    source_user: postgres
+    source_path: /var/lib/postgresql/16/main
+    dest: /srv/restore/pgdata
+    tablespace_mapping:
+      "16400": /srv/restore/ts1
+    parallel: 2
+    progress_file: /srv/restore/copy-progress.json
+  register: copy
+
+- name: Re-seed a broken replica in place
+  pgbackup.lowlevel.datadir_copy:
+    source_host: db1.example.com
+    source_path: /var/lib/postgresql/16/main
+    dest: /var/lib/postgresql/16/main
+    delta: true
+"""
+
+RETURN = r"""
+bytes:
+  description: Bytes copied (would be copied in check mode).
+  returned: always
+  type: int
+  sample: 1073741824
+files:
+  description: Files copied (would be copied in check mode).
+  returned: always
+  type: int
+  sample: 1234
+seconds:
+  description: Wall time of the copy, fsync included.
+  returned: success
+  type: float
+  sample: 12.5
+throughput_bytes_per_second:
+  description: RV(bytes) / RV(seconds).
+  returned: success
+  type: int
+  sample: 85899345
+major:
+  description: PostgreSQL major version of the source.
+  returned: always
+  type: int
+  sample: 16
+pending_control:
+  description: Where pg_control was written, relative to O(dest).
+  returned: always
+  type: str
+  sample: global/pg_control.pgbackup-pending
+tablespaces:
+  description: Tablespaces copied - OID, source path, destination path, in-place or not.
+  returned: always
+  type: list
+  elements: dict
+excluded:
+  description: Number of entries left out by the rules and O(excludes).
+  returned: always
+  type: int
+vanished:
+  description: Files that disappeared from the source during the copy (a dropped table); not an error.
+  returned: success
+  type: list
+  elements: str
+removed:
+  description: Files removed from the destination because the source no longer has them (O(delta)).
+  returned: success
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_state import PENDING_CONTROL
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+
+ARGS = {
+    "source_path": {"type": "path", "required": True},
+    "source_host": {"type": "str"},
+    "source_user": {"type": "str"},
+    "source_port": {"type": "int"},
+    "ssh_key": {"type": "path", "no_log": False},
+    "ssh_options": {"type": "list", "elements": "str", "default": []},
+    "dest": {"type": "path", "required": True},
+    "tablespace_mapping": {"type": "dict", "default": {}},
+    "excludes": {"type": "list", "elements": "str", "default": []},
+    "parallel": {"type": "int", "default": 1},
+    "delta": {"type": "bool", "default": False},
+    "owner": {"type": "str", "default": "postgres"},
+    "progress_file": {"type": "path"},
+}
+
+
+def run_module(module: AnsibleModule) -> dict:
+    p = module.params
+    if p["parallel"] < 1:
+        raise PgBackupError(f"parallel must be at least 1, not {p['parallel']}")
+    if not os.path.isabs(p["dest"]):
+        raise PgBackupError(f"dest {p['dest']!r} must be an absolute path")
+    dest = os.path.normpath(p["dest"])
+    source = Source(p["source_path"], p["source_host"], p["source_user"], p["source_port"], p["ssh_key"], tuple(p["ssh_options"]))
+    mapping = {str(k): v for k, v in p["tablespace_mapping"].items()}
+    plan = make_plan(source, dest, mapping, p["excludes"])
+    check_destination(source, plan, dest, p["delta"])
+    result = {
+        "changed": not module.check_mode,
+        "major": plan.major,
+        "files": plan.files,
+        "bytes": plan.bytes,
+        "tablespaces": plan.tablespaces,
+        "excluded": len(plan.excluded),
+        "pending_control": PENDING_CONTROL,
+    }
+    if module.check_mode:
+        return result
+    result.update(execute(source, plan, dest, parallel=p["parallel"], delta=p["delta"], owner=p["owner"], progress_file=p["progress_file"]))
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGS, supports_check_mode=True)
+    try:
+        result = run_module(module)
+    except PgBackupError as exc:
+        module.fail_json(msg=exc.message, **exc.details)
+    except OSError as exc:
+        module.fail_json(msg=f"datadir_copy failed: {exc}", path=getattr(exc, "filename", None))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import (
+    Source,
+    balance,
+    check_destination,
+    execute,
+    make_plan,
+    rsync_argv,
+)
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+
+ODD = ["with space", "quo'te\"d", "-leading-dash", "new\nline"]
+
+
+def write(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def datadir(tmp_path):
+    d = tmp_path / "src"
+    write(d / "PG_VERSION", b"15\n")
+    write(d / "global" / "pg_control", b"c" * 8192)
+    write(d / "global" / "1262", b"g" * 100)
+    write(d / "base" / "5" / "16384", b"u" * 8192)
+    write(d / "base" / "5" / "16384_init", b"i" * 10)
+    write(d / "base" / "5" / "16390", b"l" * 20000)
+    write(d / "base" / "5" / "t3_16400", b"t")
+    write(d / "base" / "pgsql_tmp" / "pgsql_tmp1.0", b"t")
+    write(d / "pg_wal" / "000000010000000000000001", b"w" * 100)
+    (d / "pg_wal" / "archive_status").mkdir()
+    write(d / "pg_stat_tmp" / "global.stat")
+    write(d / "postmaster.pid", b"999999999\n")
+    write(d / "postmaster.opts")
+    for name in ODD:
+        write(d / "odd" / name, name.encode())
+    write(d / "odd" / os.fsdecode(b"latin1-\xe9"), b"e")
+    (d / "pg_tblspc").mkdir()
+    ts = tmp_path / "ts_src"
+    write(ts / "PG_15_202209061" / "5" / "16500", b"s" * 300)
+    write(ts / "PG_15_202209061" / "5" / "16501", b"s")
+    write(ts / "PG_15_202209061" / "5" / "16501_init", b"s")
+    (d / "pg_tblspc" / "16499").symlink_to(ts)
+    write(d / "pg_tblspc" / "16498" / "PG_15_202209061" / "5" / "16600", b"p")
+    os.chmod(d, 0o700)
+    return d
+
+
+def tree(root):
+    out = set()
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files:
+            out.add(os.path.relpath(os.path.join(dirpath, n), root))
+    return out
+
+
+def test_rsync_argv_protects_args():
+    argv = rsync_argv(Source("/d", "db1", "postgres", 2222, "/k", ("-o", "A=b c")), "/d", "/x", "/l", False)
+    assert "--protect-args" in argv
+    assert argv[-3:] == ["--", "db1:/d/", "/x/"]
+    assert argv[argv.index("-e") + 1] == "ssh -o BatchMode=yes -p 2222 -i /k -l postgres -o 'A=b c'"
+    assert "--checksum" in rsync_argv(Source("/d"), "/d", "/x", "/l", True)
+
+
+def test_balance():
+    class E:
+        def __init__(self, size):
+            self.size = size
+
+    buckets = balance([E(s) for s in (10, 9, 1, 1, 1)], 2)
+    assert sorted(sum(e.size for e in b) for b in buckets) == [11, 11]
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_local_copy(datadir, tmp_path, parallel):
+    dest = tmp_path / "dst"
+    mapping = {"16499": str(tmp_path / "ts_dst")}
+    plan = make_plan(Source(str(datadir)), str(dest), mapping, [])
+    check_destination(Source(str(datadir)), plan, str(dest), False)
+    progress = tmp_path / "progress.json"
+    res = execute(Source(str(datadir)), plan, str(dest), parallel=parallel, owner=None, progress_file=str(progress))
+    got = tree(dest)
+    assert "base/5/16384_init" in got and "base/5/16384" not in got and "base/5/16390" in got
+    assert "base/5/t3_16400" not in got and "base/pgsql_tmp" not in got
+    assert "pg_wal" in got and "pg_wal/archive_status" in got and "pg_wal/000000010000000000000001" not in got
+    assert "pg_stat_tmp" in got and "pg_stat_tmp/global.stat" not in got
+    assert "postmaster.pid" not in got and "postmaster.opts" not in got
+    assert "global/pg_control" not in got and copy_state.PENDING_CONTROL in got
+    assert copy_state.INCOMPLETE_MARKER not in got
+    for name in ODD:
+        assert (dest / "odd" / name).read_bytes() == name.encode()
+    assert (dest / "odd" / os.fsdecode(b"latin1-\xe9")).read_bytes() == b"e"
+    assert os.readlink(dest / "pg_tblspc" / "16499") == str(tmp_path / "ts_dst")
+    assert (tmp_path / "ts_dst" / "PG_15_202209061" / "5" / "16500").read_bytes() == b"s" * 300
+    assert not (tmp_path / "ts_dst" / "PG_15_202209061" / "5" / "16501").exists()
+    assert (dest / "pg_tblspc" / "16498" / "PG_15_202209061" / "5" / "16600").is_file()
+    _algo, sums = copy_state.read_checksums(str(dest))
+    assert sums["base/5/16390"][2] == hashlib.sha256(b"l" * 20000).hexdigest()
+    assert sums["global/pg_control"][0] == 8192
+    assert "pg_tblspc/16499/PG_15_202209061/5/16500" in sums
+    assert res["files"] == len(sums)
+    assert json.loads(progress.read_text())["phase"] == "done"
+    assert (dest.stat().st_mode & 0o777) == 0o700
+
+
+def test_refusals(datadir, tmp_path):
+    src = Source(str(datadir))
+    with pytest.raises(PgBackupError, match="not a PostgreSQL data directory"):
+        make_plan(Source(str(tmp_path)), str(tmp_path / "x"), {}, [])
+    with pytest.raises(PgBackupError, match="no mapping"):
+        make_plan(src, str(tmp_path / "x"), {}, [])
+    mapping = {"16499": str(tmp_path / "ts_dst")}
+    with pytest.raises(PgBackupError, match="nested"):
+        check_destination(src, make_plan(src, str(datadir / "sub"), mapping, []), str(datadir / "sub"), False)
+    busy = tmp_path / "busy"
+    write(busy / "x")
+    with pytest.raises(PgBackupError, match="not empty"):
+        check_destination(src, make_plan(src, str(busy), mapping, []), str(busy), False)
+    write(busy / "postmaster.pid", f"{os.getpid()}\n".encode())
+    with pytest.raises(PgBackupError, match=r"live postmaster\.pid"):
+        check_destination(src, make_plan(src, str(busy), mapping, []), str(busy), True)
+    with pytest.raises(PgBackupError, match="own source"):
+        make_plan(src, str(tmp_path / "x"), {"16499": str(tmp_path / "ts_src")}, [])
+
+
+def test_delta_detects_same_size_same_mtime_change(datadir, tmp_path):
+    dest = tmp_path / "dst"
+    mapping = {"16499": str(tmp_path / "ts_dst")}
+    src = Source(str(datadir))
+    execute(src, make_plan(src, str(dest), mapping, []), str(dest), owner=None)
+    f = dest / "base" / "5" / "16390"
+    st = f.stat()
+    f.write_bytes(b"X" * 20000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    write(dest / "stale-file")
+    write(dest / "pg_wal" / "000000010000000000000009")
+    plan = make_plan(src, str(dest), mapping, [])
+    check_destination(src, plan, str(dest), True)
+    res = execute(src, plan, str(dest), delta=True, owner=None)
+    assert f.read_bytes() == b"l" * 20000
+    assert not (dest / "stale-file").exists()
+    assert not (dest / "pg_wal" / "000000010000000000000009").exists()
+    assert "stale-file" in res["removed"]
+
+
+def test_incomplete_marker_left_on_failure(datadir, tmp_path, monkeypatch):
+    dest = tmp_path / "dst"
+    src = Source(str(datadir))
+    plan = make_plan(src, str(dest), {"16499": str(tmp_path / "ts_dst")}, [])
+    monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine.rsync_argv", lambda *a: ["false"])
+    with pytest.raises(PgBackupError, match="rsync failed"):
+        execute(src, plan, str(dest), owner=None)
+    assert copy_state.is_incomplete(str(dest))
+    with pytest.raises(PgBackupError, match="unfinished copy"):
+        copy_state.check_not_incomplete(str(dest))
