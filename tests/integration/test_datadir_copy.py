@@ -1,0 +1,214 @@
+"""datadir_copy and backup_manifest against real PostgreSQL 13-18: a copy under the low-level API on the test bed's
+primary, compared with pg_basebackup (15), verified by pg_verifybackup (15: with WAL and four kinds of damage; 13, 14,
+16: WAL skipped), refused by postgres before its label is placed; a killed copy keeps the incomplete marker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import write_manifest
+
+from .harness.pgbins import ROOT, client_bindir
+
+pytestmark = pytest.mark.integration
+
+
+def tree(root: Path) -> set:
+    """Relative paths of every file and directory, following pg_tblspc's symlinks."""
+    out = set()
+    for dirpath, dirs, files in os.walk(root, followlinks=True):
+        for name in dirs + files:
+            out.add(os.path.relpath(os.path.join(dirpath, name), root))
+    return out
+
+
+def start_backup(conn, major: int) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backup_start('datadir_copy test', true)" if major >= 15 else "SELECT pg_start_backup('datadir_copy test', true, false)")
+
+
+def stop_backup(conn, major: int) -> tuple:
+    with conn.cursor() as cur:
+        if major >= 15:
+            cur.execute("SELECT lsn::text, labelfile, spcmapfile, substr(pg_walfile_name(lsn), 1, 8) FROM pg_backup_stop(true)")
+        else:
+            cur.execute("SELECT lsn::text, labelfile, spcmapfile, substr(pg_walfile_name(lsn), 1, 8) FROM pg_stop_backup(false, true)")
+        lsn, label, spcmap, tli = cur.fetchone()
+    return parse_lsn(lsn), int(tli, 16), label, spcmap
+
+
+def place_label(dest: Path, label: str, spcmap: str) -> None:
+    (dest / "backup_label").write_text(label)
+    if spcmap:
+        (dest / "tablespace_map").write_text(spcmap)
+    os.rename(dest / copy_state.PENDING_CONTROL, dest / "global" / "pg_control")
+    for name in ("backup_label", "tablespace_map"):
+        if (dest / name).exists():
+            shutil.chown(dest / name, "postgres", "postgres")
+            (dest / name).chmod(0o600)
+
+
+def verifybackup(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(client_bindir() / "pg_verifybackup"), *args], capture_output=True, text=True, check=False)
+
+
+def postgres_refuses(cluster, dest: Path, tmp: Path) -> str:
+    """Try to start a server on the copy; return its complaint (it must not start)."""
+    sock = tmp / "sock"
+    sock.mkdir(exist_ok=True)
+    shutil.chown(sock, "postgres", "postgres")
+    argv = [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        str(cluster.pg.bindir / "postgres"),
+        "-D",
+        str(dest),
+        "-c",
+        "listen_addresses=",
+        "-c",
+        f"unix_socket_directories={sock}",
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    return proc.stderr
+
+
+def test_copy_manifest_verify(primary_standby, testbed, pg_major, tmp_path):
+    """The copy equals pg_basebackup's file list (15); pg_verifybackup accepts its manifest and reports damage."""
+    primary, _standby = primary_standby
+    ts_src = testbed.scratch_dir(f"dc-ts-src-{pg_major}")
+    ts_dst = testbed.scratch_dir(f"dc-ts-dst-{pg_major}")
+    dest = testbed.scratch_dir(f"dc-copy-{pg_major}")
+    tmpfile = primary.datadir / "base" / "pgsql_tmp" / "pgsql_tmp99999.0"
+    temp_conn = primary.connect()
+    try:
+        primary.sql(f"CREATE TABLESPACE dc_canary LOCATION '{ts_src}'")
+        primary.sql("CREATE TABLE dc_canary_t TABLESPACE dc_canary AS SELECT g FROM generate_series(1, 1000) g")
+        primary.sql("CREATE UNLOGGED TABLE dc_unlogged AS SELECT g FROM generate_series(1, 10000) g")
+        primary.sql("CREATE UNLOGGED TABLE dc_unlogged_ts TABLESPACE dc_canary AS SELECT g FROM generate_series(1, 100) g")
+        primary.sql("CHECKPOINT")
+        with temp_conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE dc_temp AS SELECT g FROM generate_series(1, 1000) g")
+        tmpfile.parent.mkdir(mode=0o700, exist_ok=True)
+        tmpfile.write_bytes(b"temporary")
+        for path in (tmpfile.parent, tmpfile):
+            shutil.chown(path, "postgres", "postgres")
+        (oid,) = primary.sql("SELECT oid::text FROM pg_tablespace WHERE spcname = 'dc_canary'")[0]
+        unlogged = {r[0] for r in primary.sql("SELECT pg_relation_filepath(c) FROM unnest(ARRAY['dc_unlogged'::regclass, 'dc_unlogged_ts'::regclass]) c")}
+        with temp_conn.cursor() as cur:
+            cur.execute("SELECT pg_relation_filepath('dc_temp')")
+            (temp_rel,) = cur.fetchone()
+
+        source = Source(str(primary.datadir))
+        conn = primary.connect()
+        try:
+            start_backup(conn, pg_major)
+            plan = make_plan(source, str(dest), {oid: str(ts_dst)}, [])
+            check_destination(source, plan, str(dest), False)
+            result = execute(source, plan, str(dest), parallel=2, owner="postgres", progress_file=str(tmp_path / "progress.json"))
+            stop_lsn, stop_tli, label, spcmap = stop_backup(conn, pg_major)
+        finally:
+            conn.close()
+        assert result["files"] > 100
+        got = tree(dest)
+        assert os.readlink(dest / "pg_tblspc" / oid) == str(ts_dst)
+        assert any(p.startswith(f"PG_{pg_major}_") for p in os.listdir(ts_dst))
+        for rel in unlogged:
+            assert rel not in got, rel
+            assert f"{rel}_init" in got, rel
+        assert (primary.datadir / temp_rel).exists() and temp_rel not in got
+        assert not [p for p in got if "pgsql_tmp" in p]
+        assert "global/pg_control" not in got
+
+        # PostgreSQL refuses the copy while pg_control is pending
+        assert "pg_control" in postgres_refuses(primary, dest, tmp_path)
+
+        if pg_major == 15:
+            bb = testbed.scratch_dir("dc-basebackup-15", owner="root")
+            ts_bb = testbed.scratch_dir("dc-ts-bb-15", owner="root")
+            bbp = primary.client("pg_basebackup", "-D", str(bb), "-Fp", "-X", "none", "--no-sync", "-c", "fast", "-T", f"{ts_src}={ts_bb}", check=False)
+            assert bbp.returncode == 0, bbp.stderr
+            ours = (got - {copy_state.CHECKSUMS_FILE, copy_state.PENDING_CONTROL}) | {"global/pg_control"}
+            theirs = tree(bb) - {"backup_label", "backup_manifest"}
+            assert ours == theirs, (sorted(ours - theirs), sorted(theirs - ours))
+
+        place_label(dest, label, spcmap)
+        info = write_manifest(str(dest), end_lsn=stop_lsn, end_tli=stop_tli)
+        assert info["reused_checksums"] == info["files"] - 2  # all but backup_label and tablespace_map
+        assert not (dest / copy_state.CHECKSUMS_FILE).exists()
+        if pg_major >= 17:
+            assert (dest / "backup_manifest").read_bytes().startswith(b'{ "PostgreSQL-Backup-Manifest-Version": 2,\n"System-Identifier": ')
+            return
+        ok = verifybackup("-n", str(dest))
+        assert ok.returncode == 0, ok.stderr
+        if pg_major != 15:
+            return
+        with_wal = verifybackup("-w", str(primary.archive_dir), str(dest))
+        assert with_wal.returncode == 0, with_wal.stderr
+
+        # four kinds of damage, each reported
+        victim = dest / "base" / "1" / "1259"
+        data = bytearray(victim.read_bytes())
+        data[100] ^= 0xFF
+        victim.write_bytes(bytes(data))
+        truncated = dest / "base" / "1" / "1249"
+        truncated.write_bytes(truncated.read_bytes()[:8192])
+        (dest / "extra-file").write_bytes(b"x")
+        os.unlink(dest / "PG_VERSION")
+        bad = verifybackup("-n", str(dest))
+        assert bad.returncode != 0
+        assert '"base/1/1259" has checksum mismatch' in bad.stderr or "checksum mismatch" in bad.stderr, bad.stderr
+        assert '"base/1/1249" has size 8192 on disk' in bad.stderr, bad.stderr
+        assert '"extra-file" is present on disk but not in the manifest' in bad.stderr, bad.stderr
+        assert '"PG_VERSION" is present in the manifest but not on disk' in bad.stderr, bad.stderr
+    finally:
+        temp_conn.close()
+        if tmpfile.exists():
+            tmpfile.unlink()
+        primary.sql("DROP TABLE IF EXISTS dc_unlogged, dc_unlogged_ts, dc_canary_t")
+        primary.sql("DROP TABLESPACE IF EXISTS dc_canary")
+
+
+KILL_SCRIPT = """
+import sys
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, execute, make_plan
+src, dest = sys.argv[1], sys.argv[2]
+execute(Source(src), make_plan(Source(src), dest, {}, []), dest, owner=None)
+"""
+
+
+def test_killed_copy_keeps_marker(testbed):
+    """SIGKILL of the copy (and its rsync) midway leaves .pgbackup-incomplete, which other modules refuse."""
+    src = testbed.scratch_dir("dc-kill-src", owner="root")
+    dest = testbed.scratch_dir("dc-kill-dst", owner="root")
+    (src / "global").mkdir()
+    (src / "PG_VERSION").write_text("15\n")
+    (src / "global" / "pg_control").write_bytes(b"\0" * 8192)
+    (src / "base" / "1").mkdir(parents=True)
+    for i in range(4):
+        with open(src / "base" / "1" / f"{16384 + i}", "wb") as f:
+            f.write(os.urandom(1 << 20) * 256)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "build" / "collections"))
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(src), str(dest)], cwd=str(ROOT), env=env, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (dest / copy_state.INCOMPLETE_MARKER).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert copy_state.is_incomplete(str(dest))
+    assert not (dest / copy_state.PENDING_CONTROL).exists()
+    with pytest.raises(Exception, match="unfinished copy"):
+        write_manifest(str(dest), end_lsn=1, end_tli=1)
