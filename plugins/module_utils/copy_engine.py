@@ -290,7 +290,7 @@ def check_destination(source: Source, plan: Plan, dest: str, delta: bool) -> Non
 
 def balance(entries: list, n: int) -> list:
     """Split file entries into ``n`` lists of about equal total size (largest first, to the lightest list)."""
-    buckets: list = [[0, []] for _ in range(max(1, n))]
+    buckets: list = [[0, []] for _bucket in range(max(1, n))]
     for e in sorted(entries, key=lambda x: -x.size):
         b = min(buckets, key=lambda x: x[0])
         b[0] += e.size
