@@ -122,17 +122,17 @@ def check_usable(slot: dict, *, required_lsn: Optional[str] = None) -> None:
         raise PgBackupError(
             f"replication slot {name} is a temporary slot of another session: it disappears with that session; choose another name", **_describe(slot)
         )
-    if slot.get("restart_lsn") is None:
-        raise PgBackupError(
-            f"replication slot {name} exists but reserves no WAL (restart_lsn is null: it was created without immediately_reserve, or was invalidated); "
-            "drop it (state=absent) and create it again, or choose another name",
-            **_describe(slot),
-        )
     status = slot.get("wal_status")
     if status in BAD_WAL_STATUS:
         raise PgBackupError(
             f"replication slot {name} has wal_status '{status}': {BAD_WAL_STATUS[status]}; restart_lsn is {slot.get('restart_lsn')}. "
             "Raise max_slot_wal_keep_size (or set it to -1), collect the WAL sooner, and take the backup again",
+            **_describe(slot),
+        )
+    if slot.get("restart_lsn") is None:
+        raise PgBackupError(
+            f"replication slot {name} exists but reserves no WAL (restart_lsn is null: it was created without immediately_reserve, or was invalidated); "
+            "drop it (state=absent) and create it again, or choose another name",
             **_describe(slot),
         )
     if required_lsn is not None:

@@ -149,6 +149,7 @@ def test_extended_wal_status_is_usable():
         ({"temporary": True}, "temporary slot of another session"),
         ({"restart_lsn": None, "wal_status": None}, "reserves no WAL"),
         ({"wal_status": "lost"}, "wal_status 'lost'.*already removed WAL"),
+        ({"wal_status": "lost", "restart_lsn": None}, "wal_status 'lost'.*already removed WAL"),  # 13+ clears restart_lsn when it invalidates
         ({"wal_status": "unreserved"}, "wal_status 'unreserved'.*next checkpoint may remove"),
     ],
 )
