@@ -92,6 +92,9 @@ class Exclusions:
         for part in parts:
             if part.startswith(TEMP_PREFIX):
                 return "temporary files (pgsql_tmp)"
+        if len(parts) >= 3 and parts[0] == "pg_tblspc" and not parts[2].startswith(f"PG_{self.major}_"):
+            # sendTablespace sends only the tablespace's version directory (PG_<major>_<catversion>)
+            return f"outside the tablespace's PG_{self.major}_* directory"
         for part in parts[:-1]:
             if part in EXCLUDE_DIR_CONTENTS:
                 return f"contents of {part}"

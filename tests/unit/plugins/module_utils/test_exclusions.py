@@ -128,3 +128,21 @@ def test_user_excludes_and_reasons():
     kept, dropped = Exclusions(15, ["*.log", "log"]).filter([("log", "d"), ("log/a.log", "f"), ("log/b", "f"), ("pg_log/x.log", "f"), ("PG_VERSION", "f")])
     assert [p for p, _k in kept] == ["PG_VERSION"]
     assert dropped[0] == ("log", "user exclude log")
+
+
+@pytest.mark.parametrize("major", ALL)
+def test_tablespace_only_its_version_directory(major):
+    """basebackup's sendTablespace sends only PG_<major>_<catversion> of a tablespace (not another major's
+    directory left by pg_upgrade, nor stray files at the tablespace's root)."""
+    entries = [
+        ("pg_tblspc/16400", "d"),
+        (f"pg_tblspc/16400/PG_{major}_202209061", "d"),
+        (f"pg_tblspc/16400/PG_{major}_202209061/5", "d"),
+        (f"pg_tblspc/16400/PG_{major}_202209061/5/16384", "f"),
+        ("pg_tblspc/16400/PG_12_201909212", "d"),
+        ("pg_tblspc/16400/PG_12_201909212/5/16384", "f"),
+        ("pg_tblspc/16400/stray file", "f"),
+    ]
+    assert kept_paths(major, entries) == [p for p, _k in entries[:4]]
+    _kept, dropped = Exclusions(major).filter(entries)
+    assert dict(dropped)["pg_tblspc/16400/stray file"] == f"outside the tablespace's PG_{major}_* directory"
