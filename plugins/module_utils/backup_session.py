@@ -1,0 +1,292 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What backup_start and backup_stop do, without Ansible: find, start, stop or abort the backup of an id.
+
+backup_start makes ``<state_dir>/<backup_id>/`` (mkdir is the lock against a second start of one id), forks
+the keeper, which connects and starts the backup, and returns what the keeper reported. backup_stop reads the
+state files first (a stored result answers a retry), then asks the keeper over its socket; a keeper that is
+gone means PostgreSQL aborted the backup with its session.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import socket
+from typing import Any, Callable, Optional
+
+from . import backup_api, keeper, keeper_files, keeper_protocol
+from .connection import connect
+from .errors import PgBackupError
+
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "6"}
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": "60", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "6"}
+SECRET_ENVIRONMENT = ("PGPASSWORD",)
+
+
+def application_name(backup_id: str) -> str:
+    return f"pgbackup.lowlevel keeper {backup_id}"[:63]
+
+
+def keeper_params(params: dict) -> dict:
+    """Connection params with TCP keepalives on unless the user chose otherwise in connect_params."""
+    params = dict(params)
+    extra = dict(KEEPALIVES)
+    extra.update(params.get("connect_params") or {})
+    params["connect_params"] = extra
+    return params
+
+
+def scrub_environment(names: tuple = SECRET_ENVIRONMENT) -> None:
+    """Remove secrets from the environment, including the copy /proc/<pid>/environ shows (the process's first env block)."""
+    for name in names:
+        os.environ.pop(name, None)
+    try:
+        with open("/proc/self/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        env_start, env_end = int(fields[47]), int(fields[48])  # fields 50 and 51 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return
+    if not 0 < env_start < env_end:
+        return
+    block = ctypes.string_at(env_start, env_end - env_start)
+    offset = 0
+    for entry in block.split(b"\0"):
+        for name in names:
+            prefix = name.encode("ascii") + b"="
+            if entry.startswith(prefix) and len(entry) > len(prefix):
+                ctypes.memset(env_start + offset + len(prefix), ord("*"), len(entry) - len(prefix))
+        offset += len(entry) + 1
+
+
+# --- backup_start ----------------------------------------------------------------------------------
+
+
+def open_session(params: dict, backup_id: str, connect_function: Optional[Callable] = None) -> Any:
+    session = connect(keeper_params(params), application_name=application_name(backup_id), settings=SERVER_KEEPALIVES, connect_function=connect_function)
+    if session.server_version_num >= 140000:
+        session.query("SET idle_session_timeout = 0")
+    session.query("SET idle_in_transaction_session_timeout = 0")
+    return session
+
+
+def check_only(params: dict, backup_id: str) -> dict:
+    """Check mode: connect, check settings and privileges, start nothing."""
+    with open_session(params, backup_id) as session:
+        snapshot = backup_api.server_snapshot(session.query)
+        problems = backup_api.preflight(session.query, snapshot)
+    if problems:
+        raise PgBackupError("the backup cannot start: " + "; ".join(problems), problems=problems)
+    return {
+        "server_role": "standby" if snapshot["in_recovery"] else "primary",
+        "server_version": snapshot["server_version"],
+        "system_identifier": snapshot["system_identifier"],
+        "timeline": snapshot["timeline"],
+    }
+
+
+def _keeper_main(directory: str, params: dict, *, backup_id: str, label: str, fast: bool, max_duration: float, state_dir: str) -> Callable:
+    def main(report: Callable[[dict], None]) -> int:
+        listener = None
+        try:
+            session = open_session(params, backup_id)
+            scrub_environment()
+            before = backup_api.server_snapshot(session.query)
+            problems = backup_api.preflight(session.query, before)
+            if problems:
+                raise PgBackupError("the backup cannot start: " + "; ".join(problems), problems=problems)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with keeper_protocol.socket_path(directory, keeper_files.SOCKET) as path:
+                listener.bind(path)
+            os.chmod(os.path.join(directory, keeper_files.SOCKET), 0o600)
+            listener.listen(8)
+            version = int(before["server_version_num"])
+            started = backup_api.start(session.query, label=label, fast=fast, version_num=version)
+            after = backup_api.server_snapshot(session.query)
+            position = backup_api.start_position(before, after, started["start_lsn"], int(before["wal_segment_size"]))
+        except PgBackupError as exc:
+            keeper_files.log_line(directory, f"start failed: {exc.message}")
+            report({"ok": False, "error": exc.message, "details": {k: v for k, v in exc.details.items() if k != "server_message"}})
+            return 1
+        result = {
+            "backup_id": backup_id,
+            "label": label,
+            "start_lsn": started["start_lsn"],
+            "started_at": started["started_at"],
+            "server_role": "standby" if before["in_recovery"] else "primary",
+            "server_version": before["server_version"],
+            "server_version_num": version,
+            "system_identifier": before["system_identifier"],
+            "wal_segment_size": int(before["wal_segment_size"]),
+            "keeper_pid": os.getpid(),
+            "backend_pid": before["backend_pid"],
+            "application_name": application_name(backup_id),
+            "max_duration": max_duration,
+            "state_dir": state_dir,
+            "session_dir": directory,
+            **position,
+        }
+        keeper_files.write_json(directory, keeper_files.STARTED, result)
+        keeper_files.log_line(directory, f"started at {result['start_lsn']} on the {result['server_role']}, backend pid {result['backend_pid']}")
+        holder: list = []
+        keeper.install_sigterm_handler(holder)
+        running = keeper.Keeper(directory, session, result, max_duration=max_duration, server_started_at=started["_started"])
+        holder.append(running)
+        report({"ok": True, "result": result})
+        try:
+            running.serve(listener)
+        finally:
+            listener.close()
+            try:
+                os.unlink(os.path.join(directory, keeper_files.SOCKET))
+            except OSError:
+                pass
+        return 0
+
+    return main
+
+
+def _ask(directory: str, op: dict, timeout: Optional[float]) -> Optional[dict]:
+    """The keeper's answer, or None when no keeper answers."""
+    try:
+        return keeper_protocol.request(directory, keeper_files.SOCKET, op, timeout=timeout)
+    except keeper_protocol.KeeperUnreachable:
+        return None
+
+
+def _lost_keeper(directory: str, backup_id: str) -> str:
+    pid = keeper_files.read_pid(directory)
+    reason = f"the keeper of backup {backup_id} (pid {pid}) is gone, so its session closed and PostgreSQL aborted the backup"
+    if keeper_files.read_json(directory, keeper_files.ABORTED) is None:
+        keeper_files.write_json(directory, keeper_files.ABORTED, {"reason": reason, "aborted_at": None})
+    return reason
+
+
+def start_backup(params: dict, *, backup_id: str, label: str, fast: bool, max_duration: float, state_dir: str, timeout: float) -> dict:
+    """Start the backup of ``backup_id``, or return the running one (changed false)."""
+    directory = keeper_files.session_dir(state_dir, backup_id)
+    if os.path.isdir(directory):
+        existing = existing_start(directory, backup_id)
+        if existing is not None:
+            return dict(existing, changed=False)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        raise PgBackupError(f"backup {backup_id} is being started by another task right now (its directory {directory} appeared meanwhile)") from None
+    except OSError as exc:
+        raise PgBackupError(f"cannot create {directory}: {exc.strerror}; check state_dir") from None
+    main = _keeper_main(directory, params, backup_id=backup_id, label=label, fast=fast, max_duration=max_duration, state_dir=state_dir)
+    report = keeper.launch(directory, main, timeout=timeout)
+    if not report.get("ok"):
+        shutil.rmtree(directory, ignore_errors=True)  # nothing started: the id may be used again
+        raise PgBackupError(report.get("error") or "the backup did not start", **(report.get("details") or {}))
+    return dict(report["result"], changed=True)
+
+
+def existing_start(directory: str, backup_id: str) -> Optional[dict]:
+    """The running backup of this id, None when a leftover of a failed start was cleared; else a refusal."""
+    started = keeper_files.read_json(directory, keeper_files.STARTED)
+    for name, what in ((keeper_files.STOPPED, "was stopped"), (keeper_files.ABORTED, "was aborted")):
+        if keeper_files.read_json(directory, name) is not None:
+            raise PgBackupError(
+                f"backup {backup_id} already {what} (see {directory}); a backup id is used once: choose a new backup_id, "
+                f"or remove {directory} once its result is no longer needed"
+            )
+    pid = keeper_files.read_pid(directory)
+    if started is None:
+        if keeper_files.pid_alive(pid):
+            raise PgBackupError(f"backup {backup_id} is being started by another task (keeper pid {pid}); wait for it or choose another backup_id")
+        shutil.rmtree(directory, ignore_errors=True)  # a start that died before starting anything
+        return None
+    try:
+        answer = _ask(directory, {"op": "status"}, timeout=30)
+    except (socket.timeout, TimeoutError):
+        raise PgBackupError(f"the keeper of backup {backup_id} (pid {pid}) is busy (stopping?) and did not answer within 30 seconds; try again") from None
+    if answer is None or answer.get("state") != "running":
+        reason = _lost_keeper(directory, backup_id)
+        raise PgBackupError(f"{reason}; {backup_api.ABORTED_ADVICE}; choose a new backup_id")
+    return answer["result"]
+
+
+# --- backup_stop -----------------------------------------------------------------------------------
+
+
+def _known_ids(state_dir: str) -> list:
+    try:
+        return sorted(name for name in os.listdir(state_dir) if keeper_files.BACKUP_ID.match(name))
+    except OSError:
+        return []
+
+
+def _stopped(directory: str, started: dict, stored: dict, changed: bool) -> dict:
+    keys = ("backup_id", "label", "start_lsn", "start_wal_file", "timeline", "checkpoint_lsn", "server_role", "system_identifier", "started_at")
+    result = {k: started.get(k) for k in keys}
+    result.update(stored)
+    result.update(changed=changed, state="stopped", session_dir=directory)
+    return result
+
+
+def stop_backup(
+    *,
+    backup_id: str,
+    state_dir: str,
+    state: str,
+    wait_for_archive: bool,
+    timeout: float,
+    expect_system_identifier: Optional[str] = None,
+    expect_timeline: Optional[int] = None,
+    check_mode: bool = False,
+) -> dict:
+    """Stop (or abort) the backup of ``backup_id`` through its keeper; a stored result answers a retry."""
+    directory = keeper_files.session_dir(state_dir, backup_id)
+    started = keeper_files.read_json(directory, keeper_files.STARTED) if os.path.isdir(directory) else None
+    if started is None:
+        known = _known_ids(state_dir)
+        raise PgBackupError(
+            f"unknown backup_id {backup_id}: no backup with this id was started with state_dir {state_dir} on this host as uid {os.geteuid()} "
+            f"(known there: {', '.join(known) if known else 'none'}); run backup_stop on the host, as the user and with the state_dir of backup_start"
+        )
+    stored = keeper_files.read_json(directory, keeper_files.STOPPED)
+    if stored is not None:
+        return _stopped(directory, started, stored, changed=False)
+    aborted = keeper_files.read_json(directory, keeper_files.ABORTED)
+    if aborted is not None:
+        if state == "aborted":
+            return {"changed": False, "state": "aborted", "backup_id": backup_id, "reason": aborted["reason"], "session_dir": directory}
+        raise PgBackupError(f"backup {backup_id} was aborted: {aborted['reason']}. {backup_api.ABORTED_ADVICE}", reason=aborted["reason"])
+    if check_mode:
+        try:
+            answer = _ask(directory, {"op": "status"}, timeout=30)
+        except (socket.timeout, TimeoutError):
+            answer = {"state": "busy"}
+        if answer is None:
+            raise PgBackupError(f"{_lost_keeper(directory, backup_id)}. {backup_api.ABORTED_ADVICE}")
+        return {"changed": True, "state": state, "backup_id": backup_id, "session_dir": directory}
+    if state == "aborted":
+        request: dict = {"op": "abort", "reason": "backup_stop was called with state=aborted"}
+    else:
+        request = {"op": "stop", "wait_for_archive": wait_for_archive, "expect_system_identifier": expect_system_identifier, "expect_timeline": expect_timeline}
+    try:
+        answer = _ask(directory, request, timeout=timeout)
+    except (socket.timeout, TimeoutError):
+        raise PgBackupError(
+            f"the keeper of backup {backup_id} did not answer within {timeout:g} seconds; the stop goes on and is never cancelled "
+            "(a cancelled stop loses the label). It is most likely waiting for WAL archiving (wait_for_archive): check archive_command "
+            "and the server log, then run backup_stop again to collect the result",
+            session_dir=directory,
+        ) from None
+    if answer is None:
+        # The keeper may have finished between our reads (the answer to an earlier, abandoned request).
+        stored = keeper_files.read_json(directory, keeper_files.STOPPED)
+        if stored is not None:
+            return _stopped(directory, started, stored, changed=False)
+        reason = _lost_keeper(directory, backup_id)
+        if state == "aborted":
+            return {"changed": False, "state": "aborted", "backup_id": backup_id, "reason": reason, "session_dir": directory}
+        raise PgBackupError(f"backup {backup_id} was aborted: {reason}. {backup_api.ABORTED_ADVICE}", reason=reason)
+    if not answer.get("ok"):
+        raise PgBackupError(f"backup {backup_id}: {answer.get('error')}", state=answer.get("state"))
+    if state == "aborted":
+        return {"changed": True, "state": "aborted", "backup_id": backup_id, "reason": (answer.get("result") or {}).get("reason"), "session_dir": directory}
+    return _stopped(directory, started, answer["result"], changed=True)

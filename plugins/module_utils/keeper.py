@@ -1,0 +1,284 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The keeper: a detached process that owns the one session a non-exclusive backup lives in.
+
+``launch()`` double-forks (new session, stdio on /dev/null and keeper.log, cwd /) so the keeper outlives the
+module and holds no descriptor Ansible waits on; everything is imported before the fork, because Ansible
+removes the module's files once it exits. The keeper connects, starts the backup, writes started.json,
+reports to the module through a pipe, and then waits on its Unix socket and on the database connection:
+
+- ``stop``: runs the stop function (never cancelled: SIGTERM is blocked meanwhile, statement_timeout is 0),
+  writes stopped.json, answers, exits;
+- ``abort``, SIGTERM or ``max_duration`` reached: closes the session (PostgreSQL then aborts the backup),
+  writes aborted.json, exits;
+- the connection breaks (backend terminated, server restarted): writes aborted.json with the server's message,
+  exits. If the keeper itself is killed, the session closes with it and backup_stop finds no keeper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from . import backup_api, keeper_files, keeper_protocol
+from .errors import PgBackupError
+
+ACCEPT_READ_TIMEOUT = 5.0
+IDLE_WAKEUP = 30.0
+
+
+class _Terminate(Exception):
+    pass
+
+
+class Keeper:
+    """The loop of a running backup. ``session`` is a connection.Session whose backup has started."""
+
+    def __init__(
+        self, directory: str, session: Any, started: dict, *, max_duration: float, server_started_at: Any = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.directory = directory
+        self.session = session
+        self.started = started
+        self.server_started_at = server_started_at
+        self.clock = clock
+        self.deadline = clock() + max_duration if max_duration and max_duration > 0 else None
+        self.max_duration = max_duration
+        self.state = "running"
+        self.interruptible = False
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def serve(self, listener: socket.socket) -> str:
+        """Answer requests until the backup is stopped or aborted; return the final state."""
+        connection_fd = self.session.connection.fileno()
+        while self.state == "running":
+            wait = IDLE_WAKEUP if self.deadline is None else max(0.0, min(IDLE_WAKEUP, self.deadline - self.clock()))
+            self.interruptible = True
+            try:
+                readable, _unused_w, _unused_x = select.select([listener, connection_fd], [], [], wait)
+            except _Terminate:
+                self.abort("the keeper received SIGTERM (someone stopped it on purpose)")
+                break
+            finally:
+                self.interruptible = False
+            if self.deadline is not None and self.clock() >= self.deadline:
+                self.abort(f"max_duration of {self.max_duration:g} seconds was reached before backup_stop")
+                break
+            if connection_fd in readable:
+                self.check_session()
+            if listener in readable and self.state == "running":
+                self.serve_one(listener)
+        return self.state
+
+    def check_session(self) -> None:
+        """The idle connection became readable: the server is ending it (or sent a notice); find out which."""
+        try:
+            self.session.query("SELECT 1", record=False)
+        except PgBackupError as exc:
+            self.ended_by_server(exc.details.get("server_message") or exc.message)
+
+    def serve_one(self, listener: socket.socket) -> None:
+        try:
+            conn, _unused_addr = listener.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                if keeper_protocol.peer_uid(conn) not in (os.geteuid(), 0):
+                    return
+                line = keeper_protocol.read_line(conn, limit=keeper_protocol.MAX_REQUEST_BYTES, deadline=time.monotonic() + ACCEPT_READ_TIMEOUT)
+                request = keeper_protocol.check_request(keeper_protocol.decode(line, limit=keeper_protocol.MAX_REQUEST_BYTES))
+            except (OSError, ValueError, keeper_protocol.KeeperUnreachable) as exc:
+                self.send(conn, {"ok": False, "state": self.state, "error": f"bad request: {exc}"})
+                return
+            answer = self.handle(request)
+            self.send(conn, answer)
+
+    @staticmethod
+    def send(conn: socket.socket, answer: dict) -> None:
+        try:
+            conn.settimeout(ACCEPT_READ_TIMEOUT)
+            conn.sendall(keeper_protocol.encode(answer))
+        except OSError:
+            pass  # the asker gave up; the result is in the state directory for its retry
+
+    # --- requests -----------------------------------------------------------------------------------
+
+    def handle(self, request: dict) -> dict:
+        op = request["op"]
+        if op == "status":
+            return {"ok": True, "state": self.state, "result": self.started}
+        if op == "abort":
+            self.abort(str(request.get("reason") or "backup_stop was called with state=aborted"))
+            return {"ok": True, "state": self.state, "result": keeper_files.read_json(self.directory, keeper_files.ABORTED)}
+        return self.stop(request)
+
+    def stop(self, request: dict) -> dict:
+        keeper_files.log_line(self.directory, "stop requested")
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            why = self.expected_mismatch(request)
+            if why:
+                self.abort(f"{why}; the backup was aborted because a copy taken from that standby would not match it")
+                return {"ok": False, "state": self.state, "error": f"{why}. The backup was aborted: {backup_api.ABORTED_ADVICE}"}
+            connection = self.session.connection
+            del connection.notices[:]
+            try:
+                wait = request.get("wait_for_archive", True)
+                answer = backup_api.stop(self.session.query, wait_for_archive=wait, version_num=self.started["server_version_num"])
+                timeline = backup_api.stop_timeline(self.session.query, self.started["server_role"] == "standby")
+            except PgBackupError as exc:
+                message = exc.details.get("server_message") or exc.message
+                self.record_aborted(f"the stop function failed: {message}")
+                self.session.close()
+                return {"ok": False, "state": self.state, "error": f"stopping the backup failed: {message}. {backup_api.ABORTED_ADVICE}"}
+            notices = [" ".join(str(n).split()) for n in connection.notices]
+            seg_size = self.started["wal_segment_size"]
+            result = backup_api.stop_result(answer, timeline=timeline, seg_size=seg_size, started_at=self.server_started_at, notices=notices)
+            result["notices"] = notices
+            keeper_files.write_json(self.directory, keeper_files.STOPPED, result)
+            self.state = "stopped"
+            keeper_files.log_line(self.directory, f"stopped at {result['stop_lsn']}")
+            self.session.close()
+            return {"ok": True, "state": self.state, "result": result}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def expected_mismatch(self, request: dict) -> Optional[str]:
+        sysid, timeline = request.get("expect_system_identifier"), request.get("expect_timeline")
+        if sysid is None and timeline is None:
+            return None
+        try:
+            snapshot = backup_api.server_snapshot(self.session.query)
+        except PgBackupError as exc:
+            return f"cannot re-check the server before stopping: {exc.message}"
+        return backup_api.check_expected(snapshot, system_identifier=sysid, timeline=timeline)
+
+    # --- endings ------------------------------------------------------------------------------------
+
+    def record_aborted(self, reason: str) -> None:
+        record = {"reason": reason, "aborted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        keeper_files.write_json(self.directory, keeper_files.ABORTED, record)
+        keeper_files.log_line(self.directory, f"aborted: {reason}")
+        self.state = "aborted"
+
+    def abort(self, reason: str) -> None:
+        """End the backup on purpose: closing the session makes PostgreSQL abort it."""
+        self.session.close()
+        self.record_aborted(reason)
+
+    def ended_by_server(self, message: str) -> None:
+        self.session.close()
+        self.record_aborted(f"the server ended the keeper's session ({message}), and PostgreSQL aborted the backup with it")
+
+
+# --- the process ---------------------------------------------------------------------------------
+
+
+def _on_sigterm(keeper_holder: list) -> Callable:
+    def handler(signum: int, frame: Any) -> None:
+        keeper = keeper_holder[0] if keeper_holder else None
+        if keeper is not None and keeper.interruptible:
+            raise _Terminate()
+
+    return handler
+
+
+def _detach(directory: str, keep_fd: int) -> None:
+    """Become a daemon: no terminal, no descriptor of Ansible's (it waits for stdout to close), cwd /."""
+    os.umask(0o077)
+    null = os.open(os.devnull, os.O_RDWR)
+    log = os.open(os.path.join(directory, keeper_files.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log, 2)
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
+        fd = int(name)
+        if fd > 2 and fd != keep_fd:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    os.chdir("/")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _report(fd: int, message: dict) -> None:
+    data = json.dumps(message).encode("utf-8") + b"\n"
+    while data:
+        data = data[os.write(fd, data) :]
+    os.close(fd)
+
+
+def launch(directory: str, keeper_main: Callable[[Callable[[dict], None]], int], *, timeout: float) -> dict:
+    """Fork the keeper for the session directory ``directory`` and return what it reports once started.
+
+    ``keeper_main(report)`` runs in the keeper; it calls ``report`` once with ``{"ok": ..., ...}`` and returns
+    an exit code. Raises PgBackupError when the keeper fails or does not report within ``timeout`` seconds
+    (then the keeper is killed, so no backup is left running).
+    """
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked processes
+        code = 70
+        try:
+            os.close(read_fd)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            keeper_files.write_pid(directory, os.getpid())
+            _detach(directory, write_fd)
+            code = keeper_main(lambda message: _report(write_fd, message))
+        except BaseException:  # noqa: BLE001 - the keeper must never return into the module's code
+            try:
+                keeper_files.log_line(directory, "keeper failed: " + traceback.format_exc().replace("\n", " | "))
+            finally:
+                os._exit(code)
+        os._exit(code)
+    os.close(write_fd)
+    os.waitpid(child, 0)
+    try:
+        line = _read_report(read_fd, timeout)
+    finally:
+        os.close(read_fd)
+    if line is None:
+        pid = keeper_files.read_pid(directory)
+        if keeper_files.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        raise PgBackupError(
+            f"the backup did not start within {timeout:g} seconds (a spread checkpoint can take checkpoint_timeout * "
+            "checkpoint_completion_target; use fast: true or a longer timeout); the keeper was killed, so PostgreSQL aborts whatever it had started"
+        )
+    if not line:
+        raise PgBackupError(f"the keeper exited before reporting whether the backup started; see {os.path.join(directory, keeper_files.LOG)}")
+    return json.loads(line.decode("utf-8"))
+
+
+def _read_report(fd: int, timeout: float) -> Optional[bytes]:
+    """The keeper's one line; b'' when it exits without one; None on timeout."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _unused_w, _unused_x = select.select([fd], [], [], remaining)
+        if not readable:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b""
+        data += chunk
+    return data.split(b"\n", 1)[0]
+
+
+def install_sigterm_handler(holder: list) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm(holder))
