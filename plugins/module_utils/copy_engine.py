@@ -21,6 +21,7 @@ The source is read once (by rsync); the second read is of the destination, usual
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -441,6 +442,47 @@ def execute(source: Source, plan: Plan, dest: str, *, parallel: int = 1, delta: 
     start = time.monotonic()
     os.makedirs(dest, mode=0o700, exist_ok=True)
     copy_state.write_marker(dest, f"datadir_copy from {source.host or 'localhost'}:{source.path} started {time.time():.0f}\n")
+    try:
+        return _copy(source, plan, dest, parallel, delta, uid, gid, progress_file, tmpdir, start)
+    except (PgBackupError, OSError) as exc:
+        if _no_space(exc):
+            raise _out_of_space(source, plan, dest, exc) from exc
+        raise
+
+
+def _no_space(exc: Exception) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in exc.message or "Disk quota exceeded" in exc.message
+
+
+def _out_of_space(source: Source, plan: Plan, dest: str, exc: Exception) -> PgBackupError:
+    """The disk filled during the copy (the precheck passed): name the destination and the space needed now."""
+    needed = plan.bytes
+    try:  # the source grew since it was listed (a table growing during the copy): measure it again
+        now = 0
+        for sroot, _droot, es in plan.roots:
+            sizes = {e.rel: e.size for e in list_tree(source, sroot) if e.kind == "f"}
+            now += sum(sizes.get(e.rel, e.size) for e in es if e.kind == "f")
+        needed = max(needed, now + (plan.control.size if plan.control else 0))
+    except (PgBackupError, OSError):
+        pass
+    st = os.statvfs(dest)
+    detail = exc.message if isinstance(exc, PgBackupError) else str(exc)
+    return PgBackupError(
+        f"the destination {dest} ran out of space during the copy: the copy needs {needed} bytes "
+        f"({plan.bytes} when it started; the source grew or the destination filled meanwhile), the destination's "
+        f"filesystem has {st.f_blocks * st.f_frsize} bytes in all; the copy is incomplete (it keeps {copy_state.INCOMPLETE_MARKER}). "
+        f"{detail}",
+        dest=dest,
+        needed=needed,
+        listed=plan.bytes,
+        free=st.f_bavail * st.f_frsize,
+    )
+
+
+def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid: int, gid: int,
+          progress_file: Optional[str], tmpdir: Optional[str], start: float) -> dict:  # fmt: skip
     progress = Progress(progress_file, plan.bytes, plan.files)
     progress.write(force=True)
     removed: list = []
