@@ -1,0 +1,439 @@
+"""The keeper without a server: state files, the socket protocol, the loop with a fake session, the fork, and the
+module-side decisions of backup_start/backup_stop on stored state."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, keeper, keeper_files, keeper_protocol
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from hypothesis import given
+from hypothesis import strategies as st
+
+# --- state files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backup_id", ["a", "20261123T004501Z-3f9a1c", "nightly.2026_11", "A" * 63])
+def test_backup_ids_accepted(backup_id):
+    assert keeper_files.check_backup_id(backup_id) == backup_id
+
+
+@pytest.mark.parametrize("backup_id", ["", ".", "..", "-x", "a/b", "../etc", "a b", "a\nb", "A" * 64, "é", None, 5])
+def test_backup_ids_refused(backup_id):
+    with pytest.raises(PgBackupError, match="is not valid"):
+        keeper_files.check_backup_id(backup_id)
+
+
+@given(st.text(max_size=70))
+def test_an_accepted_id_is_one_plain_path_component(backup_id):
+    try:
+        keeper_files.check_backup_id(backup_id)
+    except PgBackupError:
+        return
+    assert os.path.basename(backup_id) == backup_id and backup_id not in (".", "..") and not backup_id.startswith("-")
+
+
+def test_new_backup_ids_are_valid_and_distinct():
+    ids = {keeper_files.new_backup_id() for _unused in range(50)}
+    assert len(ids) == 50 and all(keeper_files.check_backup_id(i) for i in ids)
+
+
+def test_state_dir_created_private(tmp_path):
+    path = keeper_files.ensure_state_dir(str(tmp_path / "a" / "b"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+def test_state_dir_open_to_others_refused(tmp_path):
+    (tmp_path / "open").mkdir(mode=0o755)
+    os.chmod(tmp_path / "open", 0o755)
+    with pytest.raises(PgBackupError, match="has mode 0755; it must be private"):
+        keeper_files.ensure_state_dir(str(tmp_path / "open"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
+def test_state_dir_of_another_user_refused(tmp_path):
+    (tmp_path / "theirs").mkdir(mode=0o700)
+    os.chown(tmp_path / "theirs", 65534, 65534)
+    with pytest.raises(PgBackupError, match="belongs to uid 65534"):
+        keeper_files.ensure_state_dir(str(tmp_path / "theirs"))
+
+
+def test_state_dir_that_cannot_be_made(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PgBackupError, match="cannot create state_dir"):
+        keeper_files.ensure_state_dir(str(tmp_path / "file" / "sub"))
+    with pytest.raises(PgBackupError, match="does not exist"):
+        keeper_files.ensure_state_dir(str(tmp_path / "missing"), create=False)
+
+
+def test_json_written_atomically_and_private(tmp_path):
+    keeper_files.write_json(str(tmp_path), "x.json", {"a": 1})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    assert stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"], "no temporary file left"
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(PgBackupError, match="damaged"):
+        keeper_files.read_json(str(tmp_path), "bad.json")
+    assert keeper_files.read_json(str(tmp_path), "none.json") is None
+
+
+def test_pid_alive():
+    assert keeper_files.pid_alive(os.getpid())
+    assert not keeper_files.pid_alive(None)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not keeper_files.pid_alive(child.pid)
+
+
+# --- the socket protocol -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [({"op": "nope"}, "unknown op"), ({}, "unknown op"), ({"op": "stop", "wait_for_archive": "yes"}, "true or false")],
+)
+def test_requests_refused(message, error):
+    with pytest.raises(ValueError, match=error):
+        keeper_protocol.check_request(message)
+
+
+def test_decode_limits_and_types():
+    assert keeper_protocol.decode(keeper_protocol.encode({"a": "é"}).rstrip(b"\n"), limit=100) == {"a": "é"}
+    with pytest.raises(ValueError, match="larger than"):
+        keeper_protocol.decode(b"{}" * 100, limit=10)
+    with pytest.raises(ValueError, match="JSON object"):
+        keeper_protocol.decode(b"[1]", limit=10)
+
+
+def serve_once(directory, behaviour):
+    """A one-shot server on directory/keeper.sock; behaviour(conn) does what the test needs."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with keeper_protocol.socket_path(str(directory), keeper_files.SOCKET) as path:
+        listener.bind(path)
+    listener.listen(1)
+
+    def run():
+        conn, _unused = listener.accept()
+        with conn:
+            behaviour(conn)
+        listener.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_request_answered(tmp_path):
+    def echo(conn):
+        line = keeper_protocol.read_line(conn, limit=1000, deadline=None)
+        conn.sendall(keeper_protocol.encode({"ok": True, "got": json.loads(line)}))
+
+    serve_once(tmp_path, echo)
+    assert keeper_protocol.request(str(tmp_path), keeper_files.SOCKET, {"op": "status"}, timeout=5) == {"ok": True, "got": {"op": "status"}}
+
+
+def test_request_through_a_long_path(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(str(deep / keeper_files.SOCKET)) > keeper_protocol.SUN_PATH_MAX
+
+    def answer(conn):
+        keeper_protocol.read_line(conn, limit=1000, deadline=None)
+        conn.sendall(b'{"ok": true}\n')
+
+    serve_once(deep, answer)
+    assert keeper_protocol.request(str(deep), keeper_files.SOCKET, {"op": "status"}, timeout=5) == {"ok": True}
+
+
+def test_request_to_nobody(tmp_path):
+    with pytest.raises(keeper_protocol.KeeperUnreachable, match="no keeper listens"):
+        keeper_protocol.request(str(tmp_path), keeper_files.SOCKET, {"op": "status"}, timeout=1)
+
+
+def test_request_closed_without_answer(tmp_path):
+    serve_once(tmp_path, lambda conn: keeper_protocol.read_line(conn, limit=1000, deadline=None))
+    with pytest.raises(keeper_protocol.KeeperUnreachable, match="closed the connection"):
+        keeper_protocol.request(str(tmp_path), keeper_files.SOCKET, {"op": "status"}, timeout=5)
+
+
+def test_request_times_out_and_the_keeper_goes_on(tmp_path):
+    done = threading.Event()
+
+    def slow(conn):
+        keeper_protocol.read_line(conn, limit=1000, deadline=None)
+        done.wait(5)
+
+    serve_once(tmp_path, slow)
+    with pytest.raises(socket.timeout):
+        keeper_protocol.request(str(tmp_path), keeper_files.SOCKET, {"op": "stop"}, timeout=0.3)
+    done.set()
+
+
+# --- the keeper loop with a fake session ---------------------------------------------------------
+
+
+class FakeConnection:
+    def __init__(self):
+        self.server_end, self.client_end = socket.socketpair()
+        self.notices = []
+        self.closed = False
+
+    def fileno(self):
+        return self.client_end.fileno()
+
+
+class FakeSession:
+    """Answers the keeper's statements; ``fail`` maps a SQL fragment to the server message it fails with."""
+
+    def __init__(self, fail=None, stop_delay=0.0):
+        self.connection = FakeConnection()
+        self.fail = dict(fail or {})
+        self.stop_delay = stop_delay
+        self.statements = []
+
+    def query(self, sql, params=None, *, record=True):
+        self.statements.append(sql)
+        for fragment, message in self.fail.items():
+            if fragment in sql:
+                raise PgBackupError(f"query failed: {message}", server_message=message)
+        if "pg_backup_stop" in sql:
+            time.sleep(self.stop_delay)
+            self.connection.notices.append("NOTICE:  all required WAL segments have been archived\n")
+            return [{"lsn": "0/3000100", "labelfile": b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n", "spcmapfile": b"", "at": None}]
+        if "pg_control_checkpoint" in sql and "system_identifier" in sql:
+            return [{"system_identifier": "1", "timeline": 1}]
+        if "timeline_id AS tli" in sql:
+            return [{"tli": 1}]
+        return [{"?column?": 1}]
+
+    def close(self):
+        self.connection.closed = True
+
+
+STARTED = {"backup_id": "b", "server_version_num": 160000, "server_role": "primary", "wal_segment_size": 16 << 20, "start_lsn": "0/2000028"}
+
+
+def run_keeper(tmp_path, session, *, max_duration=0.0, clock=time.monotonic):
+    directory = tmp_path / "b"
+    directory.mkdir(exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(directory / keeper_files.SOCKET))
+    listener.listen(4)
+    running = keeper.Keeper(str(directory), session, dict(STARTED), max_duration=max_duration, clock=clock)
+    outcome = {}
+
+    def serve():
+        outcome["state"] = running.serve(listener)
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return directory, thread, outcome
+
+
+def ask(directory, message, timeout=10):
+    return keeper_protocol.request(str(directory), keeper_files.SOCKET, message, timeout=timeout)
+
+
+def test_status_then_stop_writes_the_result_before_answering(tmp_path):
+    session = FakeSession()
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    assert ask(directory, {"op": "status"})["result"]["backup_id"] == "b"
+    answer = ask(directory, {"op": "stop", "wait_for_archive": True})
+    thread.join(5)
+    assert answer["ok"] and answer["state"] == "stopped" and outcome["state"] == "stopped"
+    stored = keeper_files.read_json(str(directory), keeper_files.STOPPED)
+    assert stored == answer["result"] and stored["stop_lsn"] == "0/3000100" and stored["stop_wal_file"] == "000000010000000000000003"
+    assert stored["notices"] == ["NOTICE: all required WAL segments have been archived"]
+    assert session.connection.closed
+
+
+def test_abort_closes_the_session(tmp_path):
+    session = FakeSession()
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    answer = ask(directory, {"op": "abort", "reason": "cleanup"})
+    thread.join(5)
+    assert answer["state"] == "aborted" and answer["result"]["reason"] == "cleanup"
+    assert session.connection.closed and outcome["state"] == "aborted"
+    assert not any("pg_backup_stop" in s for s in session.statements), "an abort never runs the stop"
+
+
+def test_max_duration(tmp_path, monkeypatch):
+    monkeypatch.setattr(keeper, "IDLE_WAKEUP", 0.05)  # the loop looks at its (fake) clock often
+    now = [0.0]
+    session = FakeSession()
+    directory, thread, outcome = run_keeper(tmp_path, session, max_duration=60, clock=lambda: now[0])
+    assert ask(directory, {"op": "status"})["state"] == "running"
+    now[0] = 61
+    thread.join(5)
+    assert outcome["state"] == "aborted" and session.connection.closed
+    assert "max_duration of 60 seconds" in keeper_files.read_json(str(directory), keeper_files.ABORTED)["reason"]
+
+
+def test_session_ended_by_the_server(tmp_path):
+    session = FakeSession(fail={"SELECT 1": "terminating connection due to administrator command"})
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    session.connection.server_end.sendall(b"E")  # the server speaks while the session is idle
+    thread.join(5)
+    assert outcome["state"] == "aborted"
+    assert "terminating connection due to administrator command" in keeper_files.read_json(str(directory), keeper_files.ABORTED)["reason"]
+
+
+def test_failed_stop_is_an_abort(tmp_path):
+    session = FakeSession(fail={"pg_backup_stop": "the standby was promoted during online backup"})
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    answer = ask(directory, {"op": "stop"})
+    thread.join(5)
+    assert not answer["ok"] and "the standby was promoted during online backup" in answer["error"] and "no usable backup_label" in answer["error"]
+    assert outcome["state"] == "aborted" and keeper_files.read_json(str(directory), keeper_files.STOPPED) is None
+
+
+def test_mismatched_standby_aborts_before_stopping(tmp_path):
+    session = FakeSession()
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    answer = ask(directory, {"op": "stop", "expect_system_identifier": "2"})
+    thread.join(5)
+    assert not answer["ok"] and "system identifier 1, but the standby" in answer["error"]
+    assert outcome["state"] == "aborted" and not any("pg_backup_stop" in s for s in session.statements)
+
+
+def test_bad_request_is_answered_and_the_backup_goes_on(tmp_path):
+    session = FakeSession()
+    directory, thread, _outcome = run_keeper(tmp_path, session)
+    assert "unknown op" in ask(directory, {"op": "drop"})["error"]
+    assert ask(directory, {"op": "abort"})["state"] == "aborted"
+    thread.join(5)
+
+
+# --- backup_stop's decisions on stored state ---------------------------------------------------------
+
+
+def session_dir(tmp_path, backup_id="b", **files):
+    directory = tmp_path / backup_id
+    directory.mkdir(mode=0o700)
+    keeper_files.write_json(str(directory), keeper_files.STARTED, dict(STARTED, backup_id=backup_id))
+    for name, data in files.items():
+        keeper_files.write_json(str(directory), name, data)
+    return directory
+
+
+def stop(tmp_path, backup_id="b", state="stopped", timeout=5):
+    return backup_session.stop_backup(backup_id=backup_id, state_dir=str(tmp_path), state=state, wait_for_archive=True, timeout=timeout)
+
+
+def test_unknown_id_lists_the_known_ones(tmp_path):
+    session_dir(tmp_path, "known1")
+    with pytest.raises(PgBackupError, match=r"unknown backup_id other.*known there: known1"):
+        stop(tmp_path, "other")
+
+
+def test_stored_result_answers_a_retry(tmp_path):
+    session_dir(tmp_path, **{keeper_files.STOPPED: {"stop_lsn": "0/5000000", "backup_label": "L"}})
+    result = stop(tmp_path)
+    assert result["changed"] is False and result["stop_lsn"] == "0/5000000" and result["start_lsn"] == "0/2000028"
+    assert stop(tmp_path, state="aborted")["state"] == "stopped", "nothing to abort after a stop"
+
+
+def test_aborted_backup(tmp_path):
+    session_dir(tmp_path, **{keeper_files.ABORTED: {"reason": "max_duration of 5 seconds was reached"}})
+    with pytest.raises(PgBackupError, match=r"was aborted: max_duration of 5 seconds.*no usable backup_label"):
+        stop(tmp_path)
+    assert stop(tmp_path, state="aborted") == {
+        "changed": False,
+        "state": "aborted",
+        "backup_id": "b",
+        "reason": "max_duration of 5 seconds was reached",
+        "session_dir": str(tmp_path / "b"),
+    }
+
+
+def test_lost_keeper_is_recorded(tmp_path):
+    directory = session_dir(tmp_path)
+    keeper_files.write_pid(str(directory), 999999999)
+    with pytest.raises(PgBackupError, match=r"keeper of backup b \(pid 999999999\) is gone.*discard"):
+        stop(tmp_path)
+    assert "is gone" in keeper_files.read_json(str(directory), keeper_files.ABORTED)["reason"]
+
+
+def test_stop_that_does_not_answer_in_time_is_never_cancelled(tmp_path):
+    directory = session_dir(tmp_path)
+    release = threading.Event()
+    serve_once(directory, lambda conn: release.wait(5))
+    with pytest.raises(PgBackupError, match=r"never cancelled.*run backup_stop again"):
+        stop(tmp_path, timeout=0.3)
+    release.set()
+
+
+def test_start_refuses_an_id_that_ended(tmp_path):
+    directory = session_dir(tmp_path, **{keeper_files.STOPPED: {}})
+    with pytest.raises(PgBackupError, match=r"already was stopped.*choose a new backup_id"):
+        backup_session.existing_start(str(directory), "b")
+
+
+def test_start_clears_a_start_that_died_before_starting(tmp_path):
+    directory = tmp_path / "b"
+    directory.mkdir()
+    keeper_files.write_pid(str(directory), 999999999)
+    assert backup_session.existing_start(str(directory), "b") is None and not directory.exists()
+
+
+def test_start_sees_another_task_starting(tmp_path):
+    directory = tmp_path / "b"
+    directory.mkdir()
+    keeper_files.write_pid(str(directory), os.getpid())
+    with pytest.raises(PgBackupError, match="being started by another task"):
+        backup_session.existing_start(str(directory), "b")
+
+
+# --- the fork ------------------------------------------------------------------------------------
+
+
+def test_launch_reports_what_the_keeper_says(tmp_path):
+    def main(report):
+        report({"ok": True, "result": {"pid": os.getpid(), "sid": os.getsid(0)}})
+        return 0
+
+    report = keeper.launch(str(tmp_path), main, timeout=10)
+    assert report["ok"] and report["result"]["pid"] != os.getpid()
+    assert report["result"]["sid"] == report["result"]["pid"] - 1 or report["result"]["sid"] != os.getsid(0), "a new session"
+    assert keeper_files.read_pid(str(tmp_path)) == report["result"]["pid"]
+
+
+def test_launch_keeper_that_exits_silently(tmp_path):
+    with pytest.raises(PgBackupError, match="exited before reporting"):
+        keeper.launch(str(tmp_path), lambda report: 3, timeout=10)
+
+
+def test_launch_timeout_kills_the_keeper(tmp_path):
+    def main(report):
+        time.sleep(60)
+        return 0
+
+    with pytest.raises(PgBackupError, match=r"did not start within 0.5 seconds.*killed"):
+        keeper.launch(str(tmp_path), main, timeout=0.5)
+    pid = keeper_files.read_pid(str(tmp_path))
+    deadline = time.monotonic() + 5
+    while keeper_files.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not keeper_files.pid_alive(pid)
+
+
+def test_scrub_environment_hides_the_password_from_proc(tmp_path):
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_session import scrub_environment;"
+        "scrub_environment(); import os;"
+        "print('PGPASSWORD' in os.environ, b's3cret' in open('/proc/self/environ', 'rb').read())"
+    )
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "build", "collections")
+    env = dict(os.environ, PGPASSWORD="s3cret")
+    out = subprocess.run([sys.executable, "-c", code, os.path.abspath(root)], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
