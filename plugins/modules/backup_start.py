@@ -110,7 +110,7 @@ start_lsn:
   type: str
   sample: 0/9000028
 start_wal_file:
-  description: The WAL file holding O(start_lsn), computed here (C(pg_walfile_name) fails on a standby).
+  description: The WAL file holding RV(start_lsn), computed here (C(pg_walfile_name) fails on a standby).
   returned: success and not check mode
   type: str
   sample: "000000010000000000000009"

@@ -101,7 +101,7 @@ stop_lsn:
   type: str
   sample: 0/9000138
 stop_wal_file:
-  description: The WAL file holding the last byte before O(stop_lsn).
+  description: The WAL file holding the last byte before RV(stop_lsn).
   returned: state is stopped
   type: str
   sample: "000000010000000000000009"

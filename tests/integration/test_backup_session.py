@@ -193,7 +193,7 @@ def test_max_duration_abort_and_mismatched_standby(primary_standby, tmp_path, pg
     state_dir = tmp_path / "keepers"
     offset = _log_offset(primary)
     timed = _start(primary, state_dir, "m1", max_duration=2)
-    _wait(lambda: (state_dir / "m1" / keeper_files.ABORTED).exists(), "max_duration expiring")
+    _wait((state_dir / "m1" / keeper_files.ABORTED).exists, "max_duration expiring")
     with pytest.raises(PgBackupError, match="max_duration of 2 seconds was reached"):
         _stop(state_dir, "m1")
     assert not keeper_files.pid_alive(timed["keeper_pid"])
