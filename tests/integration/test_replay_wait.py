@@ -89,7 +89,7 @@ def test_restartpoint_passes_backup_start_under_load(primary_standby, testbed, a
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     conn = primary.connect()
     with testbed.load(primary, 30, clients=2):
-        time.sleep(1)
+        time.sleep(0.5)
         start = _backup_start(conn, pg_major)
         try:
             redo_before = parse_lsn(standby.sql("SELECT redo_lsn::text FROM pg_control_checkpoint()")[0][0])
@@ -203,7 +203,6 @@ def test_consistent_on_server_restored_from_backup(primary_standby, testbed, ans
             start = _backup_start(conn, pg_major)
             _copy_data_dir(primary.datadir, restored.datadir)
             primary.sql("SELECT pg_switch_wal()")  # the copy needs WAL of more than one segment
-            time.sleep(1)
             stop, label, spcmap = _backup_stop(conn, pg_major)
     finally:
         conn.close()
@@ -230,7 +229,7 @@ def test_consistent_on_server_restored_from_backup(primary_standby, testbed, ans
             try:
                 refused = ("the database system is starting up", "the database system is not yet accepting connections")
                 _wait_for("refusing the module", lambda: any(text in restored.log_tail(200) for text in refused))
-                time.sleep(1)
+                time.sleep(0.5)
                 assert playbook.poll() is None, "replay_wait returned while the copy was still inconsistent"
                 assert restored.postmaster_pid() is not None
             finally:

@@ -101,9 +101,9 @@ def test_slot_keeps_backup_wal_through_checkpoint_storm(primary_standby, testbed
         primary.sql("ALTER SYSTEM SET wal_keep_size = 0")
         primary.sql("SELECT pg_reload_conf()")
         try:
-            with testbed.load(primary, 5, clients=4):
-                for _ in range(4):
-                    time.sleep(1)
+            with testbed.load(primary, 3, clients=4):
+                for _ in range(3):
+                    time.sleep(0.7)
                     primary.sql("SELECT pg_switch_wal()")
                     primary.sql("CHECKPOINT")
             for _ in range(2):
