@@ -38,11 +38,11 @@ def _results(proc: subprocess.CompletedProcess, argv: list, result_file: Path) -
     return json.loads(result_file.read_text())
 
 
-def _replay_wait(env: dict, inventory: Path, host: str, waits: list) -> list:
-    """Run the playbook over ``waits`` (``{cluster_name, args}`` each); the registered result of each."""
+def _replay_wait(env: dict, inventory: Path, host: str, waits: list) -> tuple:
+    """Run the playbook over ``waits`` (``{cluster_name, args}`` each); the registered result of each, and what it printed."""
     argv, result_file = _argv(env, inventory, host, waits)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
-    return _results(proc, argv, result_file)
+    return _results(proc, argv, result_file), proc.stdout + proc.stderr
 
 
 def _backup_start(conn, major: int) -> int:
@@ -95,7 +95,7 @@ def test_restartpoint_passes_backup_start_under_load(primary_standby, testbed, a
             redo_before = parse_lsn(standby.sql("SELECT redo_lsn::text FROM pg_control_checkpoint()")[0][0])
             args = {"target_lsn": f"{start >> 32:X}/{start & 0xFFFFFFFF:X}", "restartpoint": True, "expect_system_identifier": sysid}
             args.update(expect_timeline=timeline, timeout=TIMEOUT, stall_timeout=TIMEOUT, poll_interval=0.5)
-            (result,) = _replay_wait(ansible_env, inventory, standby.node.name, [{"cluster_name": standby.name, "args": args}])
+            (result,), _ = _replay_wait(ansible_env, inventory, standby.node.name, [{"cluster_name": standby.name, "args": args}])
             checkpoint_after, redo_after, tli_after = standby.sql("SELECT checkpoint_lsn::text, redo_lsn::text, timeline_id FROM pg_control_checkpoint()")[0]
         finally:
             _backup_stop(conn, pg_major)
@@ -143,11 +143,14 @@ def test_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major
             # Already replayed, so only the system identifier stops it (the pause does not matter there).
             {"cluster_name": standby.name, "args": dict(common, target_lsn=replayed, expect_system_identifier=other_sysid)},
             {"cluster_name": delayed.name, "args": dict(common, target_lsn=target, expect_system_identifier=sysid)},
+            # Last: resume_paused resumes the paused standby once, and then the target is reached.
+            {"cluster_name": standby.name, "args": dict(common, target_lsn=target, expect_system_identifier=sysid, resume_paused=True)},
         ]
         inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
         began = time.monotonic()
-        paused, was_promoted, foreign, held = _replay_wait(ansible_env, inventory, primary.node.name, waits)
+        (paused, was_promoted, foreign, held, resumed), output = _replay_wait(ansible_env, inventory, primary.node.name, waits)
         elapsed = time.monotonic() - began
+        still_paused = standby.sql("SELECT pg_is_wal_replay_paused()")[0][0]
     finally:
         standby.sql("SELECT pg_wal_replay_resume()")
         for cluster in (delayed, promoted):
@@ -158,13 +161,17 @@ def test_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major
         assert result.get("failed") is True, result
         assert result["waited_seconds"] < 20, result
         assert f"target {result['target_lsn']}, last replayed {result['replay_lsn']}, waited " in result["msg"]
-    assert elapsed < 60, f"four waits of timeout={TIMEOUT} s took {elapsed:.0f} s"
+    assert elapsed < 60, f"five waits of timeout={TIMEOUT} s took {elapsed:.0f} s"
     assert paused["reason"] == "paused" and "WAL replay is paused" in paused["msg"] and paused["replay_paused"] is True
     assert was_promoted["reason"] == "promoted" and "not in recovery" in was_promoted["msg"] and was_promoted["in_recovery"] is False
     assert foreign["reason"] == "system_identifier" and foreign["system_identifier"] == sysid
     assert f"its system identifier is {sysid}, expected {other_sysid}" in foreign["msg"]
     assert held["reason"] == "apply_delay" and "recovery_min_apply_delay = 1 h (3600000 ms)" in held["msg"]
-    standby.wait_replayed(target)
+    assert resumed.get("failed") is not True, resumed
+    assert resumed["changed"] is True and resumed["resumed_replay"] is True and resumed["reached"] is True
+    assert parse_lsn(resumed["replay_lsn"]) >= parse_lsn(target) and still_paused is False
+    # Ansible shows module warnings (and drops them from registered loop results).
+    assert "WAL replay was paused on the server; resumed it with pg_wal_replay_resume()" in output
 
 
 def _copy_data_dir(source: Path, dest: Path) -> None:

@@ -71,7 +71,7 @@ def _ok(result: dict, *, changed: bool) -> dict:
 
 
 def test_slot_keeps_backup_wal_through_checkpoint_storm(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    primary, _ = primary_standby
+    primary, standby = primary_standby
     backup_id = f"IT-{pg_major}.storm:1"
     slot = f"pgbackup_it_{pg_major}_storm_1"
     if primary.sql("SELECT to_regclass('pgbench_accounts') IS NULL") == [(True,)]:
@@ -79,7 +79,15 @@ def test_slot_keeps_backup_wal_through_checkpoint_storm(primary_standby, testbed
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     item = {"cluster_name": primary.name, "backup_id": backup_id}
 
-    created, again = _wal_retain(ansible_env, inventory, primary.node.name, [dict(item, state="present")] * 2)
+    on_standby = {"cluster_name": standby.name, "backup_id": backup_id}
+    assert standby.node.name == primary.node.name
+    created, again, standby_slot = _wal_retain(
+        ansible_env, inventory, primary.node.name, [dict(item, state="present")] * 2 + [dict(on_standby, state="present")]
+    )
+    # On a standby too the slot reserves WAL at once (from its last restartpoint's redo point).
+    _ok(standby_slot, changed=True)
+    assert standby_slot["in_recovery"] is True and standby_slot["created"] is True and standby_slot["wal_status"] == "reserved"
+    assert _slot(standby, slot) == [(standby_slot["restart_lsn"], "reserved", False, "physical")]
     _ok(created, changed=True)
     _ok(again, changed=False)
     assert created["slot_name"] == again["slot_name"] == slot
@@ -135,7 +143,11 @@ def test_slot_keeps_backup_wal_through_checkpoint_storm(primary_standby, testbed
         finally:
             conn.close()
 
-    dropped, again = _wal_retain(ansible_env, inventory, primary.node.name, [dict(item, state="absent")] * 2)
+    dropped, again, standby_dropped = _wal_retain(
+        ansible_env, inventory, primary.node.name, [dict(item, state="absent")] * 2 + [dict(on_standby, state="absent")]
+    )
+    _ok(standby_dropped, changed=True)
+    assert standby_dropped["dropped"] is True and _slot(standby, slot) == []
     _ok(dropped, changed=True)
     _ok(again, changed=False)
     assert dropped["dropped"] is True and again["dropped"] is False and dropped["slot_name"] == slot
