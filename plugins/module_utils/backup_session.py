@@ -203,6 +203,8 @@ def existing_start(directory: str, backup_id: str) -> Optional[dict]:
         answer = _ask(directory, {"op": "status"}, timeout=30)
     except (socket.timeout, TimeoutError):
         raise PgBackupError(f"the keeper of backup {backup_id} (pid {pid}) is busy (stopping?) and did not answer within 30 seconds; try again") from None
+    if answer is not None and answer.get("state") == "stopping":
+        raise PgBackupError(f"backup {backup_id} is being stopped; a backup id is used once: choose a new backup_id")
     if answer is None or answer.get("state") != "running":
         reason = _lost_keeper(directory, backup_id)
         raise PgBackupError(f"{reason}; {backup_api.ABORTED_ADVICE}; choose a new backup_id")
@@ -289,4 +291,4 @@ def stop_backup(
         raise PgBackupError(f"backup {backup_id}: {answer.get('error')}", state=answer.get("state"))
     if state == "aborted":
         return {"changed": True, "state": "aborted", "backup_id": backup_id, "reason": (answer.get("result") or {}).get("reason"), "session_dir": directory}
-    return _stopped(directory, started, answer["result"], changed=True)
+    return _stopped(directory, started, answer["result"], changed=not answer.get("joined"))

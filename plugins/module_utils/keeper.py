@@ -7,8 +7,8 @@ module and holds no descriptor Ansible waits on; everything is imported before t
 removes the module's files once it exits. The keeper connects, starts the backup, writes started.json,
 reports to the module through a pipe, and then waits on its Unix socket and on the database connection:
 
-- ``stop``: runs the stop function (never cancelled: SIGTERM is blocked meanwhile, statement_timeout is 0),
-  writes stopped.json, answers, exits;
+- ``stop``: runs the stop function in a worker thread (never cancelled: statement_timeout is 0, and SIGTERM,
+  max_duration and abort requests are ignored meanwhile), writes stopped.json, answers, exits;
 - ``abort``, SIGTERM or ``max_duration`` reached: closes the session (PostgreSQL then aborts the backup),
   writes aborted.json, exits;
 - the connection breaks (backend terminated, server restarted): writes aborted.json with the server's message,
@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 import traceback
 from typing import Any, Callable, Optional
@@ -52,29 +53,47 @@ class Keeper:
         self.max_duration = max_duration
         self.state = "running"
         self.interruptible = False
+        self.waiters: list = []
+        self.stop_answer: dict = {}
+        self.wake_write = -1
 
     # --- the loop ---------------------------------------------------------------------------------
 
     def serve(self, listener: socket.socket) -> str:
-        """Answer requests until the backup is stopped or aborted; return the final state."""
+        """Answer requests until the backup is stopped or aborted; return the final state.
+
+        The stop runs in a worker thread so that the loop keeps answering while it waits (for WAL archiving,
+        say): a status request hears "stopping", a repeated stop waits for the same result, an abort is refused.
+        """
         connection_fd = self.session.connection.fileno()
-        while self.state == "running":
-            wait = IDLE_WAKEUP if self.deadline is None else max(0.0, min(IDLE_WAKEUP, self.deadline - self.clock()))
-            self.interruptible = True
-            try:
-                readable, _unused_w, _unused_x = select.select([listener, connection_fd], [], [], wait)
-            except _Terminate:
-                self.abort("the keeper received SIGTERM (someone stopped it on purpose)")
-                break
-            finally:
-                self.interruptible = False
-            if self.deadline is not None and self.clock() >= self.deadline:
-                self.abort(f"max_duration of {self.max_duration:g} seconds was reached before backup_stop")
-                break
-            if connection_fd in readable:
-                self.check_session()
-            if listener in readable and self.state == "running":
-                self.serve_one(listener)
+        wake_read, self.wake_write = os.pipe()
+        try:
+            while self.state in ("running", "stopping"):
+                running = self.state == "running"
+                watch = [listener, wake_read] + ([connection_fd] if running else [])
+                wait = IDLE_WAKEUP if self.deadline is None or not running else max(0.0, min(IDLE_WAKEUP, self.deadline - self.clock()))
+                self.interruptible = running
+                try:
+                    readable, _unused_w, _unused_x = select.select(watch, [], [], wait)
+                except _Terminate:
+                    self.abort("the keeper received SIGTERM (someone stopped it on purpose)")
+                    break
+                finally:
+                    self.interruptible = False
+                if wake_read in readable:
+                    os.read(wake_read, 64)
+                    self.answer_waiters()
+                    continue
+                if self.state == "running" and self.deadline is not None and self.clock() >= self.deadline:
+                    self.abort(f"max_duration of {self.max_duration:g} seconds was reached before backup_stop")
+                    break
+                if connection_fd in readable and self.state == "running":
+                    self.check_session()
+                if listener in readable and self.state in ("running", "stopping"):
+                    self.serve_one(listener)
+        finally:
+            os.close(wake_read)
+            os.close(self.wake_write)
         return self.state
 
     def check_session(self) -> None:
@@ -89,16 +108,17 @@ class Keeper:
             conn, _unused_addr = listener.accept()
         except OSError:
             return
-        with conn:
-            try:
-                if keeper_protocol.peer_uid(conn) not in (os.geteuid(), 0):
-                    return
-                line = keeper_protocol.read_line(conn, limit=keeper_protocol.MAX_REQUEST_BYTES, deadline=time.monotonic() + ACCEPT_READ_TIMEOUT)
-                request = keeper_protocol.check_request(keeper_protocol.decode(line, limit=keeper_protocol.MAX_REQUEST_BYTES))
-            except (OSError, ValueError, keeper_protocol.KeeperUnreachable) as exc:
-                self.send(conn, {"ok": False, "state": self.state, "error": f"bad request: {exc}"})
+        try:
+            if keeper_protocol.peer_uid(conn) not in (os.geteuid(), 0):
+                conn.close()
                 return
-            answer = self.handle(request)
+            line = keeper_protocol.read_line(conn, limit=keeper_protocol.MAX_REQUEST_BYTES, deadline=time.monotonic() + ACCEPT_READ_TIMEOUT)
+            request = keeper_protocol.check_request(keeper_protocol.decode(line, limit=keeper_protocol.MAX_REQUEST_BYTES))
+        except (OSError, ValueError, keeper_protocol.KeeperUnreachable) as exc:
+            self.send(conn, {"ok": False, "state": self.state, "error": f"bad request: {exc}"})
+            return
+        answer = self.handle(request, conn)
+        if answer is not None:
             self.send(conn, answer)
 
     @staticmethod
@@ -108,48 +128,76 @@ class Keeper:
             conn.sendall(keeper_protocol.encode(answer))
         except OSError:
             pass  # the asker gave up; the result is in the state directory for its retry
+        finally:
+            conn.close()
 
     # --- requests -----------------------------------------------------------------------------------
 
-    def handle(self, request: dict) -> dict:
+    def handle(self, request: dict, conn: socket.socket) -> Optional[dict]:
+        """The answer to send now, or None when ``conn`` waits for the stop's result."""
         op = request["op"]
         if op == "status":
             return {"ok": True, "state": self.state, "result": self.started}
+        if self.state == "stopping":
+            if op == "stop":
+                self.waiters.append((conn, True))  # joins the running stop: not the request that changed anything
+                return None
+            return {
+                "ok": False,
+                "state": self.state,
+                "error": "a stop is running and is never cancelled (a cancelled stop loses the label); run backup_stop again to collect its result",
+            }
         if op == "abort":
             self.abort(str(request.get("reason") or "backup_stop was called with state=aborted"))
             return {"ok": True, "state": self.state, "result": keeper_files.read_json(self.directory, keeper_files.ABORTED)}
-        return self.stop(request)
+        keeper_files.log_line(self.directory, "stop requested")
+        self.state = "stopping"
+        self.waiters.append((conn, False))
+        worker = threading.Thread(target=self.stop_in_worker, args=(request,), daemon=True)
+        worker.start()
+        return None
+
+    def stop_in_worker(self, request: dict) -> None:
+        try:
+            answer = self.stop(request)
+        except Exception as exc:  # noqa: BLE001 - whatever happens, the waiters get an answer and the session ends
+            self.session.close()
+            self.record_aborted(f"the keeper failed while stopping: {exc!r}")
+            answer = {"ok": False, "state": self.state, "error": f"the keeper failed while stopping: {exc!r}. {backup_api.ABORTED_ADVICE}"}
+        self.stop_answer = answer
+        os.write(self.wake_write, b"x")
+
+    def answer_waiters(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for conn, joined in waiters:
+            self.send(conn, dict(self.stop_answer, joined=joined))
 
     def stop(self, request: dict) -> dict:
-        keeper_files.log_line(self.directory, "stop requested")
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        """Run the stop (in the worker); the result is stored before anyone is answered."""
+        why = self.expected_mismatch(request)
+        if why:
+            self.abort(f"{why}; the backup was aborted because a copy taken from that standby would not match it")
+            return {"ok": False, "state": self.state, "error": f"{why}. The backup was aborted: {backup_api.ABORTED_ADVICE}"}
+        connection = self.session.connection
+        del connection.notices[:]
         try:
-            why = self.expected_mismatch(request)
-            if why:
-                self.abort(f"{why}; the backup was aborted because a copy taken from that standby would not match it")
-                return {"ok": False, "state": self.state, "error": f"{why}. The backup was aborted: {backup_api.ABORTED_ADVICE}"}
-            connection = self.session.connection
-            del connection.notices[:]
-            try:
-                wait = request.get("wait_for_archive", True)
-                answer = backup_api.stop(self.session.query, wait_for_archive=wait, version_num=self.started["server_version_num"])
-                timeline = backup_api.stop_timeline(self.session.query, self.started["server_role"] == "standby")
-            except PgBackupError as exc:
-                message = exc.details.get("server_message") or exc.message
-                self.record_aborted(f"the stop function failed: {message}")
-                self.session.close()
-                return {"ok": False, "state": self.state, "error": f"stopping the backup failed: {message}. {backup_api.ABORTED_ADVICE}"}
-            notices = [" ".join(str(n).split()) for n in connection.notices]
-            seg_size = self.started["wal_segment_size"]
-            result = backup_api.stop_result(answer, timeline=timeline, seg_size=seg_size, started_at=self.server_started_at, notices=notices)
-            result["notices"] = notices
-            keeper_files.write_json(self.directory, keeper_files.STOPPED, result)
-            self.state = "stopped"
-            keeper_files.log_line(self.directory, f"stopped at {result['stop_lsn']}")
+            wait = request.get("wait_for_archive", True)
+            answer = backup_api.stop(self.session.query, wait_for_archive=wait, version_num=self.started["server_version_num"])
+            timeline = backup_api.stop_timeline(self.session.query, self.started["server_role"] == "standby")
+        except PgBackupError as exc:
+            message = exc.details.get("server_message") or exc.message
             self.session.close()
-            return {"ok": True, "state": self.state, "result": result}
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            self.record_aborted(f"the stop function failed: {message}")
+            return {"ok": False, "state": self.state, "error": f"stopping the backup failed: {message}. {backup_api.ABORTED_ADVICE}"}
+        notices = [" ".join(str(n).split()) for n in connection.notices]
+        seg_size = self.started["wal_segment_size"]
+        result = backup_api.stop_result(answer, timeline=timeline, seg_size=seg_size, started_at=self.server_started_at, notices=notices)
+        result["notices"] = notices
+        keeper_files.write_json(self.directory, keeper_files.STOPPED, result)
+        keeper_files.log_line(self.directory, f"stopped at {result['stop_lsn']}")
+        self.session.close()
+        self.state = "stopped"
+        return {"ok": True, "state": self.state, "result": result}
 
     def expected_mismatch(self, request: dict) -> Optional[str]:
         sysid, timeline = request.get("expect_system_identifier"), request.get("expect_timeline")

@@ -104,6 +104,8 @@ def request(directory: str, name: str, message: dict, *, timeout: Optional[float
                 sock.connect(path)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise KeeperUnreachable(f"no keeper listens on {os.path.join(directory, name)} ({exc.strerror})") from None
+            except BlockingIOError:
+                raise socket.timeout("the keeper's socket queue is full: it is busy") from None
             sock.sendall(encode(message))
             try:
                 line = read_line(sock, limit=MAX_ANSWER_BYTES, deadline=deadline)

@@ -228,3 +228,43 @@ def test_check_mode_starts_nothing(primary_standby, testbed, ansible_env, tmp_pa
     assert data["started"]["changed"] is True and data["started"]["server_role"] == "primary", data["started"]
     assert "start_lsn" not in data["started"] and data["activity"] == []
     assert not (tmp_path / "keepers").exists()
+
+
+def test_stop_waiting_for_archive_is_never_cancelled(primary_standby, tmp_path, pg_major):
+    if pg_major not in (13, _one_major()):
+        pytest.skip("the archive wait is the server's; one old-API and one new-API version show it")
+    primary, _standby = primary_standby
+    state_dir = tmp_path / "keepers"
+    started = _start(primary, state_dir, "w1")
+    primary.sql("ALTER SYSTEM SET archive_command = 'false'")
+    primary.sql("SELECT pg_reload_conf()")
+    try:
+        with pytest.raises(PgBackupError, match="did not answer within 3 seconds; the stop goes on and is never cancelled"):
+            _stop(state_dir, "w1", timeout=3)
+        time.sleep(4)  # the server says it waits after more than 5 polls of a second
+    finally:
+        primary.sql("ALTER SYSTEM RESET archive_command")
+        primary.sql("SELECT pg_reload_conf()")
+    stopped = _wait(lambda: _retry_stop(state_dir, "w1"), "the stop finishing once archiving works", timeout=60)
+    assert stopped["changed"] is False, "the result of the first, abandoned request"
+    _check_label(stopped, started, "primary")
+    assert any("waiting for required WAL segments to be archived" in n for n in stopped["archive_wait_notices"]), stopped["notices"]
+
+
+def _retry_stop(state_dir: Path, backup_id: str):
+    try:
+        return _stop(state_dir, backup_id, timeout=2)
+    except PgBackupError as exc:
+        assert "never cancelled" in exc.message, exc.message
+        return None
+
+
+def test_standby_promoted_during_the_backup(primary_standby, tmp_path, pg_major):
+    _primary, standby = primary_standby
+    state_dir = tmp_path / "keepers"
+    _start(standby, state_dir, "pr1")
+    standby.sql("SELECT pg_promote(true, 60)")
+    with pytest.raises(PgBackupError, match="the standby was promoted during online backup") as failure:
+        _stop(state_dir, "pr1")
+    assert "no usable backup_label" in failure.value.message
+    # The fixture replaces the pair for the next test: this standby left recovery for good.

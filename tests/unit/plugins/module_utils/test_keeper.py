@@ -256,6 +256,24 @@ def test_status_then_stop_writes_the_result_before_answering(tmp_path):
     assert session.connection.closed
 
 
+def test_requests_while_the_stop_runs(tmp_path):
+    session = FakeSession(stop_delay=1.0)
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    answers = []
+    first = threading.Thread(target=lambda: answers.append(ask(directory, {"op": "stop"})))
+    first.start()
+    time.sleep(0.3)
+    assert ask(directory, {"op": "status"})["state"] == "stopping"
+    refused = ask(directory, {"op": "abort"})
+    assert not refused["ok"] and "never cancelled" in refused["error"]
+    second = ask(directory, {"op": "stop"})
+    first.join(5)
+    thread.join(5)
+    assert second["ok"] and second["joined"] and not answers[0]["joined"]
+    assert answers[0]["result"] == second["result"], "a repeated stop gets the result of the running one"
+    assert outcome["state"] == "stopped" and sum("pg_backup_stop" in s for s in session.statements) == 1
+
+
 def test_abort_closes_the_session(tmp_path):
     session = FakeSession()
     directory, thread, outcome = run_keeper(tmp_path, session)
