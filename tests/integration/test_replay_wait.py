@@ -145,10 +145,13 @@ def test_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major
             {"cluster_name": delayed.name, "args": dict(common, target_lsn=target, expect_system_identifier=sysid)},
             # Last: resume_paused resumes the paused standby once, and then the target is reached.
             {"cluster_name": standby.name, "args": dict(common, target_lsn=target, expect_system_identifier=sysid, resume_paused=True)},
+            # Streaming: from the wrong upstream fails at once; from the primary, caught up, it is reached.
+            {"cluster_name": standby.name, "args": dict(common, mode="streaming", upstream_host=primary.host, upstream_port=primary.port + 1)},
+            {"cluster_name": standby.name, "args": dict(common, mode="streaming", upstream_host=primary.host, upstream_port=primary.port, max_lag_bytes=0)},
         ]
         inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
         began = time.monotonic()
-        (paused, was_promoted, foreign, held, resumed), output = _replay_wait(ansible_env, inventory, primary.node.name, waits)
+        (paused, was_promoted, foreign, held, resumed, wrong_upstream, streaming), output = _replay_wait(ansible_env, inventory, primary.node.name, waits)
         elapsed = time.monotonic() - began
         still_paused = standby.sql("SELECT pg_is_wal_replay_paused()")[0][0]
     finally:
@@ -157,11 +160,11 @@ def test_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major
             cluster.stop("immediate")
             testbed.clusters.remove(cluster)
         testbed.clusters.remove(other)
-    for result in (paused, was_promoted, foreign, held):
+    for result in (paused, was_promoted, foreign, held, wrong_upstream):
         assert result.get("failed") is True, result
         assert result["waited_seconds"] < 20, result
-        assert f"target {result['target_lsn']}, last replayed {result['replay_lsn']}, waited " in result["msg"]
-    assert elapsed < 60, f"five waits of timeout={TIMEOUT} s took {elapsed:.0f} s"
+        assert f"target {result['target_lsn'] or 'none'}, last replayed {result['replay_lsn']}, waited " in result["msg"]
+    assert elapsed < 60, f"seven waits of timeout={TIMEOUT} s took {elapsed:.0f} s"
     assert paused["reason"] == "paused" and "WAL replay is paused" in paused["msg"] and paused["replay_paused"] is True
     assert was_promoted["reason"] == "promoted" and "not in recovery" in was_promoted["msg"] and was_promoted["in_recovery"] is False
     assert foreign["reason"] == "system_identifier" and foreign["system_identifier"] == sysid
@@ -170,6 +173,10 @@ def test_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major
     assert resumed.get("failed") is not True, resumed
     assert resumed["changed"] is True and resumed["resumed_replay"] is True and resumed["reached"] is True
     assert parse_lsn(resumed["replay_lsn"]) >= parse_lsn(target) and still_paused is False
+    assert wrong_upstream["reason"] == "upstream" and f"port {primary.port} (expected {primary.port + 1})" in wrong_upstream["msg"]
+    assert streaming.get("failed") is not True, streaming
+    assert streaming["reached"] is True and streaming["receiver_status"] == "streaming" and streaming["lag_bytes"] == 0
+    assert (streaming["sender_host"], streaming["sender_port"]) == (primary.host, primary.port)
     # Ansible shows module warnings (and drops them from registered loop results).
     assert "WAL replay was paused on the server; resumed it with pg_wal_replay_resume()" in output
 
