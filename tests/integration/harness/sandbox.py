@@ -43,6 +43,7 @@ def up(directory: Path, mode: str, major: int) -> None:
                 **inventory.connection_vars(bed),
                 **{f"sandbox_{k}": v for k, v in sandbox_vars.items()},
                 "sandbox_pg_bindir": str(cluster.pg.bindir),
+                "sandbox_state_dir": str(directory / "keepers"),  # backup_start's keepers (made 0700 by the module)
             }
         # Hosts are named apart from their groups (Ansible warns when a host and a group share a name).
         document = {"all": {"children": {name: {"hosts": {f"sandbox-{name}": hosts[name]}} for name in ("primary", "standby")}}}
