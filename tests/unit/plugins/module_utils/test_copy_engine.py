@@ -157,7 +157,19 @@ def test_incomplete_marker_left_on_failure(datadir, tmp_path, monkeypatch):
     plan = make_plan(src, str(dest), {"16499": str(tmp_path / "ts_dst")}, [])
     monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine.rsync_argv", lambda *a: ["false"])
     with pytest.raises(PgBackupError, match="rsync failed"):
-        execute(src, plan, str(dest), owner=None)
+        execute(src, plan, str(dest), owner=None, delta=True)  # delta mode runs rsync also on one host
     assert copy_state.is_incomplete(str(dest))
     with pytest.raises(PgBackupError, match="unfinished copy"):
         copy_state.check_not_incomplete(str(dest))
+
+
+def test_local_copy_failure_keeps_marker(datadir, tmp_path):
+    """The copy on one host (no rsync) fails on a file it cannot write: the marker stays, pg_control is not copied."""
+    dest = tmp_path / "dst"
+    src = Source(str(datadir))
+    plan = make_plan(src, str(dest), {"16499": str(tmp_path / "ts_dst")}, [])
+    (dest / "base" / "5" / "16390" / "in the way").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        execute(src, plan, str(dest), owner=None, parallel=2)
+    assert copy_state.is_incomplete(str(dest))
+    assert not (dest / copy_state.PENDING_CONTROL).exists() and not (dest / copy_state.CHECKSUMS_FILE).exists()
