@@ -95,11 +95,18 @@ def test_restartpoint_passes_backup_start_under_load(primary_standby, testbed, a
             redo_before = parse_lsn(standby.sql("SELECT redo_lsn::text FROM pg_control_checkpoint()")[0][0])
             args = {"target_lsn": f"{start >> 32:X}/{start & 0xFFFFFFFF:X}", "restartpoint": True, "expect_system_identifier": sysid}
             args.update(expect_timeline=timeline, timeout=TIMEOUT, stall_timeout=TIMEOUT, poll_interval=0.5)
-            (result,), _ = _replay_wait(ansible_env, inventory, standby.node.name, [{"cluster_name": standby.name, "args": args}])
+            # First a look in check mode (no waiting, no CHECKPOINT), then the wait.
+            waits = [{"cluster_name": standby.name, "args": args, "check": True}, {"cluster_name": standby.name, "args": args}]
+            (looked, result), _ = _replay_wait(ansible_env, inventory, standby.node.name, waits)
             checkpoint_after, redo_after, tli_after = standby.sql("SELECT checkpoint_lsn::text, redo_lsn::text, timeline_id FROM pg_control_checkpoint()")[0]
         finally:
             _backup_stop(conn, pg_major)
             conn.close()
+    assert looked.get("failed") is not True, looked
+    assert looked["checkpoints_requested"] == 0 and "CHECKPOINT" not in looked["queries"] and looked["observations"] == 1
+    assert looked["reached"] is (parse_lsn(looked["redo_lsn"]) >= start) and looked["waited_seconds"] < 20
+    if redo_before < start:
+        assert looked["reached"] is False, "check mode does not wait"
     assert result.get("failed") is not True, result
     assert result["reached"] is True and result["changed"] is False and result["mode"] == "target_lsn"
     assert result["system_identifier"] == sysid and result["checkpoint_timeline"] == result["timeline"] == tli_after == timeline
