@@ -398,3 +398,25 @@ def read_control_file(path: str, *, attempts: int = 10, delay: float = 0.01) -> 
                 _time.sleep(delay)
                 continue
         return parse_control_file(data, source=path)
+
+
+# A checkpoint location no cluster can have: initdb starts WAL in the second segment, so an LSN in the first one
+# (0/DEAD, as pgBackRest uses since 2.51) never holds a checkpoint. With backup_label present, recovery takes the
+# checkpoint from the label and never looks at this field; without it, startup fails instead of running crash
+# recovery from the wrong checkpoint.
+GUARD_CHECKPOINT_LSN = 0xDEAD
+
+
+def guard_control_bytes(data: bytes, *, source: str = "pg_control") -> bytes:
+    """The bytes of pg_control with the checkpoint location set to GUARD_CHECKPOINT_LSN and the CRC rewritten."""
+    parse_control_file(data, source=source)  # only a valid file is changed
+    version = _layout_version(data, source)
+    guarded = bytearray(data)
+    struct.pack_into("<Q", guarded, _FIELDS["checkpoint_lsn"][0], GUARD_CHECKPOINT_LSN)
+    offset = _CRC_OFFSET[version]
+    struct.pack_into("<I", guarded, offset, crc32c(bytes(guarded[:offset])))
+    return bytes(guarded)
+
+
+def is_guarded(control: ControlFile) -> bool:
+    return control.checkpoint_lsn == GUARD_CHECKPOINT_LSN

@@ -1,0 +1,192 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Place backup_label (and tablespace_map) in a finished copy, then its pg_control, last.
+
+datadir_copy leaves pg_control under a pending name so nobody can start the copy without its label. This step
+writes the label and map byte for byte as backup_stop returned them (map paths remapped to where the tablespaces
+were copied), each through a temporary file, fsync, rename and fsync of the directory, and only then moves
+pg_control into place - optionally guarded: its checkpoint location set to 0/DEAD so that a copy whose label is
+later deleted refuses to start instead of running crash recovery from the wrong checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Mapping, Optional
+
+from . import copy_state
+from .backup_label import parse_backup_label
+from .cluster_facts import postmaster_status
+from .errors import PgBackupError
+from .lsn import format_lsn, parse_lsn
+from .pg_control import PG_CONTROL_FILE_SIZE, guard_control_bytes, is_guarded, parse_control_file
+from .tablespace_map import format_tablespace_map, parse_tablespace_map
+from .wal import classify_wal_file, history_file_name, parse_history, segments_between
+
+LABEL = "backup_label"
+MAP = "tablespace_map"
+CONTROL = os.path.join("global", "pg_control")
+
+
+def _read(path: str) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def file_mode(data_dir: str) -> int:
+    """0640 where the data directory allows group access (0750), else 0600, as PostgreSQL does."""
+    return 0o640 if stat.S_IMODE(os.stat(data_dir).st_mode) & 0o070 else 0o600
+
+
+def write_atomically(path: str, data: bytes, *, mode: int, owner: tuple) -> None:
+    """Temporary file, fsync, owner and mode, rename over ``path``, fsync of the directory."""
+    directory = os.path.dirname(path)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.pgbackup-tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        os.fchmod(fd, mode)
+        if os.geteuid() == 0:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+    os.rename(temporary, path)
+    copy_state.fsync_dir(directory)
+
+
+def remap_tablespace_map(text: bytes, mapping: Mapping[str, str], major: int) -> bytes:
+    """The map with each tablespace's path replaced by its mapping (by OID or by old path)."""
+    if not text:
+        return b""
+    entries = parse_tablespace_map(text, major_version=major)
+    remapped = []
+    for oid, path in entries:
+        new = mapping.get(str(oid), mapping.get(path))
+        remapped.append((oid, new if new is not None else path))
+    if remapped == entries:
+        return bytes(text)  # byte for byte as the server returned it
+    return format_tablespace_map(remapped, major_version=major).encode("utf-8", "surrogateescape")
+
+
+def check_data_dir(data_dir: str) -> None:
+    """A copy, not a running cluster, and finished."""
+    if not os.path.isfile(os.path.join(data_dir, "PG_VERSION")):
+        raise PgBackupError(f"{data_dir} is not a PostgreSQL data directory (no PG_VERSION): give the copy datadir_copy made")
+    postmaster = postmaster_status(data_dir)
+    if postmaster["running"]:
+        raise PgBackupError(
+            f"a postmaster (PID {postmaster['pid']}) runs on {data_dir}: a label is placed only in a stopped copy, never in a live "
+            "cluster (it would make its next start a backup recovery from the wrong point)",
+            pid=postmaster["pid"],
+        )
+    copy_state.check_not_incomplete(data_dir)
+
+
+def missing_wal(data_dir: str, *, start_lsn: int, stop_lsn: int, stop_tli: int, seg_size: int) -> list:
+    """Segments (and the history file) recovery needs from pg_wal that are not there - only when pg_wal holds WAL."""
+    wal_dir = os.path.join(data_dir, "pg_wal")
+    names = set(os.listdir(wal_dir)) if os.path.isdir(wal_dir) else set()
+    if not any(classify_wal_file(n) == "segment" for n in names):
+        return []  # WAL comes from restore_command or streaming, not from the copy
+    history = []
+    if stop_tli >= 2:
+        text = _read(os.path.join(wal_dir, history_file_name(stop_tli)))
+        if text is None:
+            return [history_file_name(stop_tli)]
+        history = parse_history(text.decode("utf-8", "replace"), stop_tli)
+    return [name for name in segments_between(start_lsn, stop_lsn, stop_tli, history, seg_size) if name not in names]
+
+
+def place(
+    data_dir: str,
+    *,
+    label: bytes,
+    tablespace_map: bytes = b"",
+    tablespace_mapping: Optional[Mapping[str, str]] = None,
+    expected_start_lsn: Optional[str] = None,
+    stop_lsn: Optional[str] = None,
+    stop_timeline: Optional[int] = None,
+    guard_control: bool = True,
+    force: bool = False,
+    check_mode: bool = False,
+) -> dict:
+    """Place the label, the map and pg_control in ``data_dir``; return what was done and what the label says."""
+    data_dir = os.path.abspath(data_dir)
+    check_data_dir(data_dir)
+    pending_path = os.path.join(data_dir, copy_state.PENDING_CONTROL)
+    control_path = os.path.join(data_dir, CONTROL)
+    pending = _read(pending_path)
+    source = pending_path if pending is not None else control_path
+    control_bytes = pending if pending is not None else _read(control_path)
+    if control_bytes is None:
+        raise PgBackupError(f"{data_dir} has neither {copy_state.PENDING_CONTROL} nor {CONTROL}: the copy is not finished; run datadir_copy again")
+    control = parse_control_file(control_bytes[: PG_CONTROL_FILE_SIZE + 1], source=source)
+    seg_size = control.xlog_seg_size
+    parsed = parse_backup_label(label, seg_size=seg_size)
+    if expected_start_lsn is not None and parsed.start_lsn != parse_lsn(expected_start_lsn, what="expected_start_lsn"):
+        raise PgBackupError(
+            f"the label's START WAL LOCATION is {format_lsn(parsed.start_lsn)}, but the backup started at {expected_start_lsn}: "
+            "this label belongs to another backup; pass the backup_label that backup_stop returned for this copy"
+        )
+    if stop_lsn is not None:
+        tli = stop_timeline if stop_timeline is not None else parsed.start_timeline
+        missing = missing_wal(data_dir, start_lsn=parsed.start_lsn, stop_lsn=parse_lsn(stop_lsn, what="stop_lsn"), stop_tli=tli, seg_size=seg_size)
+        if missing:
+            raise PgBackupError(
+                f"pg_wal of {data_dir} holds WAL but lacks {len(missing)} file(s) recovery needs from {format_lsn(parsed.start_lsn)} to {stop_lsn}: "
+                f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}; run wal_collect into the copy first",
+                missing=missing,
+            )
+    new_map = remap_tablespace_map(tablespace_map, tablespace_mapping or {}, control.major_version)
+
+    label_path, map_path = os.path.join(data_dir, LABEL), os.path.join(data_dir, MAP)
+    existing = _read(label_path)
+    if existing is not None and existing != label and not force:
+        raise PgBackupError(
+            f"{label_path} exists and differs from the label given: the copy belongs to another backup, or was labelled already; "
+            "use force: true only if you are sure this label is the copy's",
+        )
+    existing_map = _read(map_path)
+    changes = []
+    if existing != label:
+        changes.append(LABEL)
+    if (existing_map or b"") != new_map:
+        changes.append(MAP if new_map else f"{MAP} (removed)")
+    if pending is not None:
+        changes.append(CONTROL)
+    result = {
+        "changed": bool(changes),
+        "files": changes,
+        "start_lsn": format_lsn(parsed.start_lsn),
+        "checkpoint_lsn": format_lsn(parsed.checkpoint_lsn),
+        "start_timeline": parsed.start_timeline,
+        "backup_from": parsed.backup_from,
+        "system_identifier": str(control.system_identifier),
+        "major_version": control.major_version,
+        "guarded": is_guarded(control) if pending is None else guard_control,
+        "tablespace_map": new_map.decode("utf-8", "replace"),
+    }
+    if check_mode or not changes:
+        return result
+
+    info = os.stat(data_dir)
+    owner, mode = (info.st_uid, info.st_gid), file_mode(data_dir)
+    if existing != label:
+        write_atomically(label_path, bytes(label), mode=mode, owner=owner)
+    if new_map:
+        if existing_map != new_map:
+            write_atomically(map_path, new_map, mode=mode, owner=owner)
+    elif existing_map is not None:
+        os.unlink(map_path)  # a stale map would make recovery recreate tablespace links that do not belong here
+        copy_state.fsync_dir(data_dir)
+    if pending is not None:
+        data = guard_control_bytes(pending, source=pending_path) if guard_control else pending
+        write_atomically(control_path, data, mode=mode, owner=owner)
+        os.unlink(pending_path)
+        copy_state.fsync_dir(os.path.dirname(pending_path))
+    return result
