@@ -22,10 +22,12 @@ The source is read once (by rsync); the second read is of the destination, usual
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
 import pwd
+import re
 import shlex
 import stat
 import subprocess
@@ -303,7 +305,7 @@ def balance(entries: list, n: int) -> list:
 
 def rsync_argv(source: Source, src_root: str, dest_root: str, files_from: str, delta: bool) -> list:
     argv = ["rsync", "--protect-args", "--links", "--perms", "--times", "--devices", "--specials", "--from0", f"--files-from={files_from}"]
-    argv += ["--ignore-missing-args", "--out-format=%l", "--no-implied-dirs"]
+    argv += ["--ignore-missing-args", "--out-format=%l %n", "--no-implied-dirs"]
     argv += ["--checksum"] if delta else ["--whole-file"]
     if source.remote:
         argv += ["-e", shlex.join(source.ssh_argv())]
@@ -371,20 +373,40 @@ def _drain(stream, into: list) -> None:
     into.append(stream.read())
 
 
-def _run_rsync(argv: list, progress: Progress) -> None:
+_RSYNC_ESCAPE = re.compile(rb"\\#([0-7]{3})")
+
+
+def rsync_logged_name(field: bytes) -> str:
+    """A name as rsync's --out-format %n prints it: non-printable bytes (newline, non-UTF-8...) and a backslash
+    before '#' come as \\#ooo (octal)."""
+    return os.fsdecode(_RSYNC_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def _run_rsync(argv: list, progress: Progress, on_done=None) -> None:
+    """Run rsync, counting its ``--out-format=%l %n`` lines. ``on_done(name)`` is called for each file once it is in
+    place: rsync's receiver logs a file before renaming it into place, so a file is done when the next one is logged
+    (same stream, one file at a time), and the last one when rsync exits."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err: list = []
     t = threading.Thread(target=_drain, args=(proc.stderr, err))
     t.start()
+    previous = None
     for line in proc.stdout:
+        size, _sep, name = line.rstrip(b"\n").partition(b" ")
         try:
-            progress.add(int(line.strip() or 0))
+            progress.add(int(size or 0))
         except ValueError:
-            pass
+            continue
+        if on_done is not None and name:
+            if previous is not None:
+                on_done(previous)
+            previous = rsync_logged_name(name)
     proc.wait()
     t.join()
     if proc.returncode not in (0, RSYNC_VANISHED):
         raise PgBackupError(f"rsync failed ({proc.returncode}): {b''.join(err).decode(errors='replace').strip()[-2000:]}", rsync_rc=proc.returncode)
+    if on_done is not None and previous is not None:
+        on_done(previous)
 
 
 def _hash_fsync(path: str, uid: int, gid: int) -> Optional[tuple]:
@@ -519,11 +541,15 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
         os.symlink(target, link)
 
     if source.remote or delta:
-        _rsync_all(source, plan, dest, ts_links, parallel, delta, progress, tmpdir)
-        copy_seconds = time.monotonic() - start
-        progress.phase = "sync"
-        progress.write(force=True)
-        sums, vanished = _hash_pass(plan, dest, parallel, uid, gid)
+        # Without delta, a file rsync has put in place is final: hash and fsync it while the others are copied.
+        # (In delta mode rsync does not log the files it leaves as they are, so all wait for the pass after it.)
+        with ThreadPoolExecutor(max_workers=max(2, parallel)) as early_pool:
+            early = None if delta else {"pool": early_pool, "files": {}}
+            _rsync_all(source, plan, dest, ts_links, parallel, delta, progress, tmpdir, uid, gid, early)
+            copy_seconds = time.monotonic() - start
+            progress.phase = "sync"
+            progress.write(force=True)
+            sums, vanished = _hash_pass(plan, dest, parallel, uid, gid, early)
     else:
         sums, vanished = _local_copy_all(source, plan, dest, ts_links, parallel, uid, gid, progress)
         copy_seconds = time.monotonic() - start
@@ -570,8 +596,18 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
     }
 
 
-def _rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: int, delta: bool, progress: Progress, tmpdir: Optional[str]) -> None:
-    """rsync (over ssh for a remote source; locally in delta mode) with ``parallel`` streams, then pg_control last."""
+def _hash_early(early: dict, droot: str, uid: int, gid: int, rel: str) -> None:
+    path = os.path.join(droot, rel)
+    if not os.path.islink(path):  # symlinks are listed too; only files are hashed
+        early["files"][path] = early["pool"].submit(_hash_fsync, path, uid, gid)
+
+
+def _rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: int, delta: bool, progress: Progress,
+               tmpdir: Optional[str], uid: int = -1, gid: int = -1, early: Optional[dict] = None) -> None:  # fmt: skip
+    """rsync (over ssh for a remote source; locally in delta mode) with ``parallel`` streams, then pg_control last.
+
+    With ``early`` ({"pool": executor, "files": {}}), each file rsync has put in place is hashed, fsynced and chowned
+    while the others are still copied; ``early["files"]`` maps its path to that future."""
     jobs = []
     workdir = tmpdir or os.path.dirname(dest.rstrip("/")) or "/"
     lists = []
@@ -583,9 +619,10 @@ def _rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: 
                 with open(fname, "wb") as f:
                     f.write(b"".join(os.fsencode(e.rel) + b"\0" for e in bucket))
                 lists.append(fname)
-                jobs.append(rsync_argv(source, src, droot, fname, delta))
+                done = None if early is None else functools.partial(_hash_early, early, droot, uid, gid)
+                jobs.append((rsync_argv(source, src, droot, fname, delta), done))
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            for fut in [pool.submit(_run_rsync, argv, progress) for argv in jobs]:
+            for fut in [pool.submit(_run_rsync, argv, progress, done) for argv, done in jobs]:
                 fut.result()
         # pg_control last, under its pending name
         pending = os.path.join(dest, copy_state.PENDING_CONTROL)
@@ -602,8 +639,10 @@ def _rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: 
                 pass
 
 
-def _hash_pass(plan: Plan, dest: str, parallel: int, uid: int, gid: int) -> tuple:
-    """Read what rsync wrote (page cache) for SHA-256, fsync and chown each file; returns (sums, vanished)."""
+def _hash_pass(plan: Plan, dest: str, parallel: int, uid: int, gid: int, early: Optional[dict] = None) -> tuple:
+    """Read what rsync wrote (page cache) for SHA-256, fsync and chown each file not done yet (``early``); returns
+    (sums, vanished)."""
+    done = early["files"] if early else {}
     pending = os.path.join(dest, copy_state.PENDING_CONTROL)
     sums: dict = {}
     vanished: list = []
@@ -615,7 +654,8 @@ def _hash_pass(plan: Plan, dest: str, parallel: int, uid: int, gid: int) -> tupl
                 tasks.append((prefix + e.rel, os.path.join(droot, e.rel)))
     tasks.append((copy_state.PENDING_CONTROL, pending))
     with ThreadPoolExecutor(max_workers=max(2, parallel)) as pool:
-        results = pool.map(lambda t: (t[0], _hash_fsync(t[1], uid, gid)), tasks)
+        futures = [(rel, done[path] if path in done else pool.submit(_hash_fsync, path, uid, gid)) for rel, path in tasks]
+        results = ((rel, fut.result()) for rel, fut in futures)
         for rel, res in results:
             if res is None:
                 vanished.append(rel)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
@@ -13,6 +14,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
     execute,
     make_plan,
     rsync_argv,
+    rsync_logged_name,
 )
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 
@@ -173,3 +175,19 @@ def test_local_copy_failure_keeps_marker(datadir, tmp_path):
         execute(src, plan, str(dest), owner=None, parallel=2)
     assert copy_state.is_incomplete(str(dest))
     assert not (dest / copy_state.PENDING_CONTROL).exists() and not (dest / copy_state.CHECKSUMS_FILE).exists()
+
+
+def test_rsync_logged_names_decode_back(tmp_path):
+    """rsync (the real one) escapes odd bytes in --out-format's %n; the names decode back to the files' names."""
+    names = [b"plain", b"with space", b"new\nline", b"back\\slash", b"back\\#123hash", b"tab\there", b"latin1-\xe9", b"-dash"]
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for name in names:
+        with open(os.path.join(os.fsencode(src), name), "wb") as f:
+            f.write(b"x")
+    listing = tmp_path / "list"
+    listing.write_bytes(b"".join(n + b"\0" for n in names))
+    argv = rsync_argv(Source(str(src)), str(src), str(dst), str(listing), False)
+    proc = subprocess.run(argv, capture_output=True, check=True)
+    logged = [rsync_logged_name(line.partition(b" ")[2]) for line in proc.stdout.split(b"\n") if line]
+    assert sorted(logged) == sorted(os.fsdecode(n) for n in names)
