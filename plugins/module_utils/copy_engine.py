@@ -8,15 +8,18 @@ Runs on the destination host; the source is local or reached over ssh. Steps:
    targets included, and filter it with :mod:`exclusions` for the source's major version.
 2. Refuse before touching anything: no data directory, non-empty destination without delta, live
    postmaster.pid, nested paths, tablespace landing on its source, too little free space.
-3. Write the incomplete marker, create every directory, then run rsync (``-s``/``--protect-args``,
-   ``--files-from --from0``, argument lists only, no shell on this side) with N streams over lists
-   balanced by size. Delta mode adds ``--checksum`` (never size+mtime alone) and removes what the source
-   no longer has.
+3. Write the incomplete marker, create every directory, then copy:
+   - over ssh (or in delta mode): rsync (``-s``/``--protect-args``, ``--files-from --from0``, argument
+     lists only, no shell on this side) with N streams over lists balanced by size; each file rsync has
+     put in place is read once at the destination (page cache) for SHA-256, fsynced and chowned while the
+     next ones are copied. Delta mode adds ``--checksum`` (never size+mtime alone) and removes what the
+     source no longer has.
+   - on one host: N threads read each file once, hash it on the way and write it (mode, mtime, owner);
+     then every file is fsynced, 16 at a time.
 4. Copy ``global/pg_control`` last, to ``global/pg_control.pgbackup-pending``.
-5. Read each copied file once at the destination (page cache) for SHA-256, fsync it, chown it; fsync
-   every directory; record the sums; remove the marker.
+5. fsync every directory; record the sums; remove the marker.
 
-The source is read once (by rsync); the second read is of the destination, usually from the page cache.
+The source is read once (by rsync, or by the copy itself on one host).
 """
 
 from __future__ import annotations

@@ -21,9 +21,11 @@ description:
     so PostgreSQL refuses to start the copy until its backup_label is placed and pg_control renamed.
   - Each symlink in C(pg_tblspc) is followed and its target copied to the path O(tablespace_mapping) gives;
     in-place tablespaces are copied as directories.
-  - Every copied file is read once more at the destination for its SHA-256 (recorded in
-    C(.pgbackup-checksums.json) for P(pgbackup.lowlevel.backup_manifest#module)), fsynced and given to O(owner);
-    every directory is fsynced.
+  - Every copied file's SHA-256 is recorded in C(.pgbackup-checksums.json) for
+    P(pgbackup.lowlevel.backup_manifest#module); the file is fsynced and given to O(owner); every directory is
+    fsynced. On one host the copy is made in-process and hashed on the way (the source is read once, no rsync
+    unless O(delta)); over ssh each file rsync has put in place is read once more at the destination (page cache)
+    while the next ones are copied.
   - While it runs, the copy carries C(.pgbackup-incomplete); a failed or killed copy keeps it, and every other
     module of the collection refuses such a directory.
 author:
@@ -66,7 +68,7 @@ options:
     elements: str
     default: []
   parallel:
-    description: Number of concurrent rsync streams, over file lists balanced by size.
+    description: Number of concurrent streams (rsync processes over ssh, threads on one host), over files balanced by size.
     type: int
     default: 1
   delta:
@@ -90,7 +92,7 @@ attributes:
     description: Not supported.
     support: none
 notes:
-  - Needs C(rsync) on both hosts and C(find) (GNU) on the source host.
+  - Needs C(rsync) on both hosts and C(find) (GNU) on the source host when O(source_host) is given; C(rsync) for O(delta).
 """
 
 EXAMPLES = r"""
