@@ -1,0 +1,369 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Collect the WAL a backup copy needs into its pg_wal: plan, fetch, validate, install (wal_collect's core).
+
+1. Plan: the stop timeline's history (from the source) gives, with the library's segment math, every segment
+   from the start LSN to the stop LSN (``segments_between``) and the history files (``history_files_needed``).
+2. What is already in the destination and valid is kept (idempotence).
+3. Poll the source until every segment is there and valid, or the timeout. Each round lists the source,
+   stages the files there (a copy here, rsync over ssh), validates them with ``validate_segment`` (the last
+   one through the stop LSN) and installs the good ones: fsync, owner, mode, rename, fsync of the directory.
+4. The last segment of a backup on an idle primary may never be complete: ``switch_wal`` (once) asks the
+   primary to switch, ``partial_from`` takes it from a standby's pg_wal checked only through the stop LSN.
+   A ``.partial`` file never stands in for a segment otherwise.
+5. Fails listing every missing or invalid segment and why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from . import copy_state
+from .cluster_facts import postmaster_status
+from .errors import PgBackupError
+from .lsn import format_lsn
+from .pg_control import ControlFile, read_control_file
+from .wal import (
+    check_segment_size,
+    check_timeline,
+    history_file_name,
+    history_files_needed,
+    parse_history,
+    segments_between,
+    timeline_ranges,
+)
+from .wal_segment import validate_segment
+from .wal_source import WalSource, fsync_file
+
+STAGING_DIR = ".pgbackup-wal-staging"
+TMP_SUFFIX = ".pgbackup-tmp"
+
+
+@dataclass
+class Target:
+    """The copy the WAL is for, and where its WAL goes."""
+
+    data_dir: str
+    dest: str
+    control: ControlFile
+    uid: int
+    gid: int
+    mode: int
+
+    @property
+    def system_identifier(self) -> int:
+        return self.control.system_identifier
+
+    @property
+    def major(self) -> int:
+        return self.control.major_version
+
+
+def open_target(data_dir: str, dest: Optional[str] = None) -> Target:
+    """Check the copy (finished, not running), read its pg_control (pending name too), pick owner and file mode."""
+    if not os.path.isdir(data_dir):
+        raise PgBackupError(f"data directory {data_dir} does not exist: expected the copy made by datadir_copy", path=data_dir)
+    copy_state.check_not_incomplete(data_dir)
+    pm = postmaster_status(data_dir)
+    if pm["running"]:
+        raise PgBackupError(
+            f"{data_dir} is a running cluster (postmaster PID {pm['pid']}): WAL is collected into a stopped copy only; stop it or point data_dir at the copy",
+            path=data_dir,
+        )
+    control_path = os.path.join(data_dir, "global", "pg_control")
+    if not os.path.exists(control_path):
+        control_path = os.path.join(data_dir, copy_state.PENDING_CONTROL)
+    if not os.path.exists(control_path):
+        raise PgBackupError(f"{data_dir} has neither global/pg_control nor {copy_state.PENDING_CONTROL}: not a copy of a data directory", path=data_dir)
+    control = read_control_file(control_path)
+    dest = os.path.normpath(dest or os.path.join(data_dir, "pg_wal"))
+    if not os.path.isdir(dest):
+        raise PgBackupError(f"WAL destination {dest} is not a directory: expected the copy's pg_wal or an existing directory", path=dest)
+    st = os.stat(data_dir)
+    mode = 0o640 if stat.S_IMODE(st.st_mode) == 0o750 else 0o600
+    return Target(data_dir, dest, control, st.st_uid, st.st_gid, mode)
+
+
+@dataclass
+class WalPlan:
+    segments: list  # every segment, oldest first
+    history_files: list  # every history file (ancestors too), oldest first
+    required_history: list  # the stop timeline's own file (recovery reads it)
+    stop_lsn: int
+    seg_size: int
+
+    @property
+    def last(self) -> str:
+        return self.segments[-1]
+
+
+def plan_wal(start_lsn: int, start_tli: int, stop_lsn: int, stop_tli: int, seg_size: int, history_text: Optional[str]) -> WalPlan:
+    """The segments and history files of a backup from ``start_lsn`` (``start_tli``) to ``stop_lsn`` (``stop_tli``)."""
+    check_segment_size(seg_size)
+    check_timeline(stop_tli, "stop timeline")
+    check_timeline(start_tli, "start timeline")
+    if start_tli > stop_tli:
+        raise PgBackupError(f"start timeline {start_tli} is after stop timeline {stop_tli}: the timelines are swapped or from two backups")
+    if stop_tli > 1 and history_text is None:
+        raise PgBackupError(f"the history of timeline {stop_tli} is needed to plan the WAL of a backup that stopped on it")
+    history = parse_history(history_text, stop_tli) if stop_tli > 1 else []
+    timeline_ranges(start_lsn, start_tli, stop_lsn, stop_tli, history)
+    segments = segments_between(start_lsn, stop_lsn, stop_tli, history, seg_size)
+    return WalPlan(segments, history_files_needed(stop_tli, history), history_files_needed(stop_tli, history, required_only=True), stop_lsn, seg_size)
+
+
+def check_segment(path: str, name: str, target_sysid: int, plan: WalPlan, major: Optional[int], *, partial: bool = False) -> Optional[str]:
+    """None if ``path`` is a valid segment ``name`` for the plan, else why not.
+
+    Every segment must be complete; the last one must also hold WAL through the stop LSN. ``partial``
+    (the last segment only, from ``partial_from``) checks the pages through the stop LSN alone.
+    """
+    through = plan.stop_lsn if name in (plan.last, plan.last + ".partial") else None
+    if partial and through is None:
+        return "only the last segment may be taken incomplete"
+    try:
+        validate_segment(path, file_name=name, system_identifier=target_sysid, seg_size=plan.seg_size, major_version=major,
+                         through_lsn=through, complete=not partial)  # fmt: skip
+    except PgBackupError as exc:
+        return exc.message
+    return None
+
+
+@dataclass
+class Outcome:
+    segments: list = field(default_factory=list)  # installed (or would be, in check mode)
+    history_files: list = field(default_factory=list)
+    present: list = field(default_factory=list)  # already in place and valid
+    partial_segment: Optional[str] = None
+    wal_switched: bool = False
+    bytes: int = 0
+    warnings: list = field(default_factory=list)
+
+
+class Collector:
+    """One run of wal_collect. ``switch_wal`` and ``archiver_status`` are callables (None: not available)."""
+
+    def __init__(self, target: Target, source: WalSource, *, source_type: str = "archive", partial_from: Optional[WalSource] = None,
+                 timeout: float = 0, poll_interval: float = 1.0, check_mode: bool = False,
+                 switch_wal: Optional[Callable[[], str]] = None, archiver_status: Optional[Callable[[], Optional[str]]] = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+        self.target = target
+        self.source = source
+        self.source_type = source_type
+        self.partial_from = partial_from
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.check_mode = check_mode
+        self.switch_wal = switch_wal
+        self.archiver_status = archiver_status
+        self.clock = clock
+        self.sleep = sleep
+        self.outcome = Outcome()
+        self.staging: Optional[str] = None
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def run(self, start_lsn: int, start_tli: int, stop_lsn: int, stop_tli: int, seg_size: int) -> tuple:
+        """Collect everything; returns ``(plan, outcome)`` or raises PgBackupError listing every problem."""
+        try:
+            self._make_staging()
+            history_text = self._history(stop_tli) if stop_tli > 1 else None
+            plan = plan_wal(start_lsn, start_tli, stop_lsn, stop_tli, seg_size, history_text)
+            self._collect_history(plan, stop_tli)
+            todo = [n for n in plan.segments if not self._in_place(n, plan)]
+            self._collect_segments(plan, todo)
+        finally:
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+        if self.outcome.segments or self.outcome.history_files:
+            if not self.check_mode:
+                copy_state.fsync_dir(self.target.dest)
+        return plan, self.outcome
+
+    def _make_staging(self) -> None:
+        if self.check_mode:
+            if self.source.remote or (self.partial_from is not None and self.partial_from.remote):
+                self.staging = tempfile.mkdtemp(prefix="pgbackup-wal-")
+            return
+        self.staging = os.path.join(self.target.dest, STAGING_DIR)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        os.mkdir(self.staging, 0o700)
+
+    def _stage(self, source: WalSource, names: list) -> dict:
+        into = None if (self.check_mode and not source.remote) else self.staging
+        return source.stage(names, into)
+
+    # --- history files ---------------------------------------------------------------------------
+
+    def _history(self, stop_tli: int) -> str:
+        name = history_file_name(stop_tli)
+        dest_path = os.path.join(self.target.dest, name)
+        staged = self._stage(self.source, [name]) if name in self.source.listing() else {}
+        path = staged.get(name) or (dest_path if os.path.isfile(dest_path) else None)
+        if path is None:
+            raise PgBackupError(
+                f"{name}, the history of the stop timeline {stop_tli}, is not in {self.source.describe()}: recovery needs it and the "
+                "segments to collect depend on it; check that the promotion's history file was archived",
+                problems=[{"file": name, "problem": "missing"}],
+            )
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def _collect_history(self, plan: WalPlan, stop_tli: int) -> None:
+        listing = self.source.listing()
+        wanted = [n for n in plan.history_files if n in listing]
+        staged = self._stage(self.source, wanted)
+        for name in plan.history_files:
+            dest_path = os.path.join(self.target.dest, name)
+            if name not in staged:
+                if name in plan.required_history and not os.path.isfile(dest_path):
+                    raise PgBackupError(f"{name} vanished from {self.source.describe()} while it was read", problems=[{"file": name, "problem": "missing"}])
+                if not os.path.isfile(dest_path):
+                    self.outcome.warnings.append(f"{name} is not in {self.source.describe()}: recovery does not need it, but looks for it")
+                continue
+            with open(staged[name], "rb") as handle:
+                data = handle.read()
+            try:
+                parse_history(data.decode("utf-8", "replace"), int(name[:8], 16))
+            except PgBackupError as exc:
+                raise PgBackupError(f"{name} in {self.source.describe()} is damaged: {exc.message}", problems=[{"file": name, "problem": exc.message}]) from exc
+            if _same_content(dest_path, data):
+                continue
+            self._install(staged[name], name, pad_to=None)
+            self.outcome.history_files.append(name)
+            self.outcome.bytes += len(data)
+
+    # --- segments --------------------------------------------------------------------------------
+
+    def _in_place(self, name: str, plan: WalPlan) -> bool:
+        path = os.path.join(self.target.dest, name)
+        if not os.path.isfile(path):
+            return False
+        ok = self._check(path, name, plan) is None
+        if not ok and name == plan.last and self.partial_from is not None:
+            ok = self._check(path, name, plan, partial=True) is None
+        if ok:
+            self.outcome.present.append(name)
+        return ok
+
+    def _check(self, path: str, name: str, plan: WalPlan, partial: bool = False) -> Optional[str]:
+        return check_segment(path, name, self.target.system_identifier, plan, self.target.major, partial=partial)
+
+    def _collect_segments(self, plan: WalPlan, todo: list) -> None:
+        deadline = self.clock() + self.timeout
+        switched = False
+        while True:
+            listing = self.source.listing()
+            problems, final = self._round(plan, todo, listing)
+            todo = [n for n in todo if n in problems]
+            if plan.last in problems and self.partial_from is not None:
+                if self._take_partial(plan):
+                    del problems[plan.last]
+                    todo.remove(plan.last)
+            if not todo:
+                return
+            if plan.last in problems and self.switch_wal is not None and not switched:
+                switched = True
+                self.outcome.wal_switched = True
+                self.switch_wal()
+                continue
+            if final or self.clock() >= deadline:
+                raise self._failure(plan, problems)
+            self.sleep(min(self.poll_interval, max(0.0, deadline - self.clock())))
+
+    def _round(self, plan: WalPlan, todo: list, listing: dict) -> tuple:
+        """Fetch, check and install what the source has of ``todo``; returns (name -> problem, any final problem)."""
+        problems: dict = {}
+        final = False
+        present = [n for n in todo if n in listing]
+        for name in todo:
+            if name not in listing:
+                problems[name] = "missing"
+                if name + ".partial" in listing:
+                    problems[name] = (f"missing: only {name}.partial is there, which never stands in for a complete segment "
+                                      "(use partial_from for the last segment of a backup)")  # fmt: skip
+        staged = self._stage(self.source, present)
+        for name in present:
+            if name not in staged:
+                problems[name] = "missing (vanished from the source while it was fetched)"
+                continue
+            why = self._check(staged[name], name, plan)
+            if why is None:
+                self.outcome.bytes += os.path.getsize(staged[name])
+                self._install(staged[name], name, pad_to=None)
+                self.outcome.segments.append(name)
+                continue
+            problems[name] = why
+            # An archive's full-size file does not change: its problem is final. pg_wal recycles and writes files in place.
+            if self.source_type == "archive" and listing[name] == plan.seg_size:
+                final = True
+            if staged[name].startswith(self.staging or "\0"):
+                os.unlink(staged[name])
+        return problems, final
+
+    def _take_partial(self, plan: WalPlan) -> bool:
+        name = plan.last
+        listing = self.partial_from.listing()
+        for candidate in (name, name + ".partial"):
+            if candidate not in listing:
+                continue
+            staged = self._stage(self.partial_from, [candidate])
+            if candidate not in staged:
+                continue
+            why = self._check(staged[candidate], candidate, plan, partial=True)
+            if why is None:
+                size = os.path.getsize(staged[candidate])
+                self._install(staged[candidate], name, pad_to=plan.seg_size)
+                self.outcome.segments.append(name)
+                self.outcome.partial_segment = name
+                self.outcome.bytes += size
+                return True
+            self.outcome.warnings.append(f"{candidate} in {self.partial_from.describe()} is not usable through the stop LSN: {why}")
+        return False
+
+    def _failure(self, plan: WalPlan, problems: dict) -> PgBackupError:
+        items = [{"file": n, "problem": problems[n]} for n in plan.segments if n in problems]
+        lines = "; ".join(f"{i['file']}: {i['problem']}" for i in items)
+        message = (
+            f"{len(items)} of the {len(plan.segments)} WAL segments from {plan.segments[0]} to {plan.last} "
+            f"(through {format_lsn(plan.stop_lsn)}) are missing or invalid in {self.source.describe()} after {self.timeout:g} s: {lines}"
+        )
+        if plan.last in problems and self.switch_wal is None and self.partial_from is None:
+            message += "; if the primary is idle, its last segment is not complete yet: use switch_wal or partial_from"
+        if self.archiver_status is not None:
+            archiver = self.archiver_status()
+            if archiver:
+                message += f"; {archiver}"
+        return PgBackupError(message, problems=items, segments_collected=self.outcome.segments)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def _install(self, staged: str, name: str, pad_to: Optional[int]) -> None:
+        """Put ``staged`` in place as ``name``: temporary name, padding, owner, mode, fsync, rename (the caller fsyncs the directory)."""
+        if self.check_mode:
+            return
+        tmp = os.path.join(self.target.dest, name + TMP_SUFFIX)
+        if self.staging is not None and os.path.dirname(staged) == self.staging:
+            os.rename(staged, tmp)
+        else:
+            shutil.copyfile(staged, tmp)
+        if pad_to is not None and os.path.getsize(tmp) < pad_to:
+            os.truncate(tmp, pad_to)
+        os.chown(tmp, self.target.uid, self.target.gid)
+        os.chmod(tmp, self.target.mode)
+        fsync_file(tmp)
+        os.rename(tmp, os.path.join(self.target.dest, name))
+
+
+def _same_content(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read() == data
+    except OSError:
+        return False
