@@ -97,7 +97,7 @@ def test_restartpoint_passes_backup_start_under_load(primary_standby, testbed, a
             args.update(expect_timeline=timeline, timeout=TIMEOUT, stall_timeout=TIMEOUT, poll_interval=0.5)
             # First a look in check mode (no waiting, no CHECKPOINT), then the wait.
             waits = [{"cluster_name": standby.name, "args": args, "check": True}, {"cluster_name": standby.name, "args": args}]
-            (looked, result), _ = _replay_wait(ansible_env, inventory, standby.node.name, waits)
+            (looked, result), _unused_proc = _replay_wait(ansible_env, inventory, standby.node.name, waits)
             checkpoint_after, redo_after, tli_after = standby.sql("SELECT checkpoint_lsn::text, redo_lsn::text, timeline_id FROM pg_control_checkpoint()")[0]
         finally:
             _backup_stop(conn, pg_major)
@@ -123,9 +123,9 @@ def test_restartpoint_passes_backup_start_under_load(primary_standby, testbed, a
 
 def test_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major):
     primary, standby = primary_standby
-    sysid, _ = _identity(primary)
+    sysid, _unused_tli = _identity(primary)
     other = testbed.new_primary(pg_major, name=f"pg{pg_major}-rw-other")
-    other_sysid, _ = _identity(other)
+    other_sysid, _unused_other_tli = _identity(other)
     other.stop()
     assert other_sysid != sysid
     delayed = primary.make_standby(f"pg{pg_major}-rw-delayed")
@@ -214,7 +214,7 @@ def _copy_data_dir(source: Path, dest: Path) -> None:
 
 
 def test_consistent_on_server_restored_from_backup(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    primary, _ = primary_standby
+    primary, _unused_standby = primary_standby
     _pgbench_tables(primary)
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rw-restored")
     conn = primary.connect()

@@ -110,11 +110,11 @@ def test_slot_keeps_backup_wal_through_checkpoint_storm(primary_standby, testbed
         primary.sql("SELECT pg_reload_conf()")
         try:
             with testbed.load(primary, 3, clients=4):
-                for _ in range(3):
+                for _unused_round in range(3):
                     time.sleep(0.7)
                     primary.sql("SELECT pg_switch_wal()")
                     primary.sql("CHECKPOINT")
-            for _ in range(2):
+            for _unused_round in range(2):
                 primary.sql("CREATE TABLE IF NOT EXISTS wal_retain_it (id int); INSERT INTO wal_retain_it VALUES (1)")
                 primary.sql("SELECT pg_switch_wal()")
                 primary.sql("CHECKPOINT")
@@ -124,7 +124,7 @@ def test_slot_keeps_backup_wal_through_checkpoint_storm(primary_standby, testbed
             for setting in ("max_wal_size", "min_wal_size", "wal_keep_size"):
                 primary.sql(f"ALTER SYSTEM RESET {setting}")
             primary.sql("SELECT pg_reload_conf()")
-        ((restart_now, status_now, _, _),) = _slot(primary, slot)
+        ((restart_now, status_now, _unused_active, _unused_pid),) = _slot(primary, slot)
         assert status_now == "reserved" and restart_now == restart_text, "an inactive slot's restart_lsn never moves"
         assert current // SEGMENT - start // SEGMENT >= 4, "the storm switched segments"
         wanted = [_segment_name(lsn) for lsn in range(restart - restart % SEGMENT, current + 1, SEGMENT)]
@@ -155,7 +155,7 @@ def test_slot_keeps_backup_wal_through_checkpoint_storm(primary_standby, testbed
 
 
 def test_active_slot_and_exhausted_slots_fail(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    primary, _ = primary_standby
+    primary, _unused_standby = primary_standby
     active = f"pgbackup_it_{pg_major}_active"
     fillers = []
     repl = None
