@@ -1,0 +1,333 @@
+#!/usr/bin/python
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: wal_collect
+short_description: Collect and validate the WAL segments a backup copy needs into its pg_wal
+version_added: 0.1.0
+description:
+  - Runs on the destination host, next to a copy made by P(pgbackup.lowlevel.datadir_copy#module).
+  - Computes every WAL segment from O(start_lsn) to O(stop_lsn) with the collection's segment arithmetic (never
+    C(pg_walfile_name), which fails on a standby), across timeline switches, using the stop timeline's C(.history)
+    file from the source; that history file and those of its ancestors are collected too.
+  - Fetches the segments from a WAL archive directory or a server's C(pg_wal) (O(source_type)), on this host or over
+    ssh with rsync (O(source_host)), waiting up to O(timeout) seconds for segments not there yet.
+  - Validates every segment before it is used - page magic of the copy's major version, system identifier equal to the
+    copy's pg_control (read from C(global/pg_control.pgbackup-pending) while the label is not placed), segment size,
+    the page address of every page (a recycled file renamed to a later name is refused), timelines; the last segment
+    must hold valid WAL through O(stop_lsn). A C(.partial) file never stands in for a complete segment, except through
+    O(partial_from).
+  - Writes each segment into O(dest) through a temporary name, fsync, rename and fsync of the directory, owned like
+    O(data_dir) and with mode C(0600) (C(0640) when O(data_dir) is C(0750)).
+  - Fails listing every missing or invalid segment and why, not only the first one; with a connection to the
+    server that archives (O(login_host) or O(login_unix_socket)), the message includes C(pg_stat_archiver)'s last failure.
+  - Refuses a copy marked incomplete and a data directory with a live postmaster.
+author:
+  - pgbackup.lowlevel developers (@pgbackup)
+extends_documentation_fragment:
+  - pgbackup.lowlevel.connection
+options:
+  data_dir:
+    description: The copy's data directory on this host; its pg_control gives the system identifier, major version and segment size.
+    type: path
+    required: true
+  dest:
+    description: Directory the segments are written to. Default is C(pg_wal) of O(data_dir).
+    type: path
+  start_lsn:
+    description: The backup's start LSN (RV(pgbackup.lowlevel.backup_start#module:start_lsn)).
+    type: str
+    required: true
+  start_timeline:
+    description: Timeline of O(start_lsn). Default is O(stop_timeline).
+    type: int
+  stop_lsn:
+    description: The backup's stop LSN (RV(pgbackup.lowlevel.backup_stop#module:stop_lsn)).
+    type: str
+    required: true
+  stop_timeline:
+    description: Timeline of O(stop_lsn) (RV(pgbackup.lowlevel.backup_stop#module:stop_timeline)).
+    type: int
+    required: true
+  wal_segment_size:
+    description: WAL segment size in bytes; must equal the copy's pg_control, which gives it when not set.
+    type: int
+  source_path:
+    description: The directory the WAL is fetched from (absolute), on O(source_host) or this host.
+    type: path
+    required: true
+  source_type:
+    description:
+      - V(archive) - a WAL archive; a full-size segment there that is invalid is refused at once.
+      - V(pg_wal) - a server's C(pg_wal) (a retention slot keeps the files); a file there may be recycled or still
+        written, so an invalid one is fetched again until O(timeout).
+    type: str
+    choices: [archive, pg_wal]
+    default: archive
+  source_host:
+    description: Host holding O(source_path) and O(partial_from), reached over ssh; omit for this host.
+    type: str
+  source_user:
+    description: ssh user on O(source_host).
+    type: str
+  source_port:
+    description: ssh port of O(source_host).
+    type: int
+  ssh_key:
+    description: Private key file for ssh.
+    type: path
+  ssh_options:
+    description: Extra ssh arguments, one list element per argument (for example V(-o), V(StrictHostKeyChecking=no)).
+    type: list
+    elements: str
+    default: []
+  timeout:
+    description: Seconds to wait for segments not in the source yet (still being archived). V(0) checks once.
+    type: int
+    default: 60
+  poll_interval:
+    description: Seconds between two looks at the source while waiting.
+    type: float
+    default: 1.0
+  switch_wal:
+    description:
+      - When the last needed segment is missing, run C(SELECT pg_switch_wal()) once on the server of the connection
+        options (the primary), so that an idle primary completes and archives it.
+    type: bool
+    default: false
+  partial_from:
+    description:
+      - A standby's C(pg_wal) directory (on O(source_host) or this host). When the last needed segment is missing from
+        the source, it is taken from there (named as the segment or with C(.partial)) and checked only through
+        O(stop_lsn); it is written padded to the full segment size under the segment's name.
+    type: path
+attributes:
+  check_mode:
+    description: Fetches and validates, writes nothing; reports what would be collected.
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+notes:
+  - Needs C(rsync) on both hosts and GNU C(find) on O(source_host) when it is set.
+  - The connection options are used only with O(switch_wal), or when O(login_host) or O(login_unix_socket) is set.
+"""
+
+EXAMPLES = r"""
+- name: Collect the backup's WAL from the archive on the backup server into the copy
+  pgbackup.lowlevel.wal_collect:
+    data_dir: /srv/restore/pgdata
+    source_host: archive.example.com
+    source_user: postgres
+    source_path: /srv/wal-archive/main
+    start_lsn: "{{ started.start_lsn }}"
+    stop_lsn: "{{ stopped.stop_lsn }}"
+    stop_timeline: "{{ stopped.stop_timeline }}"
+    timeout: 300
+    switch_wal: true
+    login_host: db1.example.com
+    login_password: "{{ vault_postgres_password }}"
+  register: wal
+"""
+
+RETURN = r"""
+segments:
+  description: Segments written (that would be written in check mode), oldest first.
+  returned: always
+  type: list
+  elements: str
+  sample: ["000000010000000000000025", "000000010000000000000026"]
+history_files:
+  description: History files written (that would be written in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: ["00000002.history"]
+present:
+  description: Segments already in O(dest) and valid, not fetched again.
+  returned: always
+  type: list
+  elements: str
+needed:
+  description: Every segment the copy needs, oldest first.
+  returned: always
+  type: list
+  elements: str
+history_needed:
+  description: Every history file of the stop timeline's history.
+  returned: always
+  type: list
+  elements: str
+partial_segment:
+  description: The last segment when it was taken from O(partial_from), checked only through O(stop_lsn); else V(null).
+  returned: always
+  type: str
+wal_switched:
+  description: Whether C(pg_switch_wal()) was run (O(switch_wal)).
+  returned: always
+  type: bool
+bytes:
+  description: Bytes of the segments and history files written.
+  returned: always
+  type: int
+seconds:
+  description: Wall time of the run.
+  returned: always
+  type: float
+dest:
+  description: The directory written to.
+  returned: always
+  type: str
+queries:
+  description: The SQL statements run.
+  returned: always
+  type: list
+  elements: str
+problems:
+  description: On failure, each missing or invalid segment as C(file) and C(problem).
+  returned: failure
+  type: list
+  elements: dict
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connect, connection_secrets, with_connection_options
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import Collector, open_target
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_source import WalSource
+
+APPLICATION_NAME = "pgbackup.lowlevel/wal_collect"
+
+ARGS = {
+    "data_dir": {"type": "path", "required": True},
+    "dest": {"type": "path"},
+    "start_lsn": {"type": "str", "required": True},
+    "start_timeline": {"type": "int"},
+    "stop_lsn": {"type": "str", "required": True},
+    "stop_timeline": {"type": "int", "required": True},
+    "wal_segment_size": {"type": "int"},
+    "source_path": {"type": "path", "required": True},
+    "source_type": {"type": "str", "choices": ["archive", "pg_wal"], "default": "archive"},
+    "source_host": {"type": "str"},
+    "source_user": {"type": "str"},
+    "source_port": {"type": "int"},
+    "ssh_key": {"type": "path", "no_log": False},
+    "ssh_options": {"type": "list", "elements": "str", "default": []},
+    "timeout": {"type": "int", "default": 60},
+    "poll_interval": {"type": "float", "default": 1.0},
+    "switch_wal": {"type": "bool", "default": False},
+    "partial_from": {"type": "path"},
+}
+
+
+class Server:
+    """The connection, opened when first needed."""
+
+    def __init__(self, params: dict) -> None:
+        self.params = params
+        self.session = None
+
+    def _session(self):
+        if self.session is None:
+            self.session = connect(self.params, application_name=APPLICATION_NAME)
+        return self.session
+
+    @property
+    def queries(self) -> list:
+        return self.session.queries if self.session is not None else []
+
+    def switch_wal(self) -> str:
+        return self._session().query("SELECT pg_switch_wal()::text AS lsn")[0]["lsn"]
+
+    def archiver_status(self) -> str:
+        try:
+            row = self._session().query(
+                "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, last_failed_time::text AS last_failed_time FROM pg_stat_archiver"
+            )[0]
+        except PgBackupError as exc:
+            return f"pg_stat_archiver could not be read: {exc.message}"
+        text = f"pg_stat_archiver: last archived {row['last_archived_wal'] or 'nothing'}, {row['failed_count']} failures"
+        if row["last_failed_wal"]:
+            text += f", last failed {row['last_failed_wal']} at {row['last_failed_time']}: see the server's log for archive_command's error"
+        return text
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+def run_module(module: AnsibleModule, server: Server) -> dict:
+    p = module.params
+    began = time.monotonic()
+    for name in ("timeout", "poll_interval"):
+        if p[name] < 0:
+            raise PgBackupError(f"{name} must not be negative, not {p[name]}")
+    start_lsn = parse_lsn(p["start_lsn"], what="start_lsn")
+    stop_lsn = parse_lsn(p["stop_lsn"], what="stop_lsn")
+    target = open_target(p["data_dir"], p["dest"])
+    seg_size = target.control.xlog_seg_size
+    if p["wal_segment_size"] is not None and p["wal_segment_size"] != seg_size:
+        raise PgBackupError(f"wal_segment_size {p['wal_segment_size']} differs from the copy's pg_control ({seg_size}): the copy is not of the server meant")
+    ssh = (p["source_host"], p["source_user"], p["source_port"], p["ssh_key"], tuple(p["ssh_options"]))
+    source = WalSource(p["source_path"], *ssh)
+    partial_from = WalSource(p["partial_from"], *ssh) if p["partial_from"] else None
+    connected = p["switch_wal"] or bool(p["login_host"] or p["login_unix_socket"])
+    collector = Collector(
+        target,
+        source,
+        source_type=p["source_type"],
+        partial_from=partial_from,
+        timeout=p["timeout"],
+        poll_interval=p["poll_interval"],
+        check_mode=module.check_mode,
+        switch_wal=server.switch_wal if p["switch_wal"] else None,
+        archiver_status=server.archiver_status if connected else None,
+    )
+    stop_tli = p["stop_timeline"]
+    start_tli = p["start_timeline"] if p["start_timeline"] is not None else stop_tli
+    try:
+        plan, outcome = collector.run(start_lsn, start_tli, stop_lsn, stop_tli, seg_size)
+    except PgBackupError as exc:
+        exc.details.setdefault("queries", server.queries)
+        raise
+    for warning in outcome.warnings:
+        module.warn(warning)
+    return {
+        "changed": bool(outcome.segments or outcome.history_files),
+        "segments": outcome.segments,
+        "history_files": outcome.history_files,
+        "present": outcome.present,
+        "needed": plan.segments,
+        "history_needed": plan.history_files,
+        "partial_segment": outcome.partial_segment,
+        "wal_switched": outcome.wal_switched,
+        "bytes": outcome.bytes,
+        "seconds": round(time.monotonic() - began, 3),
+        "dest": target.dest,
+        "queries": server.queries,
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=with_connection_options(ARGS), supports_check_mode=True)
+    module.no_log_values.update(connection_secrets(module.params))
+    server = Server(module.params)
+    try:
+        result = run_module(module, server)
+    except PgBackupError as exc:
+        module.fail_json(msg=exc.message, **exc.details)
+    except OSError as exc:
+        module.fail_json(msg=f"wal_collect failed: {exc}", path=getattr(exc, "filename", None))
+    finally:
+        server.close()
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""wal_collect against real PostgreSQL 13-18 through ansible-playbook: a low-level backup's WAL taken from the primary's
+archive (and from its pg_wal) while pgbench writes; a renamed, a foreign and a missing segment named; an idle primary's
+last segment fetched with switch_wal and from the standby's pg_wal with partial_from."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import struct
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
+
+from .test_cluster_info import _playbook
+
+pytestmark = pytest.mark.integration
+
+SEG = 16 << 20  # the test bed's clusters use the default segment size
+PAGE = 8192
+
+
+def _segno(file_name: str) -> int:
+    return int(file_name[8:16], 16) * 0x100 + int(file_name[16:24], 16)
+
+
+def _lsn(text: str) -> int:
+    high, low = text.split("/")
+    return int(high, 16) << 32 | int(low, 16)
+
+
+def _names(first: str, last: str) -> list:
+    """Every file name from ``first`` to ``last`` on ``first``'s timeline (16 MB segments: 256 per log file)."""
+    tli = first[:8]
+    return [f"{tli}{n // 0x100:08X}{n % 0x100:08X}" for n in range(_segno(first), _segno(last) + 1)]
+
+
+def _moved(segment: bytes, base: int) -> bytes:
+    """``segment`` with the page address (xlp_pageaddr, offset 8) of every written page set as if it started at ``base``."""
+    data = bytearray(segment)
+    for offset in range(0, len(data), PAGE):
+        if any(data[offset : offset + PAGE]):
+            struct.pack_into("<Q", data, offset + 8, base + offset)
+    return bytes(data)
+
+
+def _copy(testbed, primary, tag: str) -> Path:
+    """A stand-in for datadir_copy's result: the primary's pg_control under the pending name, an empty pg_wal, 0700."""
+    data = testbed.scratch_dir(f"wc-{tag}-{uuid.uuid4().hex[:6]}")
+    for sub in ("global", "pg_wal"):
+        (data / sub).mkdir()
+        shutil.chown(data / sub, "postgres", "postgres")
+    shutil.copyfile(primary.datadir / "global" / "pg_control", data / copy_state.PENDING_CONTROL)
+    data.chmod(0o700)
+    return data
+
+
+def _run(testbed, ansible_env, tmp_path: Path, runs: list) -> dict:
+    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    result_file = tmp_path / f"wal-collect-{uuid.uuid4().hex[:8]}.json"
+    _playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", testbed.hosts[0].name)
+    return {r["item"]["name"]: r for r in json.loads(result_file.read_text())}
+
+
+def _ok(result: dict) -> dict:
+    assert result.get("failed") is not True, result.get("msg")
+    return result
+
+
+def _failed(result: dict) -> dict:
+    assert result.get("failed") is True, result
+    return {p["file"]: p["problem"] for p in result["problems"]}
+
+
+def _wal_files(path: Path) -> list:
+    return sorted(p.name for p in path.iterdir())
+
+
+def _ensure_pgbench(primary) -> None:
+    if not primary.sql("SELECT to_regclass('public.pgbench_accounts') IS NOT NULL")[0][0]:
+        primary.pgbench_init()
+
+
+def _low_level_backup(primary, testbed, major: int) -> tuple:
+    """start -> WAL switches -> stop with pgbench writing; returns start LSN, stop LSN and their file names (from the server)."""
+    _ensure_pgbench(primary)
+    conn = psycopg2.connect(**primary.conninfo())
+    conn.autocommit = True
+    try:
+        with testbed.load(primary, 20, clients=2), conn.cursor() as cur:
+            time.sleep(0.5)
+            start = "pg_backup_start('wal_collect test', true)" if major >= 15 else "pg_start_backup('wal_collect test', true, false)"
+            cur.execute(f"SELECT {start}::text")
+            (start_lsn,) = cur.fetchone()
+            for _unused in range(4):
+                time.sleep(0.2)
+                primary.sql("SELECT pg_switch_wal()")
+            if major >= 15:
+                cur.execute("SELECT lsn::text FROM pg_backup_stop(true)")
+            else:
+                cur.execute("SELECT lsn::text FROM pg_stop_backup(false, true)")
+            (stop_lsn,) = cur.fetchone()
+            # the server's own names: the segment of the start, the one holding the byte before the stop
+            cur.execute("SELECT pg_walfile_name(%s::pg_lsn), pg_walfile_name(%s::pg_lsn)", (start_lsn, stop_lsn))
+            first, last = cur.fetchone()
+    finally:
+        conn.close()
+    # pg_walfile_name uses the previous segment for a start exactly on a boundary; the start is never there
+    assert _lsn(start_lsn) % SEG != 0
+    return start_lsn, stop_lsn, first, last
+
+
+def test_backup_wal_collected_and_every_fault_named(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    primary, _standby = primary_standby
+    start_lsn, stop_lsn, first, last = _low_level_backup(primary, testbed, pg_major)
+    expected = _names(first, last)
+    assert len(expected) >= 5, expected  # four switches inside the backup
+    tli = int(first[:8], 16)
+    archive = primary.archive_dir
+    good, check, from_pg_wal, faulty = (_copy(testbed, primary, t) for t in ("good", "check", "pgwal", "faulty"))
+    # A faulty archive: the backup's segments, one missing, one a later real segment under an earlier name, one of another cluster.
+    bad_archive = testbed.scratch_dir(f"wc-bad-archive-{uuid.uuid4().hex[:6]}")
+    for n in expected:
+        shutil.copyfile(archive / n, bad_archive / n)
+    missing, renamed, foreign = expected[1], expected[2], expected[3]
+    (bad_archive / missing).unlink()
+    shutil.copyfile(archive / expected[-1], bad_archive / renamed)
+    other = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-wc-other-{uuid.uuid4().hex[:4]}")
+    other.initdb()
+    # initdb's first segment, its page addresses moved to the foreign slot: WAL of another cluster at the right place
+    (bad_archive / foreign).write_bytes(_moved((other.datadir / "pg_wal" / "000000010000000000000001").read_bytes(), _segno(foreign) * SEG))
+
+    common = {"start_lsn": start_lsn, "stop_lsn": stop_lsn, "stop_timeline": tli, "start_timeline": tli, "timeout": 0}
+    login = {"login_host": primary.host, "login_port": primary.port}
+    runs = [
+        {"name": "check", "data_dir": str(check), "source_path": str(archive), "check_mode": True, **common},
+        {"name": "collect", "data_dir": str(good), "source_path": str(archive), "wal_segment_size": SEG, **common},
+        {"name": "again", "data_dir": str(good), "source_path": str(archive), **common},
+        {"name": "pg_wal", "data_dir": str(from_pg_wal), "source_path": str(primary.datadir / "pg_wal"), "source_type": "pg_wal", **common},
+        {"name": "faults", "data_dir": str(faulty), "source_path": str(bad_archive), **common, **login, "timeout": 30},
+        {"name": "wrong size", "data_dir": str(faulty), "source_path": str(archive), **common, "wal_segment_size": SEG * 2},
+    ]
+    results = _run(testbed, ansible_env, tmp_path, runs)
+
+    checked = _ok(results["check"])
+    assert checked["segments"] == expected and checked["needed"] == expected and checked["bytes"] == len(expected) * SEG
+    assert _wal_files(check / "pg_wal") == []
+
+    collected = _ok(results["collect"])
+    assert collected["changed"] is True and collected["segments"] == expected and collected["present"] == []
+    assert collected["history_files"] == [] and collected["partial_segment"] is None
+    assert _wal_files(good / "pg_wal") == expected  # nothing else: no temporary name, no staging directory
+    for n in expected:
+        path = good / "pg_wal" / n
+        assert path.read_bytes() == (archive / n).read_bytes(), n
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600 and os.stat(good).st_uid == st.st_uid
+
+    again = _ok(results["again"])
+    assert again["changed"] is False and again["segments"] == [] and again["present"] == expected
+
+    assert _ok(results["pg_wal"])["segments"] == expected
+    assert _wal_files(from_pg_wal / "pg_wal") == expected
+
+    faults = results["faults"]
+    problems = _failed(faults)
+    assert list(problems) == [missing, renamed, foreign], faults["msg"]
+    assert problems[missing] == "missing"
+    assert "recycled or renamed" in problems[renamed]
+    assert "another cluster" in problems[foreign]
+    for n in (missing, renamed, foreign):
+        assert n in faults["msg"]
+    assert "pg_stat_archiver" in faults["msg"]
+    # An invalid full-size file in an archive does not change: refused at once, not after the 30 s timeout.
+    assert sorted(set(expected) - {missing, renamed, foreign}) == _wal_files(faulty / "pg_wal")
+
+    assert "differs from the copy's pg_control" in results["wrong size"]["msg"]
+
+
+def test_idle_primary_last_segment_by_switch_wal_or_partial_from(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    primary, standby = primary_standby
+    primary.sql("CREATE TABLE IF NOT EXISTS wc_idle (n int)")
+    (start_lsn,) = primary.sql("INSERT INTO wc_idle VALUES (1) RETURNING pg_current_wal_lsn()::text")[0]
+    primary.sql("INSERT INTO wc_idle VALUES (2)")
+    stop_lsn = primary.current_lsn()
+    (last,) = primary.sql("SELECT pg_walfile_name(%s::pg_lsn)", (stop_lsn,))[0]
+    tli = int(last[:8], 16)
+    standby.wait_replayed(stop_lsn)
+    assert not (primary.archive_dir / last).exists()  # the primary is idle: its current segment is not archived
+
+    hang, partial, switched = (_copy(testbed, primary, t) for t in ("hang", "partial", "switch"))
+    common = {"start_lsn": start_lsn, "stop_lsn": stop_lsn, "stop_timeline": tli, "source_path": str(primary.archive_dir), "poll_interval": 0.2}
+    runs = [
+        {"name": "no help", "data_dir": str(hang), **common, "timeout": 1},
+        {"name": "partial_from", "data_dir": str(partial), **common, "timeout": 10, "partial_from": str(standby.datadir / "pg_wal")},
+        {"name": "switch_wal", "data_dir": str(switched), **common, "timeout": 30, "switch_wal": True, "login_host": primary.host, "login_port": primary.port},
+    ]
+    began = time.monotonic()
+    results = _run(testbed, ansible_env, tmp_path, runs)
+    assert time.monotonic() - began < 60
+
+    hung = results["no help"]
+    assert list(_failed(hung)) == [last] and "use switch_wal or partial_from" in hung["msg"]
+    assert _wal_files(hang / "pg_wal") == []
+
+    from_standby = _ok(results["partial_from"])
+    assert from_standby["partial_segment"] == last and from_standby["segments"][-1] == last
+    assert from_standby["wal_switched"] is False
+    data = (partial / "pg_wal" / last).read_bytes()
+    assert len(data) == SEG
+
+    by_switch = _ok(results["switch_wal"])
+    assert by_switch["wal_switched"] is True and by_switch["partial_segment"] is None
+    assert by_switch["segments"][-1] == last and "pg_switch_wal" in " ".join(by_switch["queries"])
+    archived = (primary.archive_dir / last).read_bytes()
+    assert (switched / "pg_wal" / last).read_bytes() == archived
+    # the standby's copy and the archived (switched) one hold the same WAL up to the stop LSN
+    stop_offset = _lsn(stop_lsn) % SEG
+    assert data[:stop_offset] == archived[:stop_offset]
