@@ -308,7 +308,7 @@ def balance(entries: list, n: int) -> list:
 
 def rsync_argv(source: Source, src_root: str, dest_root: str, files_from: str, delta: bool) -> list:
     argv = ["rsync", "--protect-args", "--links", "--perms", "--times", "--devices", "--specials", "--from0", f"--files-from={files_from}"]
-    argv += ["--ignore-missing-args", "--out-format=%l %n", "--no-implied-dirs"]
+    argv += ["--ignore-missing-args", OUT_FORMAT, "--progress", "--no-implied-dirs"]
     argv += ["--checksum"] if delta else ["--whole-file"]
     if source.remote:
         argv += ["-e", shlex.join(source.ssh_argv())]
@@ -377,6 +377,10 @@ def _drain(stream, into: list) -> None:
 
 
 _RSYNC_ESCAPE = re.compile(rb"\\#([0-7]{3})")
+OUT_PREFIX = b"pgbackup-file "
+OUT_FORMAT = f"--out-format={OUT_PREFIX.decode()}%l %n"
+_LINE_END = re.compile(rb"[\r\n]")
+_PROGRESS_LINE = re.compile(rb"^\s*([\d,.]+)\s+\d+%")
 
 
 def rsync_logged_name(field: bytes) -> str:
@@ -386,28 +390,49 @@ def rsync_logged_name(field: bytes) -> str:
 
 
 def _run_rsync(argv: list, progress: Progress, on_done=None) -> None:
-    """Run rsync, counting its ``--out-format=%l %n`` lines. ``on_done(name)`` is called for each file once it is in
-    place: rsync's receiver logs a file before renaming it into place, so a file is done when the next one is logged
-    (same stream, one file at a time), and the last one when rsync exits."""
+    """Run rsync, following its output: a ``OUT_PREFIX<size> <name>`` line as each file starts, and with
+    ``--progress`` the bytes of the current file about once a second (lines ending in a carriage return), so the
+    progress file moves within large files too.
+
+    ``on_done(name)`` is called for each file once it is in place: rsync's receiver handles one file at a time and
+    renames it into place before it starts the next, so a file is done when the next one is logged, and the last
+    one when rsync exits."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err: list = []
     t = threading.Thread(target=_drain, args=(proc.stderr, err))
     t.start()
     previous = None
-    for line in proc.stdout:
-        size, _sep, name = line.rstrip(b"\n").partition(b" ")
-        try:
-            progress.add(int(size or 0))
-        except ValueError:
-            continue
-        if on_done is not None and name:
-            if previous is not None:
-                on_done(previous)
-            previous = rsync_logged_name(name)
+    current = None  # bytes of the file in transfer counted so far; None before the first file
+    pending = b""
+    fd = proc.stdout.fileno()
+    while True:
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        *lines, pending = _LINE_END.split(pending + data)
+        for line in lines:
+            if line.startswith(OUT_PREFIX):
+                if current is not None:
+                    progress.file_done()
+                current = 0
+                name = rsync_logged_name(line[len(OUT_PREFIX) :].partition(b" ")[2])
+                if on_done is not None and name:
+                    if previous is not None:
+                        on_done(previous)
+                    previous = name
+                continue
+            m = _PROGRESS_LINE.match(line)
+            if m and current is not None:
+                now = int(re.sub(rb"\D", b"", m.group(1)))  # digit grouping depends on the locale
+                if now > current:
+                    progress.add_bytes(now - current)
+                    current = now
     proc.wait()
     t.join()
     if proc.returncode not in (0, RSYNC_VANISHED):
         raise PgBackupError(f"rsync failed ({proc.returncode}): {b''.join(err).decode(errors='replace').strip()[-2000:]}", rsync_rc=proc.returncode)
+    if current is not None:
+        progress.file_done()
     if on_done is not None and previous is not None:
         on_done(previous)
 
@@ -629,7 +654,7 @@ def _rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: 
                 fut.result()
         # pg_control last, under its pending name
         pending = os.path.join(dest, copy_state.PENDING_CONTROL)
-        argv = ["rsync", "--protect-args", "--perms", "--times", "--whole-file", "--out-format=%l"]
+        argv = ["rsync", "--protect-args", "--perms", "--times", "--whole-file", OUT_FORMAT]
         if source.remote:
             argv += ["-e", shlex.join(source.ssh_argv())]
         argv += ["--", source.rsync_spec(os.path.join(source.path, "global/pg_control")), pending]

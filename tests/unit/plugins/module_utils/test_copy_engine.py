@@ -3,12 +3,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
+import threading
 
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import (
+    OUT_PREFIX,
+    Progress,
     Source,
+    _run_rsync,
     balance,
     check_destination,
     execute,
@@ -189,5 +194,41 @@ def test_rsync_logged_names_decode_back(tmp_path):
     listing.write_bytes(b"".join(n + b"\0" for n in names))
     argv = rsync_argv(Source(str(src)), str(src), str(dst), str(listing), False)
     proc = subprocess.run(argv, capture_output=True, check=True)
-    logged = [rsync_logged_name(line.partition(b" ")[2]) for line in proc.stdout.split(b"\n") if line]
+    lines = re.split(rb"[\r\n]", proc.stdout)
+    logged = [rsync_logged_name(line[len(OUT_PREFIX) :].partition(b" ")[2]) for line in lines if line.startswith(OUT_PREFIX)]
     assert sorted(logged) == sorted(os.fsdecode(n) for n in names)
+
+
+def test_rsync_progress_within_a_file(tmp_path):
+    """Through rsync (here on one host; over ssh it is the same code), the progress file counts bytes within a file:
+    rsync is slowed to 8 MB/s on a 24 MiB file, so the file is seen part-way (files_done 0, bytes_done > 0)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(24 << 20))
+    listing = tmp_path / "list"
+    listing.write_bytes(b"big\0")
+    progress_file = tmp_path / "progress.json"
+    progress = Progress(str(progress_file), 24 << 20, 1)
+    seen = []
+    stop = threading.Event()
+
+    def watch():  # what a role polling the progress file would see
+        while not stop.wait(0.05):
+            if progress_file.exists():
+                seen.append(json.loads(progress_file.read_text()))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    argv = rsync_argv(Source(str(src)), str(src), str(dst), str(listing), False)
+    argv.insert(1, "--bwlimit=8M")
+    done = []
+    try:
+        _run_rsync(argv, progress, done.append)
+    finally:
+        stop.set()
+        watcher.join()
+    progress.write(force=True)
+    seen.append(json.loads(progress_file.read_text()))
+    assert done == ["big"]
+    assert any(0 < s["bytes_done"] < 24 << 20 and s["files_done"] == 0 for s in seen), seen
+    assert seen[-1]["bytes_done"] == 24 << 20 and seen[-1]["files_done"] == 1
