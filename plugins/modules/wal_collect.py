@@ -174,7 +174,7 @@ bytes:
   returned: always
   type: int
 seconds:
-  description: Wall time of the run.
+  description: Wall time of the run (on failure too).
   returned: always
   type: float
 dest:
@@ -191,6 +191,11 @@ problems:
   returned: failure
   type: list
   elements: dict
+segments_collected:
+  description: On a failure listing missing or invalid segments, the segments written before it.
+  returned: failure
+  type: list
+  elements: str
 """
 
 import time
@@ -295,6 +300,7 @@ def run_module(module: AnsibleModule, server: Server) -> dict:
         plan, outcome = collector.run(start_lsn, start_tli, stop_lsn, stop_tli, seg_size)
     except PgBackupError as exc:
         exc.details.setdefault("queries", server.queries)
+        exc.details.setdefault("seconds", round(time.monotonic() - began, 3))
         raise
     for warning in outcome.warnings:
         module.warn(warning)

@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
 
+from .harness.pgbins import selected_majors
 from .test_cluster_info import _playbook
 
 pytestmark = pytest.mark.integration
@@ -115,14 +116,14 @@ def _low_level_backup(primary, testbed, major: int) -> tuple:
     return start_lsn, stop_lsn, first, last
 
 
-def test_backup_wal_collected_and_every_fault_named(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    primary, _standby = primary_standby
+def _backup_runs(primary, testbed, pg_major) -> tuple:
+    """A backup under pgbench, a faulty archive made of its segments; the runs and what the checks need."""
     start_lsn, stop_lsn, first, last = _low_level_backup(primary, testbed, pg_major)
     expected = _names(first, last)
     assert len(expected) >= 5, expected  # four switches inside the backup
     tli = int(first[:8], 16)
     archive = primary.archive_dir
-    good, check, from_pg_wal, faulty = (_copy(testbed, primary, t) for t in ("good", "check", "pgwal", "faulty"))
+    copies = {t: _copy(testbed, primary, t) for t in ("good", "check", "pgwal", "faulty")}
     # A faulty archive: the backup's segments, one missing, one a later real segment under an earlier name, one of another cluster.
     bad_archive = testbed.scratch_dir(f"wc-bad-archive-{uuid.uuid4().hex[:6]}")
     for n in expected:
@@ -138,19 +139,22 @@ def test_backup_wal_collected_and_every_fault_named(primary_standby, testbed, an
     common = {"start_lsn": start_lsn, "stop_lsn": stop_lsn, "stop_timeline": tli, "start_timeline": tli, "timeout": 0}
     login = {"login_host": primary.host, "login_port": primary.port}
     runs = [
-        {"name": "check", "data_dir": str(check), "source_path": str(archive), "check_mode": True, **common},
-        {"name": "collect", "data_dir": str(good), "source_path": str(archive), "wal_segment_size": SEG, **common},
-        {"name": "again", "data_dir": str(good), "source_path": str(archive), **common},
-        {"name": "pg_wal", "data_dir": str(from_pg_wal), "source_path": str(primary.datadir / "pg_wal"), "source_type": "pg_wal", **common},
-        {"name": "faults", "data_dir": str(faulty), "source_path": str(bad_archive), **common, **login, "timeout": 30},
-        {"name": "wrong size", "data_dir": str(faulty), "source_path": str(archive), **common, "wal_segment_size": SEG * 2},
+        {"name": "check", "data_dir": str(copies["check"]), "source_path": str(archive), "check_mode": True, **common},
+        {"name": "collect", "data_dir": str(copies["good"]), "source_path": str(archive), "wal_segment_size": SEG, **common},
+        {"name": "again", "data_dir": str(copies["good"]), "source_path": str(archive), **common},
+        {"name": "pg_wal", "data_dir": str(copies["pgwal"]), "source_path": str(primary.datadir / "pg_wal"), "source_type": "pg_wal", **common},
+        {"name": "faults", "data_dir": str(copies["faulty"]), "source_path": str(bad_archive), **common, **login, "timeout": 30},
+        {"name": "wrong size", "data_dir": str(copies["faulty"]), "source_path": str(archive), **common, "wal_segment_size": SEG * 2},
     ]
-    results = _run(testbed, ansible_env, tmp_path, runs)
+    return runs, {"expected": expected, "copies": copies, "faults": (missing, renamed, foreign)}
 
+
+def _check_backup_runs(results: dict, archive: Path, expected: list, copies: dict, faults: tuple) -> None:
     checked = _ok(results["check"])
     assert checked["segments"] == expected and checked["needed"] == expected and checked["bytes"] == len(expected) * SEG
-    assert _wal_files(check / "pg_wal") == []
+    assert _wal_files(copies["check"] / "pg_wal") == []
 
+    good = copies["good"]
     collected = _ok(results["collect"])
     assert collected["changed"] is True and collected["segments"] == expected and collected["present"] == []
     assert collected["history_files"] == [] and collected["partial_segment"] is None
@@ -165,25 +169,27 @@ def test_backup_wal_collected_and_every_fault_named(primary_standby, testbed, an
     assert again["changed"] is False and again["segments"] == [] and again["present"] == expected
 
     assert _ok(results["pg_wal"])["segments"] == expected
-    assert _wal_files(from_pg_wal / "pg_wal") == expected
+    assert _wal_files(copies["pgwal"] / "pg_wal") == expected
 
-    faults = results["faults"]
-    problems = _failed(faults)
-    assert list(problems) == [missing, renamed, foreign], faults["msg"]
+    missing, renamed, foreign = faults
+    failed = results["faults"]
+    problems = _failed(failed)
+    assert list(problems) == [missing, renamed, foreign], failed["msg"]
     assert problems[missing] == "missing"
     assert "recycled or renamed" in problems[renamed]
     assert "another cluster" in problems[foreign]
     for n in (missing, renamed, foreign):
-        assert n in faults["msg"]
-    assert "pg_stat_archiver" in faults["msg"]
+        assert n in failed["msg"]
+    assert "pg_stat_archiver" in failed["msg"]
     # An invalid full-size file in an archive does not change: refused at once, not after the 30 s timeout.
-    assert sorted(set(expected) - {missing, renamed, foreign}) == _wal_files(faulty / "pg_wal")
+    assert failed["seconds"] < 15
+    assert sorted(set(expected) - set(faults)) == _wal_files(copies["faulty"] / "pg_wal")
 
     assert "differs from the copy's pg_control" in results["wrong size"]["msg"]
 
 
-def test_idle_primary_last_segment_by_switch_wal_or_partial_from(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    primary, standby = primary_standby
+def _idle_runs(primary, standby, testbed) -> tuple:
+    """LSNs on the idle primary whose last segment is not complete (nor archived); the runs that must still collect it."""
     primary.sql("CREATE TABLE IF NOT EXISTS wc_idle (n int)")
     (start_lsn,) = primary.sql("INSERT INTO wc_idle VALUES (1) RETURNING pg_current_wal_lsn()::text")[0]
     primary.sql("INSERT INTO wc_idle VALUES (2)")
@@ -193,32 +199,94 @@ def test_idle_primary_last_segment_by_switch_wal_or_partial_from(primary_standby
     standby.wait_replayed(stop_lsn)
     assert not (primary.archive_dir / last).exists()  # the primary is idle: its current segment is not archived
 
-    hang, partial, switched = (_copy(testbed, primary, t) for t in ("hang", "partial", "switch"))
+    copies = {t: _copy(testbed, primary, t) for t in ("hang", "partial", "switch")}
     common = {"start_lsn": start_lsn, "stop_lsn": stop_lsn, "stop_timeline": tli, "source_path": str(primary.archive_dir), "poll_interval": 0.2}
+    login = {"login_host": primary.host, "login_port": primary.port}
     runs = [
-        {"name": "no help", "data_dir": str(hang), **common, "timeout": 1},
-        {"name": "partial_from", "data_dir": str(partial), **common, "timeout": 10, "partial_from": str(standby.datadir / "pg_wal")},
-        {"name": "switch_wal", "data_dir": str(switched), **common, "timeout": 30, "switch_wal": True, "login_host": primary.host, "login_port": primary.port},
+        {"name": "no help", "data_dir": str(copies["hang"]), **common, "timeout": 1},
+        {"name": "partial_from", "data_dir": str(copies["partial"]), **common, "timeout": 10, "partial_from": str(standby.datadir / "pg_wal")},
+        {"name": "switch_wal", "data_dir": str(copies["switch"]), **common, "timeout": 30, "switch_wal": True, **login},  # last: it switches
     ]
-    began = time.monotonic()
-    results = _run(testbed, ansible_env, tmp_path, runs)
-    assert time.monotonic() - began < 60
+    return runs, {"last": last, "stop_lsn": stop_lsn, "copies": copies}
 
+
+def _check_idle_runs(results: dict, archive: Path, last: str, stop_lsn: str, copies: dict) -> None:
     hung = results["no help"]
     assert list(_failed(hung)) == [last] and "use switch_wal or partial_from" in hung["msg"]
-    assert _wal_files(hang / "pg_wal") == []
+    assert 1 <= hung["seconds"] < 15
+    assert _wal_files(copies["hang"] / "pg_wal") == []
 
     from_standby = _ok(results["partial_from"])
     assert from_standby["partial_segment"] == last and from_standby["segments"][-1] == last
     assert from_standby["wal_switched"] is False
-    data = (partial / "pg_wal" / last).read_bytes()
+    data = (copies["partial"] / "pg_wal" / last).read_bytes()
     assert len(data) == SEG
 
     by_switch = _ok(results["switch_wal"])
     assert by_switch["wal_switched"] is True and by_switch["partial_segment"] is None
     assert by_switch["segments"][-1] == last and "pg_switch_wal" in " ".join(by_switch["queries"])
-    archived = (primary.archive_dir / last).read_bytes()
-    assert (switched / "pg_wal" / last).read_bytes() == archived
+    archived = (archive / last).read_bytes()
+    assert (copies["switch"] / "pg_wal" / last).read_bytes() == archived
     # the standby's copy and the archived (switched) one hold the same WAL up to the stop LSN
     stop_offset = _lsn(stop_lsn) % SEG
     assert data[:stop_offset] == archived[:stop_offset]
+
+
+def test_backup_wal_faults_and_idle_primary(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    """One ansible-playbook run per version: the backup's WAL (check mode, collect, again, from pg_wal), the faults
+    named, then on the idle primary the last segment without help (fails, names it), with partial_from, with switch_wal."""
+    primary, standby = primary_standby
+    backup_runs, backup = _backup_runs(primary, testbed, pg_major)
+    idle_runs, idle = _idle_runs(primary, standby, testbed)
+    results = _run(testbed, ansible_env, tmp_path, backup_runs + idle_runs)
+    _check_backup_runs(results, primary.archive_dir, **backup)
+    _check_idle_runs(results, primary.archive_dir, **idle)
+
+
+@pytest.mark.netns
+def test_remote_archive_over_ssh(netns_testbed, ansible_env, tmp_path):
+    """Run on db2, the module lists and pulls db1's archive over ssh as postgres (a path with a space and a quote)."""
+    major = 15 if 15 in selected_majors() else selected_majors()[-1]
+    bed = netns_testbed
+    db1, db2 = bed.host("db1"), bed.host("db2")
+    primary = bed.new_primary(major, host=db1, name=f"pg{major}-wc-remote")
+    primary.sql("CREATE TABLE wc_remote AS SELECT g FROM generate_series(1, 1000) g")
+    (start_lsn,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
+    for i in range(3):
+        primary.sql("INSERT INTO wc_remote SELECT g FROM generate_series(1, %s) g", (1000 + i,))
+        primary.sql("SELECT pg_switch_wal()")
+    primary.sql("INSERT INTO wc_remote VALUES (0)")
+    (stop_lsn, first, last) = primary.sql(
+        "SELECT pg_current_wal_lsn()::text, pg_walfile_name(%s::pg_lsn), pg_walfile_name(pg_current_wal_lsn())", (start_lsn,)
+    )[0]
+    primary.sql("SELECT pg_switch_wal()")
+    expected = _names(first, last)
+    deadline = time.monotonic() + 30
+    while not all((primary.archive_dir / n).exists() for n in expected) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    odd = bed.scratch_dir("wc remote 'archive'")
+    for n in expected:
+        shutil.copyfile(primary.archive_dir / n, odd / n)
+    bad = bed.scratch_dir("wc remote bad")
+    for n in expected[:-1]:
+        shutil.copyfile(primary.archive_dir / n, bad / n)
+    shutil.copyfile(primary.archive_dir / expected[0], bad / expected[1])  # renamed to a later name
+    check, good, faulty = (_copy(bed, primary, t) for t in ("rcheck", "rgood", "rfaulty"))
+    remote = {"source_host": db1.address, "source_user": "postgres", "start_lsn": start_lsn, "stop_lsn": stop_lsn, "stop_timeline": 1, "timeout": 0}
+    runs = [
+        {"name": "check", "data_dir": str(check), "source_path": str(odd), "check_mode": True, **remote},
+        {"name": "collect", "data_dir": str(good), "source_path": str(odd), **remote},
+        {"name": "faults", "data_dir": str(faulty), "source_path": str(bad), **remote},
+    ]
+    inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    result_file = tmp_path / "remote.json"
+    _playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", db2.name)
+    results = {r["item"]["name"]: r for r in json.loads(result_file.read_text())}
+    assert _ok(results["check"])["segments"] == expected and _wal_files(check / "pg_wal") == []
+    assert _ok(results["collect"])["segments"] == expected
+    for n in expected:
+        assert (good / "pg_wal" / n).read_bytes() == (primary.archive_dir / n).read_bytes()
+    assert _wal_files(good / "pg_wal") == expected
+    problems = _failed(results["faults"])
+    assert list(problems) == [expected[1], expected[-1]]
+    assert "recycled or renamed" in problems[expected[1]] and problems[expected[-1]] == "missing"
