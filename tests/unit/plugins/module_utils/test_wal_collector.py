@@ -467,3 +467,44 @@ def test_real_segments_of_every_major(major, tmp_path):
     problems = {p["file"]: p["problem"] for p in err.details["problems"]}
     assert "recycled or renamed" in problems[renamed]
     assert f"{name(switch_seg)}.partial is there" in problems[name(switch_seg)]
+
+
+def tl1_backup_args():
+    return (5 * MB + 0x28, 1, 6 * MB + 0x300, 1, MB)
+
+
+def test_a_missing_source_directory_is_named(world):
+    shutil.rmtree(world.archive)
+    assert "does not exist" in refused(collector(world), *tl1_backup_args()).message
+
+
+def test_check_mode_with_partial_from_writes_nothing(world):
+    args = tl1_backup(world, 5, 6, stop_in_last=PAGE)
+    (world.archive / name(6)).unlink()
+    put(world.standby, name(6), build_segment([record(1000)] * 20, segno=6))
+    _plan, out = collector(world, timeout=0, partial_from=world.standby, check_mode=True).run(*args)
+    assert out.partial_segment == name(6) and out.segments == [name(5), name(6)]
+    assert os.listdir(world.dest) == []
+
+
+def test_history_in_place_is_not_written_again(world):
+    put(world.archive, "00000002.history", HISTORY_2.encode())
+    put(world.archive, name(7, 2), full_segment(segno=7, tli=2, page_tlis={0: 1}))
+    args = (7 * MB + 0x28, 1, 7 * MB + 0x300, 2, MB)
+    _plan, out = collector(world).run(*args)
+    assert out.history_files == ["00000002.history"] and out.segments == [name(7, 2)]
+    _plan, again = collector(world).run(*args)
+    assert again.history_files == [] and again.segments == [] and again.present == [name(7, 2)]
+
+
+def test_the_current_segment_of_pg_wal_is_taken_with_partial_from_the_same_directory(world):
+    args = tl1_backup(world, 5, 6, stop_in_last=PAGE)
+    put(world.archive, name(6), build_segment([record(1000)] * 20, segno=6))  # still being written
+    _plan, out = collector(world, source_type="pg_wal", timeout=0, partial_from=world.archive).run(*args)
+    assert out.partial_segment == name(6)
+
+
+def test_a_segment_with_a_timeline_above_its_name_is_refused(world):
+    args = tl1_backup(world, 5, 6)
+    put(world.archive, name(6), full_segment(segno=6, page_tlis={3: 2}))
+    assert "above the file name's timeline" in refused(collector(world), *args).message
