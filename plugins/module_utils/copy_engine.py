@@ -306,9 +306,13 @@ def balance(entries: list, n: int) -> list:
     return [b[1] for b in buckets if b[1]]
 
 
-def rsync_argv(source: Source, src_root: str, dest_root: str, files_from: str, delta: bool) -> list:
+def rsync_argv(source: Source, src_root: str, dest_root: str, files_from: str, delta: bool, progress: bool = False) -> list:
+    """rsync pulling ``files_from`` (NUL-separated, relative to ``src_root``) into ``dest_root``. ``progress`` adds
+    ``--progress`` (bytes within each file), only asked for when there is a progress file to keep."""
     argv = ["rsync", "--protect-args", "--links", "--perms", "--times", "--devices", "--specials", "--from0", f"--files-from={files_from}"]
-    argv += ["--ignore-missing-args", OUT_FORMAT, "--progress", "--no-implied-dirs"]
+    argv += ["--ignore-missing-args", OUT_FORMAT, "--no-implied-dirs"]
+    if progress:
+        argv.append("--progress")
     argv += ["--checksum"] if delta else ["--whole-file"]
     if source.remote:
         argv += ["-e", shlex.join(source.ssh_argv())]
@@ -648,7 +652,7 @@ def _rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: 
                     f.write(b"".join(os.fsencode(e.rel) + b"\0" for e in bucket))
                 lists.append(fname)
                 done = None if early is None else functools.partial(_hash_early, early, droot, uid, gid)
-                jobs.append((rsync_argv(source, src, droot, fname, delta), done))
+                jobs.append((rsync_argv(source, src, droot, fname, delta, progress.path is not None), done))
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             for fut in [pool.submit(_run_rsync, argv, progress, done) for argv, done in jobs]:
                 fut.result()

@@ -219,7 +219,8 @@ def test_rsync_progress_within_a_file(tmp_path):
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    argv = rsync_argv(Source(str(src)), str(src), str(dst), str(listing), False)
+    argv = rsync_argv(Source(str(src)), str(src), str(dst), str(listing), False, progress=True)
+    assert "--progress" not in rsync_argv(Source(str(src)), str(src), str(dst), str(listing), False)
     argv.insert(1, "--bwlimit=8M")
     done = []
     try:
