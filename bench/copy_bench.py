@@ -4,13 +4,15 @@ Not a test. Run as root from the checkout: ``.venv/bin/python bench/copy_bench.p
 
 It builds a PostgreSQL 15 primary with the integration test bed (tests/integration/harness) on namespace host db1,
 loads it with ``pgbench -i -s SCALE``, shrinks pg_wal to a few segments (so every tool copies about the same bytes),
-then times, dropping the page cache (``sync; echo 3 > /proc/sys/vm/drop_caches``) before each run:
+then times, in --repeat rounds over every method, dropping the page cache (``sync; echo 3 > /proc/sys/vm/drop_caches``)
+before each run:
 
 - on db1: ``cp -a`` then ``sync``; ``rsync -a`` then ``sync``; ``pg_basebackup -X none`` over the socket (it fsyncs);
   the copy engine (copy_engine.execute, as datadir_copy runs it: rsync, SHA-256, fsync, chown) with each --parallel;
 - on db2 pulling from db1: the copy engine over ssh with each --parallel; ``pg_basebackup -X none`` over TCP.
 
-Prints a table (bytes, seconds, MB/s, ratio to ``cp -a + sync``) and writes it as JSON to build/bench/.
+Prints a table (bytes, median and fastest seconds, MB/s and ratio to ``cp -a + sync`` of the medians) and writes it
+as JSON to build/bench/.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,38 +69,46 @@ def tree_bytes(root: Path) -> tuple:
     return total, files
 
 
-class Bench:
-    def __init__(self, bed, primary, scratch: Path) -> None:
-        self.bed = bed
-        self.primary = primary
-        self.scratch = scratch
-        self.rows: list = []
+class Case:
+    """One way of copying: ``steps`` (host, argv, user, env) run in order into ``dest`` (absent or empty when it starts).
+    ``partial`` names rows timed up to an earlier step of the same run (cp -a without its sync)."""
 
-    def fresh_dest(self, name: str, owner: str = "postgres") -> Path:
-        dest = self.scratch / name
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(mode=0o700)
-        shutil.chown(dest, owner, owner)
-        return dest
+    def __init__(self, method: str, where: str, parallel, dest: Path, steps: list, owner: str = "postgres", partial: tuple = ()) -> None:
+        self.method, self.where, self.parallel, self.dest, self.steps = method, where, parallel, dest, steps
+        self.owner = owner
+        self.partial = partial
+        self.runs: dict = {method: [], **{label: [] for label, _step in partial}}
+        self.bytes = self.files = 0
 
-    def run(self, method: str, where: str, parallel, steps: list, dest: Path, extra_rows: tuple = ()) -> None:
-        """Time ``steps`` (each (host, argv, user, env)) from a cold page cache; record rows; remove ``dest``."""
+    def run(self, create_dest: bool) -> None:
+        if self.dest.exists():
+            shutil.rmtree(self.dest)
+        if create_dest:
+            self.dest.mkdir(mode=0o700)
+            shutil.chown(self.dest, self.owner, self.owner)
         drop_caches()
         marks = []
         start = time.monotonic()
-        for host, argv, user, env in steps:
+        for host, argv, user, env in self.steps:
             proc = host.run(argv, user=user, check=False, env=env)
             marks.append(time.monotonic())
             if proc.returncode != 0:
-                raise RuntimeError(f"{method}: {' '.join(map(str, argv))} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        nbytes, files = tree_bytes(dest)
-        self.rows.append({"method": method, "where": where, "parallel": parallel, "bytes": nbytes, "files": files, "seconds": marks[-1] - start})
-        for label, upto in extra_rows:  # the same run, timed up to an earlier step (cp -a without its sync)
-            self.rows.append({"method": label, "where": where, "parallel": parallel, "bytes": nbytes, "files": files, "seconds": marks[upto] - start})
-        print(f"  {method:<28} {where:<18} {marks[-1] - start:7.2f} s", flush=True)
-        shutil.rmtree(dest)
+                raise RuntimeError(f"{self.method}: {' '.join(map(str, argv))} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        self.bytes, self.files = tree_bytes(self.dest)
+        self.runs[self.method].append(marks[-1] - start)
+        for label, step in self.partial:
+            self.runs[label].append(marks[step] - start)
+        print(f"  {self.method:<28} {self.where:<11} {self.parallel or '':>2} {marks[-1] - start:7.2f} s", flush=True)
+        shutil.rmtree(self.dest)
         os.sync()
+
+    def rows(self) -> list:
+        out = []
+        for label, times in self.runs.items():
+            row = {"method": label, "where": self.where, "parallel": self.parallel, "bytes": self.bytes, "files": self.files}
+            row |= {"seconds": statistics.median(times), "min_seconds": min(times), "runs": [round(t, 3) for t in times]}
+            out.append(row)
+        return out
 
 
 def build_cluster(bed, scale: int):
@@ -120,6 +131,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=64, help="pgbench scale (64: about 1 GiB of tables and indexes)")
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4], help="copy engine streams to time")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over every method; the table shows the median")
     parser.add_argument("--output", type=Path, default=ROOT / "build" / "bench", help="directory for the JSON results")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -138,57 +150,62 @@ def main() -> int:
         wal_bytes, _wal_files = tree_bytes(src / "pg_wal")
         print(f"source {src}: {src_bytes / 1e6:.0f} MB in {src_files} files (pg_wal {wal_bytes / 1e6:.0f} MB)", flush=True)
         scratch = bed.scratch_dir("bench")  # postgres must reach pg_basebackup's destination
-        bench = Bench(bed, primary, scratch)
         ssh = {"host": db1.address, "user": "postgres", "key": str(bed.network.client_key), "ssh_options": bed.network.ssh_options()[2:]}
         passfile_env = dict(os.environ, PGPASSFILE=str(bed.passfile))
-
+        cases = []
         # --- same host (db1) ---
-        dest = bench.fresh_dest("cp", owner="root")
-        dest.rmdir()
-        bench.run("cp -a + sync", "db1", None, [(db1, ["cp", "-a", str(src), str(dest)], "root", None), (db1, ["sync"], "root", None)], dest, (("cp -a", 0),))
-        dest = bench.fresh_dest("rsync", owner="root")
+        dest = scratch / "cp"
+        steps = [(db1, ["cp", "-a", str(src), str(dest)], "root", None), (db1, ["sync"], "root", None)]
+        cases.append(Case("cp -a + sync", "db1", None, dest, steps, owner="root", partial=(("cp -a", 0),)))
+        dest = scratch / "rsync"
         steps = [(db1, ["rsync", "-a", f"{src}/", f"{dest}/"], "root", None), (db1, ["sync"], "root", None)]
-        bench.run("rsync -a + sync", "db1", None, steps, dest, (("rsync -a", 0),))
-        dest = bench.fresh_dest("basebackup")
+        cases.append(Case("rsync -a + sync", "db1", None, dest, steps, owner="root", partial=(("rsync -a", 0),)))
+        dest = scratch / "basebackup"
         bb = [str(bin_dir / "pg_basebackup"), "-h", str(primary.socket_dir), "-p", str(primary.port), "-U", "postgres", "-D", str(dest)]
-        bench.run("pg_basebackup -X none", "db1", None, [(db1, [*bb, "-Fp", "-X", "none", "-c", "fast"], "postgres", None)], dest)
+        cases.append(Case("pg_basebackup -X none", "db1", None, dest, [(db1, [*bb, "-Fp", "-X", "none", "-c", "fast"], "postgres", None)]))
         for n in args.parallel:
-            dest = bench.fresh_dest(f"engine-{n}")
-            dest.rmdir()
+            dest = scratch / f"engine-{n}"
             spec = json.dumps({"path": str(src), "dest": str(dest), "parallel": n})
-            bench.run("datadir_copy engine", "db1", n, [(db1, [sys.executable, "-c", ENGINE, spec], "root", engine_env)], dest)
-
+            cases.append(Case("datadir_copy engine", "db1", n, dest, [(db1, [sys.executable, "-c", ENGINE, spec], "root", engine_env)]))
         # --- across hosts: db2 pulls from db1 ---
         for n in args.parallel:
-            dest = bench.fresh_dest(f"engine-ssh-{n}")
-            dest.rmdir()
+            dest = scratch / f"engine-ssh-{n}"
             spec = json.dumps({"path": str(src), "dest": str(dest), "parallel": n, **ssh})
-            bench.run("datadir_copy engine, ssh", "db2 <- db1", n, [(db2, [sys.executable, "-c", ENGINE, spec], "root", engine_env)], dest)
-        dest = bench.fresh_dest("basebackup-tcp")
+            cases.append(Case("datadir_copy engine, ssh", "db2 <- db1", n, dest, [(db2, [sys.executable, "-c", ENGINE, spec], "root", engine_env)]))
+        dest = scratch / "basebackup-tcp"
         bb = [str(bin_dir / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port), "-U", "postgres", "-w", "-D", str(dest)]
-        bench.run("pg_basebackup -X none, TCP", "db2 <- db1", None, [(db2, [*bb, "-Fp", "-X", "none", "-c", "fast"], "postgres", passfile_env)], dest)
+        steps = [(db2, [*bb, "-Fp", "-X", "none", "-c", "fast"], "postgres", passfile_env)]
+        cases.append(Case("pg_basebackup -X none, TCP", "db2 <- db1", None, dest, steps))
 
-        base = next(r["seconds"] for r in bench.rows if r["method"] == "cp -a + sync")
-        for row in bench.rows:
+        for round_no in range(args.repeat):  # rounds over every case, so a slow spell of the disk hits all of them
+            print(f"round {round_no + 1} of {args.repeat}", flush=True)
+            for case in cases:
+                case.run(create_dest=case.method.startswith("pg_basebackup") or case.method.startswith("rsync"))
+        rows = [row for case in cases for row in case.rows()]
+
+        base = next(r["seconds"] for r in rows if r["method"] == "cp -a + sync")
+        for row in rows:
             row["mb_per_s"] = round(row["bytes"] / 1e6 / max(row["seconds"], 1e-6), 1)
             row["ratio_to_cp_sync"] = round(row["seconds"] / base, 2)
             row["seconds"] = round(row["seconds"], 2)
+            row["min_seconds"] = round(row["min_seconds"], 2)
         report = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
             "postgres": primary.pg.version,
             "pgbench_scale": args.scale,
             "source": {"bytes": src_bytes, "files": src_files, "pg_wal_bytes": wal_bytes},
-            "rows": bench.rows,
+            "repeat": args.repeat,
+            "rows": rows,
         }
         primary.stop()
 
     print()
-    print(f"{'method':<28} {'where':<11} {'par':>3} {'MB':>7} {'files':>6} {'seconds':>8} {'MB/s':>7} {'x cp+sync':>9}")
+    print(f"{'method':<28} {'where':<11} {'par':>3} {'MB':>7} {'files':>6} {'median s':>8} {'min s':>6} {'MB/s':>7} {'x cp+sync':>9}")
     for r in report["rows"]:
         par = "" if r["parallel"] is None else str(r["parallel"])
-        mb, ratio = r["bytes"] / 1e6, r["ratio_to_cp_sync"]
-        print(f"{r['method']:<28} {r['where']:<11} {par:>3} {mb:7.0f} {r['files']:6d} {r['seconds']:8.2f} {r['mb_per_s']:7.1f} {ratio:9.2f}")
+        mb, secs, ratio = r["bytes"] / 1e6, f"{r['seconds']:8.2f} {r['min_seconds']:6.2f}", r["ratio_to_cp_sync"]
+        print(f"{r['method']:<28} {r['where']:<11} {par:>3} {mb:7.0f} {r['files']:6d} {secs} {r['mb_per_s']:7.1f} {ratio:9.2f}")
     args.output.mkdir(parents=True, exist_ok=True)
     out = args.output / f"copy_bench-{report['when'].replace(':', '')}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
