@@ -140,6 +140,14 @@ def test_copy_across_hosts_matches_pg_basebackup(netns_testbed, ansible_env, tmp
             "copy_args": {"tablespace_mapping": {oid: str(ts_dst)}, "parallel": 2, "progress_file": str(progress)},
             "result_file": str(result_file),
         }
+        # check mode: what would be copied, nothing written
+        checked = run_playbook(ansible_env, inventory, "datadir_copy.yml", extra, "--limit", db2.name, "--check")
+        assert checked.returncode == 0, checked.stdout[-8000:] + checked.stderr[-4000:]
+        would = json.loads(result_file.read_text())
+        assert would["changed"] is False and would["files"] > 100 and would["bytes"] > 1 << 20
+        assert would["tablespaces"][0]["dest"] == str(ts_dst)
+        assert not dest.exists() and not ts_dst.exists() and not progress.exists()
+
         conn = primary.connect()
         try:
             start_backup(conn, MAJOR)
