@@ -290,3 +290,63 @@ def test_remote_archive_over_ssh(netns_testbed, ansible_env, tmp_path):
     problems = _failed(results["faults"])
     assert list(problems) == [expected[1], expected[-1]]
     assert "recycled or renamed" in problems[expected[1]] and problems[expected[-1]] == "missing"
+
+
+@pytest.mark.netns
+def test_across_a_promotion_with_its_history_over_ssh(netns_testbed, ansible_env, tmp_path):
+    """A backup started on timeline 1 and stopped on the promoted standby's timeline 2: the segments before the switch
+    segment come from timeline 1, the switch segment and after from timeline 2, and 00000002.history is collected."""
+    major = 15 if 15 in selected_majors() else selected_majors()[-1]
+    bed = netns_testbed
+    db1, db2 = bed.host("db1"), bed.host("db2")
+    primary = bed.new_primary(major, host=db1, name=f"pg{major}-wc-tl1")
+    standby = bed.new_standby(primary, host=db2, name=f"pg{major}-wc-tl2")
+    primary.sql("CREATE TABLE wc_tl AS SELECT g FROM generate_series(1, 1000) g")
+    (start_lsn, first) = primary.sql("SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())")[0]
+    for _unused in range(2):
+        primary.sql("INSERT INTO wc_tl SELECT g FROM generate_series(1, 1000) g")
+        primary.sql("SELECT pg_switch_wal()")
+    primary.sql("INSERT INTO wc_tl VALUES (0)")
+    standby.wait_replayed(primary.current_lsn())
+    standby.sql("SELECT pg_promote(true, 60)")
+    for _unused in range(2):
+        standby.sql("INSERT INTO wc_tl SELECT g FROM generate_series(1, 1000) g")
+        standby.sql("SELECT pg_switch_wal()")
+    standby.sql("INSERT INTO wc_tl VALUES (1)")
+    (stop_lsn, last) = standby.sql("SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())")[0]
+    standby.sql("SELECT pg_switch_wal()")
+    assert last.startswith("00000002")
+    deadline = time.monotonic() + 30
+    while not (standby.archive_dir / last).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    history = (standby.archive_dir / "00000002.history").read_text()
+    switchpoint = _lsn(history.split()[1])  # "1<TAB>0/XXXXXXX<TAB>reason": timeline 1 ends there
+    # The expected names, independently: timeline 2's from the segment holding the switchpoint on, timeline 1's before.
+    expected = [f"{2 if n >= switchpoint // SEG else 1:08X}{n // 0x100:08X}{n % 0x100:08X}" for n in range(_segno(first), _segno(last) + 1)]
+    assert expected[0].startswith("00000001") and expected[-1] == last
+    shared = bed.scratch_dir("wc shared archive")  # what a shared archive of both servers holds
+    for directory in (primary.archive_dir, standby.archive_dir):
+        for path in directory.iterdir():
+            if not (shared / path.name).exists():
+                shutil.copyfile(path, shared / path.name)
+    no_history = bed.scratch_dir("wc archive without history")
+    for path in shared.iterdir():
+        if path.name != "00000002.history":
+            shutil.copyfile(path, no_history / path.name)
+    good, refused_copy = _copy(bed, primary, "tl"), _copy(bed, primary, "tl-nohist")
+    common = {"source_host": db1.address, "source_user": "postgres", "start_lsn": start_lsn, "start_timeline": 1, "stop_lsn": stop_lsn,
+              "stop_timeline": 2, "timeout": 0}  # fmt: skip
+    runs = [
+        {"name": "across", "data_dir": str(good), "source_path": str(shared), **common},
+        {"name": "no history", "data_dir": str(refused_copy), "source_path": str(no_history), **common},
+    ]
+    inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    result_file = tmp_path / "timeline.json"
+    _playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", db2.name)
+    results = {r["item"]["name"]: r for r in json.loads(result_file.read_text())}
+    across = _ok(results["across"])
+    assert across["segments"] == expected and across["history_files"] == ["00000002.history"]
+    assert _wal_files(good / "pg_wal") == sorted([*expected, "00000002.history"])
+    for n in [*expected, "00000002.history"]:
+        assert (good / "pg_wal" / n).read_bytes() == (shared / n).read_bytes(), n
+    assert list(_failed(results["no history"])) == ["00000002.history"]
