@@ -20,7 +20,8 @@ description:
   - C(global/pg_control) is copied after every other file and written as C(global/pg_control.pgbackup-pending),
     so PostgreSQL refuses to start the copy until its backup_label is placed and pg_control renamed.
   - Each symlink in C(pg_tblspc) is followed and its target copied to the path O(tablespace_mapping) gives;
-    in-place tablespaces are copied as directories.
+    in-place tablespaces are copied as directories. Of a tablespace, only its C(PG_<major>_<catversion>) directory
+    is copied, as in a base backup (not another major's directory left by pg_upgrade, nor other files at its root).
   - Every copied file's SHA-256 is recorded in C(.pgbackup-checksums.json) for
     P(pgbackup.lowlevel.backup_manifest#module); the file is fsynced and given to O(owner); every directory is
     fsynced. On one host the copy is made in-process and hashed on the way (the source is read once, no rsync
