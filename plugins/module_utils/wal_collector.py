@@ -192,7 +192,10 @@ class Collector:
                 self.staging = tempfile.mkdtemp(prefix="pgbackup-wal-")
             return
         self.staging = os.path.join(self.target.dest, STAGING_DIR)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)  # left by a run that was killed
+        for stale in os.listdir(self.target.dest):
+            if stale.endswith(TMP_SUFFIX):
+                os.unlink(os.path.join(self.target.dest, stale))
         os.mkdir(self.staging, 0o700)
 
     def _stage(self, source: WalSource, names: list) -> dict:

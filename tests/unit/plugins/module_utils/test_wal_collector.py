@@ -508,3 +508,12 @@ def test_a_segment_with_a_timeline_above_its_name_is_refused(world):
     args = tl1_backup(world, 5, 6)
     put(world.archive, name(6), full_segment(segno=6, page_tlis={3: 2}))
     assert "above the file name's timeline" in refused(collector(world), *args).message
+
+
+def test_what_a_killed_run_left_is_removed(world):
+    args = tl1_backup(world, 5, 5)
+    (world.dest / STAGING_DIR).mkdir()
+    put(world.dest / STAGING_DIR, name(5), b"half")
+    put(world.dest, name(5) + ".pgbackup-tmp", b"half")
+    _plan, out = collector(world).run(*args)
+    assert out.segments == [name(5)] and sorted(os.listdir(world.dest)) == [name(5)]
