@@ -128,7 +128,7 @@ def build_cluster(bed, scale: int):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--scale", type=int, default=64, help="pgbench scale (64: about 1 GiB of tables and indexes)")
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4], help="copy engine streams to time")
     parser.add_argument("--repeat", type=int, default=3, help="rounds over every method; the table shows the median")
