@@ -1,6 +1,6 @@
 """The whole backup procedure by hand on real PostgreSQL 13-18, pgbench writing throughout: coordinated (start and stop on
 the primary, files from the standby) and standby-only. The copy is then recovered to a point after the backup: its log shows
-redo from the label's start and consistency at or after the stop LSN, the canary made after the start is there, amcheck
+redo from the label's start and consistency at or after the backup's end (see backup_end), the canary made after the start is there, amcheck
 is clean, and every table equals the primary's at that point."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import read_control_file
 
 from .harness.pgbins import client_bindir
 from .test_cluster_info import _playbook
@@ -21,6 +22,21 @@ from .test_recovery_config import _configure, _wait
 pytestmark = pytest.mark.integration
 
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+
+
+def backup_end(data_dir, mode: str, stop_lsn: str) -> int:
+    """Where recovery of the copy may declare the backup finished.
+
+    Coordinated (label says BACKUP FROM: primary): the end-of-backup record, which ends at the stop LSN. Standby-only
+    (BACKUP FROM: standby): the minimum recovery point of the pg_control copied last, which pg_backup_stop's stop LSN (the
+    standby's minimum recovery point at the stop) can only follow - so consistency may come before the stop LSN, as it
+    does for pg_basebackup from a standby.
+    """
+    if mode == "coordinated":
+        return parse_lsn(stop_lsn)
+    end = read_control_file(str(data_dir)).min_recovery_point
+    assert 0 < end <= parse_lsn(stop_lsn)
+    return end
 
 
 def _fingerprints(cluster, tables) -> dict:
@@ -87,6 +103,7 @@ def test_backup_from_standby_restores_consistent(primary_standby, testbed, ansib
         (target,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
         primary.sql("SELECT pg_switch_wal()")
         _wait(lambda: _archived(primary, target), "the target's segment being archived")
+        end = backup_end(restored.datadir, procedure, stopped["stop_lsn"])
         restored.write_settings()
         recover = {"mode": "recovery", "restore_command": f"cp {primary.archive_dir}/%f %p", "recovery_target_lsn": target, "recovery_target_action": "pause"}
         configured, _output = _configure(ansible_env, testbed, tmp_path, restored.datadir, **recover)
@@ -97,7 +114,7 @@ def test_backup_from_standby_restores_consistent(primary_standby, testbed, ansib
         log = restored.log_file.read_text(errors="replace")
         assert f"redo starts at {started['start_lsn']}" in log, log[-4000:]
         consistent = re.search(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)", log)
-        assert consistent and parse_lsn(consistent.group(1)) >= parse_lsn(stopped["stop_lsn"]), log[-4000:]
+        assert consistent and parse_lsn(consistent.group(1)) >= end, log[-4000:]
         assert restored.sql(f"SELECT answer FROM {canary}") == [(42,)]  # noqa: S608 - a name the test made
         assert _fingerprints(restored, TABLES) == _fingerprints(primary, TABLES)
         _amcheck(restored, pg_major)

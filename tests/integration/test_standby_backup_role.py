@@ -1,0 +1,119 @@
+"""The standby_backup role end to end across namespace hosts over ssh, on real PostgreSQL 13-18 with pgbench writing on
+the primary throughout: primary on db1, standby on db2, the backup pulled onto db3 (coordinated and standby-only), then
+restored there: recovery from the label's start, consistency at or after the backup's end, the canary made after the start,
+amcheck clean, every table equal to the primary's."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+
+import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+
+from .harness.pgbins import ROOT
+from .test_backup_procedure import TABLES, _amcheck, _archived, _fingerprints, backup_end
+from .test_recovery_config import _configure, _wait
+
+pytestmark = [pytest.mark.integration, pytest.mark.netns]
+
+SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+
+
+def _start_playbook(env: dict, inventory, extra: dict) -> subprocess.Popen:
+    extra_file = inventory.parent / "extra-standby-backup.json"
+    extra_file.write_text(json.dumps(extra))
+    extra_file.chmod(0o600)
+    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "standby_backup.yml"), "-e", f"@{extra_file}"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def _netns_pairs():
+    return {}
+
+
+@pytest.fixture
+def netns_pair(netns_testbed, pg_major, _netns_pairs):
+    """A primary on db1 and its standby on db2, made once per major (the test bed stops them at its teardown)."""
+    if pg_major not in _netns_pairs:
+        bed = netns_testbed
+        primary = bed.new_primary(pg_major, host=bed.host("db1"), name=f"pg{pg_major}-sb-primary")
+        _netns_pairs[pg_major] = (primary, primary.make_standby(f"pg{pg_major}-sb-standby", host=bed.host("db2")))
+    primary, standby = _netns_pairs[pg_major]
+    standby.wait_streaming()
+    return primary, standby
+
+
+@pytest.mark.parametrize("mode", ["coordinated", "standby_only"])
+def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, mode):
+    bed = netns_testbed
+    primary, standby = netns_pair
+    primary.pgbench_init()
+    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
+    canary = f"sb_canary_{uuid.uuid4().hex[:8]}"
+    db3 = bed.host("db3")
+    restored = bed.empty_cluster(pg_major, host=db3, name=f"pg{pg_major}-sb-{mode.replace('_', '-')}")
+    inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    key = str(bed.run_dir / "ssh" / "id_ed25519")
+    extra = {
+        "standby_backup_hosts": db3.name,
+        "standby_backup_mode": mode,
+        "standby_backup_primary_host": primary.host,
+        "standby_backup_primary_port": primary.port,
+        "standby_backup_standby_host": standby.host,
+        "standby_backup_standby_port": standby.port,
+        "standby_backup_login_password": primary.password,
+        "standby_backup_standby_data_dir": str(standby.datadir),
+        "standby_backup_standby_ssh_host": standby.node.address,
+        "standby_backup_ssh_key": key,
+        "standby_backup_ssh_options": SSH_OPTIONS,
+        "standby_backup_dest": str(restored.datadir),
+        "standby_backup_state_dir": str(tmp_path / "keepers"),
+        "standby_backup_progress_interval": 2,
+    }
+    try:
+        with bed.load(primary, 600, clients=2) as load:
+            time.sleep(1)
+            # the canary is made right after the start, from a second ansible-playbook run watching for the keeper
+            proc = _start_playbook(ansible_env, inventory, extra)
+            server = primary if mode == "coordinated" else standby
+            _wait(
+                lambda: server.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'")[0][0],
+                "the backup starting",
+            )
+            primary.sql(f"CREATE TABLE {canary} AS SELECT 42 AS answer")
+            stdout, stderr = proc.communicate(timeout=600)
+            load.stop()
+        assert proc.returncode == 0, stdout[-6000:] + stderr[-3000:]
+        summary = re.search(r'"start_lsn": "([0-9A-F/]+)".*?"stop_lsn": "([0-9A-F/]+)"', stdout, re.S)
+        assert summary, stdout[-4000:]
+        start_lsn, stop_lsn = summary.groups()
+        assert "copied " in stdout and " MiB/s" in stdout, "the copy's progress is shown"
+        assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)] and standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+
+        _wait(lambda: primary.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == [(0,)], "pgbench's sessions ending")
+        (target,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
+        primary.sql("SELECT pg_switch_wal()")
+        _wait(lambda: _archived(primary, target), "the target's segment being archived")
+        end = backup_end(restored.datadir, mode, stop_lsn)
+        restored.write_settings()
+        recover = {"mode": "recovery", "restore_command": f"cp {primary.archive_dir}/%f %p", "recovery_target_lsn": target, "recovery_target_action": "pause"}
+        configured, _output = _configure(ansible_env, bed, tmp_path, restored.datadir, **recover)
+        assert configured.get("failed") is not True, configured
+        restored.start()
+        _wait(lambda: restored.sql("SELECT pg_is_wal_replay_paused()")[0][0], "recovery pausing at the target")
+        log = restored.log_file.read_text(errors="replace")
+        assert f"redo starts at {start_lsn}" in log, log[-4000:]
+        consistent = re.search(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)", log)
+        assert consistent and parse_lsn(consistent.group(1)) >= end, log[-4000:]
+        assert restored.sql(f"SELECT answer FROM {canary}") == [(42,)]  # noqa: S608 - a name the test made
+        assert _fingerprints(restored, TABLES) == _fingerprints(primary, TABLES)
+        _amcheck(restored, pg_major)
+        assert json.dumps(stdout).count(primary.password) == 0, "the password is never printed"
+    finally:
+        if restored.is_running():
+            restored.stop("immediate")
