@@ -1,0 +1,427 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Offline checks of a finished copy (backup_verify): every problem is collected, none stops the others.
+
+A copy is restorable when its backup_label is there and parseable, pg_control is in place with a valid CRC, the WAL
+from the label's start to the stop LSN is there and belongs to the cluster, the manifest (if any) matches the files,
+nothing a base backup leaves out was copied, and the files belong to the data directory's owner with PostgreSQL's
+modes. ``pg_verifybackup`` of the copy's major version is run too when it is on the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+from typing import Optional
+
+from . import copy_state
+from .backup_label import parse_backup_label
+from .crc32c import crc32c as py_crc32c
+from .errors import PgBackupError
+from .exclusions import Exclusions
+from .lsn import format_lsn, parse_lsn
+from .manifest import CHUNK, native_crc32c
+from .pg_control import PG_CONTROL_FILE_SIZE, is_guarded, parse_control_file
+from .tablespace_map import parse_tablespace_map
+from .wal import classify_wal_file, history_file_name, history_files_needed, parse_history, segments_between
+from .wal_segment import validate_segment
+
+# pg_verifybackup ignores these too: recovery_config may change them after the manifest was written.
+MANIFEST_IGNORED = ("backup_manifest", "postgresql.auto.conf", "recovery.signal", "standby.signal")
+TOP_EXPECTED = ("backup_label", "tablespace_map", "backup_manifest")
+LISTED = 10  # offenders named per kind of problem
+
+
+def _read(path: str) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _few(items: list) -> str:
+    return ", ".join(items[:LISTED]) + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
+
+
+def _checksum(path: str, algo: str) -> str:
+    with open(path, "rb", buffering=0) as handle:
+        if algo == "CRC32C":
+            fn = native_crc32c() or py_crc32c
+            crc = 0
+            for data in iter(lambda: handle.read(CHUNK), b""):
+                crc = fn(data, crc)
+            return crc.to_bytes(4, "little").hex()
+        digest = hashlib.new(algo.lower())
+        for data in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(data)
+        return digest.hexdigest()
+
+
+class Verifier:
+    def __init__(self, data_dir: str, *, stop_lsn: Optional[str] = None, stop_timeline: Optional[int] = None, wal_dir: Optional[str] = None) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.stop_lsn = None if stop_lsn is None else parse_lsn(stop_lsn, what="stop_lsn")
+        self.stop_tli = stop_timeline
+        self.wal_dir = os.path.abspath(wal_dir) if wal_dir else os.path.join(self.data_dir, "pg_wal")
+        self.problems: list = []
+        self.notes: list = []
+        self.report: dict = {"data_dir": self.data_dir, "wal_dir": self.wal_dir}
+        self.control = None
+        self.label = None
+        self.manifest: Optional[dict] = None
+        self.tablespaces: dict = {}  # oid (str) -> directory where the copy's tablespace is
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def run(self) -> dict:
+        if not os.path.isdir(self.data_dir) or not os.path.isfile(os.path.join(self.data_dir, "PG_VERSION")):
+            raise PgBackupError(f"{self.data_dir} is not a copy of a PostgreSQL data directory (no PG_VERSION)", path=self.data_dir)
+        if copy_state.is_incomplete(self.data_dir):
+            self.problem(f"the copy is incomplete ({copy_state.INCOMPLETE_MARKER} is there): its datadir_copy failed or was killed")
+        self.check_control()
+        self.check_label()
+        self.check_tablespaces()
+        self.check_manifest()
+        self.check_wal()
+        self.check_files()
+        self.report["problems"] = self.problems
+        self.report["notes"] = self.notes
+        return self.report
+
+    # --- pg_control and backup_label -------------------------------------------------------------------------
+    def check_control(self) -> None:
+        path = os.path.join(self.data_dir, "global", "pg_control")
+        data = _read(path)
+        if data is None:
+            if os.path.exists(os.path.join(self.data_dir, copy_state.PENDING_CONTROL)):
+                self.problem(f"global/pg_control is missing, only {copy_state.PENDING_CONTROL} is there: label_place was not run")
+            else:
+                self.problem("global/pg_control is missing: PostgreSQL cannot start this copy")
+            return
+        try:
+            self.control = parse_control_file(data[: PG_CONTROL_FILE_SIZE + 1], source=path)
+        except PgBackupError as exc:
+            self.problem(f"global/pg_control is not valid: {exc.message}")
+            return
+        c = self.control
+        self.report["control"] = {
+            "system_identifier": str(c.system_identifier),
+            "major_version": c.major_version,
+            "guarded": is_guarded(c),
+            "checkpoint_lsn": format_lsn(c.checkpoint_lsn),
+            "timeline": c.timeline,
+            "wal_segment_size": c.xlog_seg_size,
+            "state": c.state_name,
+        }
+        self.report["major_version"] = c.major_version
+        self.report["system_identifier"] = str(c.system_identifier)
+
+    def check_label(self) -> None:
+        data = _read(os.path.join(self.data_dir, "backup_label"))
+        if data is None:
+            if self.control is not None and not is_guarded(self.control):
+                self.problem(
+                    "backup_label is missing and pg_control is not guarded: PostgreSQL would start crash recovery from the wrong "
+                    "checkpoint (pg_control's, not the backup's) and silently corrupt the copy; place the label again (label_place)"
+                )
+            else:
+                self.problem("backup_label is missing: the copy cannot be restored without it (its guarded pg_control makes PostgreSQL refuse to start)")
+            return
+        seg_size = self.control.xlog_seg_size if self.control is not None else None
+        try:
+            label = parse_backup_label(data, seg_size=seg_size, allow_incremental=True)
+        except PgBackupError as exc:
+            self.problem(f"backup_label is not valid: {exc.message}")
+            return
+        if label.is_incremental:
+            self.problem("backup_label is an incremental backup's (INCREMENTAL FROM LSN): PostgreSQL cannot start from it; combine it first (pg_combinebackup)")
+        if label.is_history_file:
+            self.problem("backup_label has STOP lines: it is a .backup history file, not a label")
+        self.label = label
+        self.report["label"] = label.as_dict()
+
+    def check_tablespaces(self) -> None:
+        tblspc = os.path.join(self.data_dir, "pg_tblspc")
+        links = {}
+        if os.path.isdir(tblspc):
+            for name in sorted(os.listdir(tblspc)):
+                path = os.path.join(tblspc, name)
+                links[name] = os.readlink(path) if os.path.islink(path) else None
+        data = _read(os.path.join(self.data_dir, "tablespace_map"))
+        entries = []
+        if data:
+            try:
+                entries = parse_tablespace_map(data, major_version=self.control.major_version if self.control else None)
+            except PgBackupError as exc:
+                self.problem(f"tablespace_map is not valid: {exc.message}")
+        mapped = {str(oid): path for oid, path in entries}
+        for oid, path in mapped.items():
+            if not os.path.isdir(path):
+                self.problem(f"tablespace_map names {path} for tablespace {oid}, which is not a directory: recovery would link pg_tblspc/{oid} to nothing")
+            elif oid not in links:
+                self.problem(f"tablespace_map lists tablespace {oid}, which pg_tblspc of the copy does not have")
+            elif links[oid] is not None and os.path.realpath(os.path.join(tblspc, oid)) != os.path.realpath(path):
+                self.problem(f"pg_tblspc/{oid} links to {links[oid]} but tablespace_map says {path}: recovery will use the map's path")
+            self.tablespaces[oid] = path
+        for oid, target in links.items():
+            if oid in mapped:
+                continue
+            if entries:
+                self.problem(f"pg_tblspc/{oid} is not in tablespace_map: recovery removes the links the map does not list")
+            if target is not None and os.path.isdir(os.path.join(tblspc, oid)):
+                self.tablespaces[oid] = os.path.join(tblspc, oid)
+            elif target is not None:
+                self.problem(f"pg_tblspc/{oid} links to {target}, which is not a directory")
+        self.report["tablespaces"] = dict(self.tablespaces)
+
+    # --- backup_manifest ---------------------------------------------------------------------------------------
+    def check_manifest(self) -> None:
+        data = _read(os.path.join(self.data_dir, "backup_manifest"))
+        if data is None:
+            self.report["manifest"] = None
+            self.notes.append("no backup_manifest: file sizes and checksums not checked")
+            return
+        try:
+            manifest = json.loads(data.decode("utf-8", "surrogateescape"))
+            files = manifest["Files"]
+            if not isinstance(files, list):
+                raise TypeError("Files is not a list")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.problem(f"backup_manifest cannot be parsed: {exc}")
+            return
+        self.manifest = manifest
+        where = data.rfind(b'"Manifest-Checksum"')
+        recorded = manifest.get("Manifest-Checksum")
+        if where < 0 or hashlib.sha256(data[:where]).hexdigest() != recorded:
+            self.problem("backup_manifest's Manifest-Checksum does not match its contents: the manifest was changed or damaged")
+        sysid = manifest.get("System-Identifier")
+        if sysid is not None and self.control is not None and sysid != self.control.system_identifier:
+            self.problem(f"backup_manifest's System-Identifier {sysid} is not pg_control's {self.control.system_identifier}")
+        listed = set()
+        bad = {"missing": [], "size": [], "checksum": []}
+        for entry in files:
+            rel = entry["Path"] if "Path" in entry else os.fsdecode(bytes.fromhex(entry.get("Encoded-Path", "")))
+            listed.add(rel)
+            path = os.path.join(self.data_dir, rel)
+            try:
+                info = os.stat(path)
+            except OSError:
+                bad["missing"].append(rel)
+                continue
+            if info.st_size != entry.get("Size"):
+                bad["size"].append(f"{rel} ({info.st_size} bytes, manifest {entry.get('Size')})")
+                continue
+            algo = (entry.get("Checksum-Algorithm") or "NONE").upper().replace("-", "")
+            if algo != "NONE" and _checksum(path, algo) != str(entry.get("Checksum", "")).lower():
+                bad["checksum"].append(rel)
+        extra = []
+        for rel, _kind, _info in self.walk():
+            if _kind == "f" and rel not in listed and rel not in MANIFEST_IGNORED and not rel.startswith(("pg_wal/", ".pgbackup-")):
+                extra.append(rel)
+        for kind, text in (
+            ("missing", "in backup_manifest but not in the copy"),
+            ("size", "of the wrong size"),
+            ("checksum", "with a checksum not matching backup_manifest"),
+        ):
+            if bad[kind]:
+                self.problem(f"{len(bad[kind])} file(s) {text}: {_few(bad[kind])}")
+        if extra:
+            self.problem(f"{len(extra)} file(s) in the copy but not in backup_manifest: {_few(extra)}")
+        self.report["manifest"] = {"files": len(files), "version": manifest.get("PostgreSQL-Backup-Manifest-Version"), "wal_ranges": manifest.get("WAL-Ranges")}
+
+    # --- WAL ----------------------------------------------------------------------------------------------------
+    def check_wal(self) -> None:
+        report: dict = {"checked": [], "missing": [], "invalid": []}
+        self.report["wal"] = report
+        if self.control is None:
+            return
+        c = self.control
+        names = sorted(os.listdir(self.wal_dir)) if os.path.isdir(self.wal_dir) else []
+        for name in names:  # every segment there must be this cluster's, needed or not
+            if classify_wal_file(name) != "segment":
+                continue
+            with open(os.path.join(self.wal_dir, name), "rb") as handle:
+                head = handle.read(40)
+            if len(head) == 40 and int.from_bytes(head[24:32], "little") not in (0, c.system_identifier):
+                self.problem(
+                    f"WAL segment {name} belongs to another cluster: system identifier {int.from_bytes(head[24:32], 'little')}, "
+                    f"pg_control says {c.system_identifier}"
+                )
+        stop, stop_tli = self.stop_lsn, self.stop_tli
+        ranges = (self.manifest or {}).get("WAL-Ranges") or []
+        if stop is None and ranges:
+            stop = parse_lsn(ranges[0]["End-LSN"])
+            stop_tli = stop_tli or ranges[0]["Timeline"]
+        if self.label is None:
+            return
+        if stop is None:
+            self.notes.append("WAL range not checked: give stop_lsn (or a backup_manifest with WAL-Ranges)")
+            return
+        stop_tli = stop_tli or self.label.start_timeline
+        report.update(start_lsn=format_lsn(self.label.start_lsn), stop_lsn=format_lsn(stop), stop_timeline=stop_tli)
+        history = []
+        if stop_tli > 1:
+            text = _read(os.path.join(self.wal_dir, history_file_name(stop_tli)))
+            if text is None:
+                self.problem(f"history file {history_file_name(stop_tli)} of the stop timeline is missing from {self.wal_dir}")
+                return
+            try:
+                history = parse_history(text.decode("utf-8", "replace"), stop_tli)
+            except PgBackupError as exc:
+                self.problem(f"{history_file_name(stop_tli)} is not valid: {exc.message}")
+                return
+            absent = [n for n in history_files_needed(stop_tli, history) if n not in names]
+            if absent:
+                self.problem(f"history file(s) missing from {self.wal_dir}: {', '.join(absent)}")
+        try:
+            needed = segments_between(self.label.start_lsn, stop, stop_tli, history, c.xlog_seg_size)
+        except PgBackupError as exc:
+            self.problem(f"the WAL range cannot be computed: {exc.message}")
+            return
+        for i, name in enumerate(needed):
+            path = os.path.join(self.wal_dir, name)
+            if not os.path.isfile(path):
+                report["missing"].append(name)
+                continue
+            last = i == len(needed) - 1
+            try:
+                validate_segment(
+                    path,
+                    file_name=name,
+                    system_identifier=c.system_identifier,
+                    seg_size=c.xlog_seg_size,
+                    major_version=c.major_version,
+                    through_lsn=stop if last else None,
+                    complete=not last,
+                )
+                report["checked"].append(name)
+            except PgBackupError as exc:
+                report["invalid"].append(name)
+                self.problem(exc.message if name in exc.message else f"WAL segment {name} is not valid: {exc.message}")
+        if report["missing"]:
+            self.problem(
+                f"{len(report['missing'])} WAL segment(s) recovery needs from {format_lsn(self.label.start_lsn)} to {format_lsn(stop)} "
+                f"are missing from {self.wal_dir}: {_few(report['missing'])}"
+            )
+
+    # --- files: exclusions, owners, modes -----------------------------------------------------------------------
+    def walk(self) -> list:
+        """``(relpath, kind, lstat)`` of everything in the copy, tablespaces under ``pg_tblspc/<oid>``."""
+        if hasattr(self, "_walked"):
+            return self._walked
+        out = []
+        stack = [("", self.data_dir)]
+        while stack:
+            rel, path = stack.pop()
+            try:
+                entries = sorted(os.scandir(path), key=lambda d: d.name)
+            except OSError as exc:
+                self.problem(f"cannot read {path}: {exc.strerror}")
+                continue
+            for de in entries:
+                r = f"{rel}/{de.name}" if rel else de.name
+                info = de.stat(follow_symlinks=False)
+                if rel == "pg_tblspc" and de.name in self.tablespaces:
+                    target = self.tablespaces[de.name]
+                    out.append((r, "d", os.stat(target)))
+                    stack.append((r, target))
+                elif stat.S_ISDIR(info.st_mode):
+                    out.append((r, "d", info))
+                    stack.append((r, de.path))
+                elif stat.S_ISLNK(info.st_mode):
+                    out.append((r, "l", info))
+                else:
+                    out.append((r, "f", info))
+        out.sort(key=lambda t: t[0])
+        self._walked = out
+        return out
+
+    def check_files(self) -> None:
+        top = os.stat(self.data_dir)
+        uid, group = top.st_uid, bool(top.st_mode & 0o070)
+        dir_mode, file_mode = (0o750, 0o640) if group else (0o700, 0o600)
+        wrong = {"owner": [], "mode": [], "excluded": []}
+        if stat.S_IMODE(top.st_mode) not in (0o700, 0o750):
+            wrong["mode"].append(f". ({stat.S_IMODE(top.st_mode):04o}, expected 0700 or 0750)")
+        entries = self.walk()
+        rules = Exclusions(self.control.major_version) if self.control is not None else None
+        siblings: dict = {}
+        for rel, _kind, _info in entries:
+            head, _sep, tail = rel.rpartition("/")
+            siblings.setdefault(head, set()).add(tail)
+        for rel, kind, info in entries:
+            if kind == "l":
+                continue
+            if info.st_uid != uid:
+                wrong["owner"].append(f"{rel} (uid {info.st_uid})")
+            mode = stat.S_IMODE(info.st_mode)
+            want = dir_mode if kind == "d" else file_mode
+            if mode != want and not (kind == "f" and mode == 0o600):
+                wrong["mode"].append(f"{rel} ({mode:04o}, expected {want:04o})")
+            if rules is None or rel in TOP_EXPECTED or rel.startswith(".pgbackup-") or rel.startswith("pg_wal/"):
+                continue
+            why = rules.reason(rel, kind == "d", siblings.get(rel.rpartition("/")[0], set()))
+            if why is not None:
+                wrong["excluded"].append(f"{rel} ({why})")
+        if wrong["owner"]:
+            self.problem(f"{len(wrong['owner'])} file(s) not owned by the data directory's owner (uid {uid}): {_few(wrong['owner'])}")
+        if wrong["mode"]:
+            self.problem(f"{len(wrong['mode'])} file(s) or directories with a wrong mode: {_few(wrong['mode'])}")
+        if wrong["excluded"]:
+            self.problem(f"{len(wrong['excluded'])} file(s) a base backup leaves out are in the copy: {_few(wrong['excluded'])}")
+        self.report["files"] = sum(1 for e in entries if e[1] == "f")
+
+
+def find_bindir(major: int, pg_bindir: Optional[str], tool: str) -> Optional[str]:
+    """The directory holding ``tool`` of PostgreSQL ``major``: ``pg_bindir`` or Debian's /usr/lib/postgresql/<major>/bin."""
+    for directory in [d for d in (pg_bindir, f"/usr/lib/postgresql/{major}/bin") if d]:
+        path = os.path.join(directory, tool)
+        if os.access(path, os.X_OK):
+            try:
+                out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+            except OSError:
+                continue
+            found = re.search(r"\(PostgreSQL\) ([0-9]+)", out)
+            if found and found.group(1) == str(major):
+                return directory
+    return None
+
+
+def run_verifybackup(verifier: Verifier, pg_bindir: Optional[str], wal_dir_given: bool) -> dict:
+    """``pg_verifybackup`` of the copy's major version, when there is one and a manifest to check against."""
+    if verifier.control is None or verifier.manifest is None:
+        return {"ran": False, "reason": "no valid pg_control" if verifier.control is None else "no backup_manifest"}
+    major = verifier.control.major_version
+    bindir = find_bindir(major, pg_bindir, "pg_verifybackup")
+    if bindir is None:
+        return {"ran": False, "reason": f"no pg_verifybackup of PostgreSQL {major} on this host"}
+    argv = [os.path.join(bindir, "pg_verifybackup")]
+    argv += ["-w", verifier.wal_dir] if wal_dir_given else ["-n"]
+    argv.append(verifier.data_dir)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        verifier.problem(f"pg_verifybackup failed ({proc.returncode}): {output[-2000:]}")
+    return {"ran": True, "command": argv, "rc": proc.returncode, "output": output[-4000:]}
+
+
+def verify(
+    data_dir: str,
+    *,
+    stop_lsn: Optional[str] = None,
+    stop_timeline: Optional[int] = None,
+    wal_dir: Optional[str] = None,
+    pg_bindir: Optional[str] = None,
+    pg_verifybackup: bool = True,
+) -> tuple:
+    """Run every offline check; returns ``(verifier, report)`` (``report['problems']`` lists them all)."""
+    verifier = Verifier(data_dir, stop_lsn=stop_lsn, stop_timeline=stop_timeline, wal_dir=wal_dir)
+    report = verifier.run()
+    report["pg_verifybackup"] = run_verifybackup(verifier, pg_bindir, bool(wal_dir)) if pg_verifybackup else {"ran": False, "reason": "disabled"}
+    return verifier, report

@@ -1,0 +1,228 @@
+#!/usr/bin/python
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_verify
+short_description: Check a finished copy offline, and optionally prove it restores
+version_added: 0.1.0
+description:
+  - Runs on the host holding a copy made by P(pgbackup.lowlevel.datadir_copy#module) and labelled by
+    P(pgbackup.lowlevel.label_place#module). Reads the copy, changes nothing, and fails listing every problem found.
+  - Checks that C(backup_label) is there, parseable and not an incremental backup's; that C(tablespace_map) agrees with
+    C(pg_tblspc); that C(global/pg_control) is in place with a valid CRC (guarded with the C(0/DEAD) checkpoint or not).
+    A copy without C(backup_label) whose pg_control is not guarded is reported as one that would start crash recovery
+    from the wrong checkpoint.
+  - Checks that every WAL segment in the WAL directory has pg_control's system identifier, and that every segment from
+    the label's start to O(stop_lsn) is there and valid through the stop LSN, with the history files of the stop timeline.
+    Without O(stop_lsn) the end of the manifest's C(WAL-Ranges) is used, if there is a manifest.
+  - Checks C(backup_manifest), if present - its C(Manifest-Checksum), every file's size and checksum, files missing
+    from it or from the copy. Checks that the copy is not marked incomplete, holds none of the files a base backup
+    leaves out (C(postmaster.pid), C(pg_internal.init), the contents of C(pg_stat_tmp), C(pg_replslot)...), and that every
+    file belongs to the data directory's owner with mode 0600 (0640 with group access) and every directory 0700 (0750).
+  - Runs C(pg_verifybackup) of the copy's major version too when it is on the host (O(pg_bindir) or
+    C(/usr/lib/postgresql/<major>/bin)) and the copy has a manifest, with C(-n) unless O(wal_dir) is given.
+  - With O(restore_test=true) it also starts a scratch copy (never the copy itself), see O(restore_test).
+author:
+  - pgbackup.lowlevel developers (@pgbackup)
+options:
+  data_dir:
+    description: The copy's data directory on this host.
+    type: path
+    required: true
+  stop_lsn:
+    description: The backup's stop LSN (RV(pgbackup.lowlevel.backup_stop#module:stop_lsn)); the WAL up to it is checked.
+    type: str
+  stop_timeline:
+    description: The stop LSN's timeline (default the manifest's, else the label's start timeline).
+    type: int
+  wal_dir:
+    description: Where the copy's WAL is, when not in its C(pg_wal) (a WAL archive, for example).
+    type: path
+  pg_bindir:
+    description:
+      - A directory with the PostgreSQL binaries of the copy's major version (C(pg_verifybackup), C(postgres),
+        C(pg_ctl), C(pg_amcheck)); C(/usr/lib/postgresql/<major>/bin) is searched too.
+    type: path
+  pg_verifybackup:
+    description: Run C(pg_verifybackup) when it is available.
+    type: bool
+    default: true
+  restore_test:
+    description:
+      - Make a scratch copy (C(cp -a), tablespaces included) in O(restore_test_dir), start it as the data directory's
+        owner with that major's C(pg_ctl) on its own unix socket (no TCP), archiving off, C(recovery.signal) and a
+        C(restore_command) reading the copy's WAL, wait until it has recovered all the WAL and is promoted, check it with
+        C(pg_amcheck) (or C(bt_index_check) through the amcheck extension), stop it and remove the scratch copy.
+      - No recovery target is set - C(recovery_target = 'immediate') fails on a good copy whose WAL ends exactly at the
+        consistency point.
+      - Not run when the offline checks found problems, nor in check mode. Missing server binaries are a problem;
+        missing amcheck is reported as skipped.
+    type: bool
+    default: false
+  restore_test_dir:
+    description: An empty or new directory for the scratch copy; default a temporary directory next to O(data_dir).
+    type: path
+  restore_test_port:
+    description: The scratch server's port (its unix socket's name); default a free one.
+    type: int
+  restore_test_timeout:
+    description: Seconds to wait for the scratch server to start and to finish recovery.
+    type: int
+    default: 300
+attributes:
+  check_mode:
+    description: Runs the same checks (they only read), without the restore test.
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+seealso:
+  - module: pgbackup.lowlevel.label_place
+  - module: pgbackup.lowlevel.wal_collect
+  - module: pgbackup.lowlevel.backup_manifest
+"""
+
+EXAMPLES = r"""
+- name: Check the copy and prove it restores
+  pgbackup.lowlevel.backup_verify:
+    data_dir: /srv/restore/data
+    stop_lsn: "{{ stopped.stop_lsn }}"
+    stop_timeline: "{{ stopped.stop_timeline }}"
+    pg_bindir: /usr/lib/postgresql/16/bin
+    restore_test: true
+"""
+
+RETURN = r"""
+problems:
+  description: Every problem found; the module fails when there is one.
+  returned: always
+  type: list
+  elements: str
+  sample: ["1 WAL segment(s) recovery needs from 0/9000028 to 0/B000100 are missing from /srv/restore/data/pg_wal: 00000001000000000000000A"]
+notes:
+  description: What was not checked and why.
+  returned: always
+  type: list
+  elements: str
+  sample: ["no backup_manifest: file sizes and checksums not checked"]
+major_version:
+  description: The copy's PostgreSQL major version (from pg_control).
+  returned: when pg_control is valid
+  type: int
+  sample: 16
+system_identifier:
+  description: The copy's system identifier.
+  returned: when pg_control is valid
+  type: str
+  sample: "7440123456789012345"
+control:
+  description: What pg_control says (system identifier, guarded, checkpoint, timeline, segment size, state).
+  returned: when pg_control is valid
+  type: dict
+label:
+  description: What backup_label says.
+  returned: when the label is valid
+  type: dict
+tablespaces:
+  description: Tablespace OIDs and the directories holding them.
+  returned: always
+  type: dict
+manifest:
+  description: Files and WAL ranges of the manifest, or null without one.
+  returned: always
+  type: dict
+wal:
+  description: The WAL range checked, the segments checked, missing and invalid.
+  returned: always
+  type: dict
+files:
+  description: How many files the copy has.
+  returned: always
+  type: int
+pg_verifybackup:
+  description: Whether C(pg_verifybackup) ran, its command, exit code and output (or why it did not run).
+  returned: always
+  type: dict
+restore_test:
+  description:
+    - The restore test - C(ok), C(promoted), C(consistent_at), C(redo_start), C(amcheck) (method, result, or why
+      skipped), the log lines about recovery, C(seconds); or C(ran=false) and a reason.
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_verifier import find_bindir, verify
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.restore_test import run_restore_test
+
+ARGS = {
+    "data_dir": {"type": "path", "required": True},
+    "stop_lsn": {"type": "str"},
+    "stop_timeline": {"type": "int"},
+    "wal_dir": {"type": "path"},
+    "pg_bindir": {"type": "path"},
+    "pg_verifybackup": {"type": "bool", "default": True},
+    "restore_test": {"type": "bool", "default": False},
+    "restore_test_dir": {"type": "path"},
+    "restore_test_port": {"type": "int"},
+    "restore_test_timeout": {"type": "int", "default": 300},
+}
+
+
+def run_module(module: AnsibleModule) -> dict:
+    p = module.params
+    verifier, report = verify(
+        p["data_dir"],
+        stop_lsn=p["stop_lsn"],
+        stop_timeline=p["stop_timeline"],
+        wal_dir=p["wal_dir"],
+        pg_bindir=p["pg_bindir"],
+        pg_verifybackup=p["pg_verifybackup"],
+    )
+    if not p["restore_test"]:
+        report["restore_test"] = {"ran": False, "reason": "restore_test is false"}
+    elif module.check_mode:
+        report["restore_test"] = {"ran": False, "reason": "check mode"}
+    elif verifier.problems:
+        report["restore_test"] = {"ran": False, "reason": "the offline checks found problems"}
+    else:
+        major = verifier.control.major_version
+        bindir = find_bindir(major, p["pg_bindir"], "postgres")
+        if bindir is None or not find_bindir(major, bindir, "pg_ctl"):
+            verifier.problem(f"restore_test: no postgres and pg_ctl of PostgreSQL {major} on this host; give pg_bindir")
+            report["restore_test"] = {"ran": False, "reason": f"no PostgreSQL {major} server binaries"}
+        else:
+            result = run_restore_test(
+                verifier.data_dir,
+                major=major,
+                bindir=bindir,
+                wal_dir=verifier.wal_dir,
+                tablespaces=verifier.tablespaces,
+                scratch_dir=p["restore_test_dir"],
+                port=p["restore_test_port"],
+                timeout=p["restore_test_timeout"],
+            )
+            verifier.problems.extend(result.pop("problems"))
+            report["restore_test"] = result
+    report["problems"] = verifier.problems
+    return report
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGS, supports_check_mode=True)
+    try:
+        report = run_module(module)
+    except PgBackupError as exc:
+        module.fail_json(msg=exc.message, **exc.details)
+    if report["problems"]:
+        count = len(report["problems"])
+        module.fail_json(msg=f"backup_verify found {count} problem(s) in {report['data_dir']}: " + " | ".join(report["problems"]), changed=False, **report)
+    module.exit_json(changed=False, **report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""backup_verify against real PostgreSQL 13-18: a copy taken under backup_start/backup_stop with pgbench writing (a
+tablespace mapped to a new path, the WAL from the archive in its pg_wal, a backup_manifest) passes, and its restore
+test (a scratch copy recovered, promoted and checked with amcheck) succeeds; planted faults are each named: a missing
+WAL segment in the middle, a segment of another cluster, a changed byte in a data file, an excluded file, a wrong
+mode, and an unguarded copy whose backup_label was deleted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, label_placer
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import write_manifest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import read_control_file
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import segments_between
+
+from .test_cluster_info import _playbook
+
+pytestmark = pytest.mark.integration
+
+
+def _verify(env, testbed, tmp_path: Path, data_dir: Path, *args: str, **verify_args) -> dict:
+    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    result_file = tmp_path / f"verify-{uuid.uuid4().hex[:8]}.json"
+    extra = {"data_dir": str(data_dir), "verify_args": verify_args, "result_file": str(result_file)}
+    _playbook(env, inventory, "backup_verify.yml", extra, "--limit", testbed.hosts[0].name, *args)
+    return json.loads(result_file.read_text())
+
+
+def _clone(testbed, src: Path, name: str) -> Path:
+    dst = testbed.scratch_dir(name)
+    shutil.rmtree(dst)
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)  # owners and modes kept
+    return dst
+
+
+def _backup(primary, testbed, tmp_path: Path, dest: Path, ts_map: dict, canary: str) -> tuple:
+    """A copy of the primary under backup_start/backup_stop, pgbench writing, WAL switched three times in between."""
+    state_dir = tmp_path / "keepers"
+    state_dir.mkdir(mode=0o700)
+    params = {"login_host": primary.host, "login_port": primary.port, "login_user": "postgres", "login_password": primary.password}
+    with testbed.load(primary, 30, clients=2):
+        time.sleep(0.5)
+        started = backup_session.start_backup(
+            params, backup_id="bv", label="backup_verify test", fast=True, max_duration=0, state_dir=str(state_dir), timeout=120
+        )
+        primary.sql(f"CREATE TABLE {canary} AS SELECT 42 AS answer")
+        source = Source(str(primary.datadir))
+        plan = make_plan(source, str(dest), ts_map, [])
+        check_destination(source, plan, str(dest), False)
+        execute(source, plan, str(dest), parallel=2, owner="postgres")
+        for _unused in range(3):  # a WAL range of at least four segments: one in the middle can go missing
+            time.sleep(0.3)
+            primary.sql("SELECT pg_switch_wal()")
+        time.sleep(0.3)
+        stopped = backup_session.stop_backup(backup_id="bv", state_dir=str(state_dir), state="stopped", wait_for_archive=True, timeout=120)
+    return started, stopped
+
+
+def _foreign_segment(testbed, pg_major: int) -> Path:
+    """A complete WAL segment from the archive of another cluster of the same major."""
+    other = testbed.new_primary(pg_major, name=f"pg{pg_major}-bv-other")
+    try:
+        other.sql("CREATE TABLE t AS SELECT 1 AS x")
+        other.sql("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            segs = sorted(p for p in other.archive_dir.iterdir() if len(p.name) == 24)
+            if segs:
+                return segs[0]
+            time.sleep(0.2)
+        pytest.fail(f"{other.name} archived nothing")
+    finally:
+        other.stop()
+    raise AssertionError("unreachable")
+
+
+def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    primary, _standby = primary_standby
+    primary.pgbench_init()
+    ts_src = testbed.scratch_dir(f"bv-ts-src-{pg_major}")
+    ts_dst = testbed.scratch_dir(f"bv-ts-dst-{pg_major}")
+    canary = f"bv_canary_{uuid.uuid4().hex[:8]}"
+    dest = testbed.scratch_dir(f"bv-copy-{pg_major}")
+    try:
+        primary.sql(f"CREATE TABLESPACE bv_ts LOCATION '{ts_src}'")
+        primary.sql("CREATE TABLE bv_ts_t TABLESPACE bv_ts AS SELECT g FROM generate_series(1, 1000) g")
+        primary.sql("CREATE INDEX ON bv_ts_t (g)")
+        started, stopped = _backup(primary, testbed, tmp_path, dest, {str(ts_src): str(ts_dst)}, canary)
+        unguarded = _clone(testbed, dest, f"bv-unguarded-{pg_major}")  # still with its pending pg_control
+        label = base64.b64decode(stopped["backup_label_base64"])
+        tsmap = base64.b64decode(stopped["tablespace_map_base64"])
+        mapping = {str(ts_src): str(ts_dst)}
+        label_placer.place(str(dest), label=label, tablespace_map=tsmap, tablespace_mapping=mapping, expected_start_lsn=started["start_lsn"])
+
+        stop_lsn, stop_tli = stopped["stop_lsn"], stopped["stop_timeline"]
+        seg_size = read_control_file(str(dest)).xlog_seg_size
+        needed = segments_between(parse_lsn(started["start_lsn"]), parse_lsn(stop_lsn), stop_tli, [], seg_size)
+        assert len(needed) >= 4, needed
+        for name in needed:
+            shutil.copy2(primary.archive_dir / name, dest / "pg_wal" / name)
+            shutil.chown(dest / "pg_wal" / name, "postgres", "postgres")
+            os.chmod(dest / "pg_wal" / name, 0o600)
+        write_manifest(str(dest), end_lsn=parse_lsn(stop_lsn), end_tli=stop_tli)
+        faulty = _clone(testbed, dest, f"bv-faulty-{pg_major}")
+
+        # the good copy passes, and a scratch copy of it recovers to consistency, is promoted and amcheck finds nothing
+        good = _verify(ansible_env, testbed, tmp_path, dest, stop_lsn=stop_lsn, stop_timeline=stop_tli, pg_bindir=str(primary.pg.bindir), restore_test=True)
+        assert good.get("failed") is not True and good["problems"] == [], good
+        assert good["changed"] is False and good["major_version"] == pg_major
+        assert good["control"]["guarded"] is True and good["label"]["start_lsn"] == started["start_lsn"]
+        assert good["wal"]["checked"] == needed and good["wal"]["missing"] == []
+        assert good["manifest"]["files"] == good["files"] - len(needed) - 1  # all but pg_wal's segments and the manifest
+        assert list(good["tablespaces"].values()) == [str(ts_dst)]
+        rt = good["restore_test"]
+        assert rt["ok"] is True and rt["promoted"] is True, rt
+        assert rt["redo_start"] == started["start_lsn"], rt
+        assert parse_lsn(rt["consistent_at"]) >= parse_lsn(stop_lsn), rt
+        assert rt["amcheck"]["ran"] is True and rt["amcheck"]["ok"] is True, rt["amcheck"]
+        assert rt["amcheck"]["method"] == ("pg_amcheck" if pg_major == 15 else "bt_index_check")
+        if rt["amcheck"]["method"] == "bt_index_check":
+            assert rt["amcheck"]["indexes_checked"] > 0
+        assert not [p for p in dest.parent.iterdir() if p.name.startswith(".pgbackup-restore-test-")]  # scratch copy removed
+        assert pg_major != 15 or (good["pg_verifybackup"]["ran"] is True and good["pg_verifybackup"]["rc"] == 0), good["pg_verifybackup"]
+
+        # every planted fault in one copy is named, each of them
+        segs = sorted(os.listdir(faulty / "pg_wal"))
+        assert needed[1] in segs
+        os.unlink(faulty / "pg_wal" / needed[1])
+        foreign = _foreign_segment(testbed, pg_major)
+        shutil.copyfile(foreign, faulty / "pg_wal" / needed[2])
+        shutil.chown(faulty / "pg_wal" / needed[2], "postgres", "postgres")
+        os.chmod(faulty / "pg_wal" / needed[2], 0o600)
+        db_files = [p for p in (faulty / "base").rglob("*") if p.is_file() and p.name.isdigit() and p.stat().st_size >= 8192]
+        victim = max(db_files, key=lambda p: p.stat().st_size)
+        with open(victim, "r+b") as handle:
+            handle.seek(4096)
+            byte = handle.read(1)
+            handle.seek(4096)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+        victim_rel = str(victim.relative_to(faulty))
+        (faulty / "global" / "pg_internal.init").write_bytes(b"stale relcache")
+        shutil.chown(faulty / "global" / "pg_internal.init", "postgres", "postgres")
+        os.chmod(faulty / "global" / "pg_internal.init", 0o600)
+        os.chmod(faulty / "PG_VERSION", 0o644)
+        bad = _verify(ansible_env, testbed, tmp_path, faulty, stop_lsn=stop_lsn, stop_timeline=stop_tli, pg_bindir=str(primary.pg.bindir), restore_test=True)
+        assert bad.get("failed") is True, bad
+        problems = bad["problems"]
+        text = "\n".join(problems)
+        assert any("are missing from" in p and needed[1] in p for p in problems), text
+        assert any("belongs to another cluster" in p and needed[2] in p for p in problems), text
+        assert any(f"WAL segment {needed[2]} is not valid" in p and "page address" in p for p in problems), text
+        assert any("checksum not matching backup_manifest" in p and victim_rel in p for p in problems), text
+        assert any("a base backup leaves out" in p and "global/pg_internal.init" in p for p in problems), text
+        assert any("wrong mode" in p and "PG_VERSION (0644" in p for p in problems), text
+        assert bad["restore_test"]["ran"] is False and "problems" in bad["restore_test"]["reason"]
+        assert "backup_verify found" in bad["msg"]
+
+        # an unguarded copy whose label was deleted is caught before anyone starts it
+        label_placer.place(str(unguarded), label=label, tablespace_map=tsmap, tablespace_mapping=mapping, guard_control=False)
+        os.unlink(unguarded / "backup_label")
+        lost = _verify(ansible_env, testbed, tmp_path, unguarded, stop_lsn=stop_lsn, stop_timeline=stop_tli)
+        assert lost.get("failed") is True and lost["control"]["guarded"] is False, lost
+        assert any("would start crash recovery from the wrong checkpoint" in p for p in lost["problems"]), lost["problems"]
+
+        # check mode reads the same, never runs the restore test
+        checked = _verify(ansible_env, testbed, tmp_path, dest, "--check", stop_lsn=stop_lsn, restore_test=True)
+        assert checked.get("failed") is not True and checked["problems"] == [], checked
+        assert checked["restore_test"] == {"ran": False, "reason": "check mode"}
+    finally:
+        primary.sql(f"DROP TABLE IF EXISTS {canary}, bv_ts_t")
+        primary.sql("DROP TABLESPACE IF EXISTS bv_ts")
