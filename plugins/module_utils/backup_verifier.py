@@ -168,7 +168,8 @@ class Verifier:
                 self.problem(f"tablespace_map lists tablespace {oid}, which pg_tblspc of the copy does not have")
             elif links[oid] is not None and os.path.realpath(os.path.join(tblspc, oid)) != os.path.realpath(path):
                 self.problem(f"pg_tblspc/{oid} links to {links[oid]} but tablespace_map says {path}: recovery will use the map's path")
-            self.tablespaces[oid] = path
+            if os.path.isdir(path):
+                self.tablespaces[oid] = path
         for oid, target in links.items():
             if oid in mapped:
                 continue
@@ -290,6 +291,11 @@ class Verifier:
                 report["missing"].append(name)
                 continue
             last = i == len(needed) - 1
+            size = os.path.getsize(path)
+            if last and size != c.xlog_seg_size:
+                report["invalid"].append(name)
+                self.problem(f"WAL segment {name} has {size} bytes, not {c.xlog_seg_size}: it is truncated (recovery reads past the stop LSN)")
+                continue
             try:
                 validate_segment(
                     path,

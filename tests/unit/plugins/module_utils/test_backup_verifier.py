@@ -1,0 +1,252 @@
+"""backup_verify's offline checks on synthetic copies: real pg_control files of 13-18, labels placed by label_place,
+synthetic WAL segments with the cluster's system identifier, a manifest written by the library (no server)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state, label_placer
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_verifier import find_bindir, verify
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import write_manifest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import parse_control_file
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_segment import WAL_PAGE_MAGIC
+
+from .walbuilder import full_segment
+
+VECTORS = Path(__file__).parent / "vectors"
+MAJORS = (13, 14, 15, 16, 17, 18)
+# The vectors' clusters use 1 MB segments: 0/C000A8 is in segment 0x0C, 0/E00100 in 0x0E.
+LABEL = (
+    b"START WAL LOCATION: 0/C000A8 (file 00000001000000000000000C)\nCHECKPOINT LOCATION: 0/C000E0\n"
+    b"BACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2026-11-22 22:28:48 UTC\nLABEL: t\nSTART TIMELINE: 1\n"
+)
+STOP = "0/E00100"
+SEGMENTS = ["00000001000000000000000C", "00000001000000000000000D", "00000001000000000000000E"]
+
+
+def control_bytes(major: int) -> bytes:
+    return gzip.decompress((VECTORS / f"pg{major}" / "pg_control_primary.gz").read_bytes())
+
+
+def fix_modes(copy: Path) -> None:
+    for dirpath, _dirs, files in os.walk(copy):
+        os.chmod(dirpath, 0o700)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o600)
+
+
+def make_copy(tmp_path: Path, major: int = 15, *, guard: bool = True, manifest: bool = True, sysid: int = 0) -> Path:
+    """A finished copy: label and guarded pg_control placed, the WAL from 0/C000A8 to 0/E00100 in pg_wal, a manifest."""
+    copy = tmp_path / f"copy{major}"
+    for sub in ("global", "pg_wal", "base/1", "pg_stat_tmp", "pg_tblspc"):
+        (copy / sub).mkdir(parents=True)
+    (copy / "PG_VERSION").write_text(f"{major}\n")
+    (copy / "base" / "1" / "1259").write_bytes(b"\x01" * 16384)
+    (copy / "postgresql.conf").write_text("port = 5432\n")
+    control = control_bytes(major)
+    (copy / copy_state.PENDING_CONTROL).write_bytes(control)
+    sysid = sysid or parse_control_file(control).system_identifier
+    for name in SEGMENTS:
+        (copy / "pg_wal" / name).write_bytes(full_segment(segno=int(name[16:], 16), sysid=sysid, magic=WAL_PAGE_MAGIC[major]))
+    fix_modes(copy)
+    label_placer.place(str(copy), label=LABEL, guard_control=guard)
+    if manifest:
+        write_manifest(str(copy), end_lsn=0xE00100, end_tli=1)
+    fix_modes(copy)
+    return copy
+
+
+def problems(copy: Path, **kwargs) -> list:
+    kwargs.setdefault("pg_verifybackup", False)
+    _verifier, report = verify(str(copy), **kwargs)
+    return report["problems"]
+
+
+def has(found: list, *words: str) -> bool:
+    return any(all(w in p for w in words) for p in found)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_a_good_copy_passes(tmp_path, major):
+    copy = make_copy(tmp_path, major)
+    verifier, report = verify(str(copy), stop_lsn=STOP, pg_verifybackup=False)
+    assert report["problems"] == [], report["problems"]
+    assert report["control"]["guarded"] is True and report["major_version"] == major
+    assert report["wal"]["checked"] == SEGMENTS
+    assert report["manifest"]["files"] == 5  # PG_VERSION, postgresql.conf, base/1/1259, backup_label, global/pg_control
+    assert verifier.label.start_lsn == 0xC000A8
+
+
+def test_stop_lsn_from_the_manifest_when_not_given(tmp_path):
+    copy = make_copy(tmp_path)
+    _verifier, report = verify(str(copy), pg_verifybackup=False)
+    assert report["problems"] == [] and report["wal"]["stop_lsn"] == STOP and report["wal"]["checked"] == SEGMENTS
+
+
+def test_without_stop_lsn_or_manifest_the_range_is_a_note(tmp_path):
+    copy = make_copy(tmp_path, manifest=False)
+    _verifier, report = verify(str(copy), pg_verifybackup=False)
+    assert report["problems"] == []
+    assert any("give stop_lsn" in n for n in report["notes"]) and any("no backup_manifest" in n for n in report["notes"])
+
+
+def test_every_fault_is_listed_at_once(tmp_path):
+    copy = make_copy(tmp_path)
+    os.unlink(copy / "pg_wal" / SEGMENTS[1])
+    with open(copy / "base" / "1" / "1259", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x02")
+    (copy / "postmaster.pid").write_text("12345\n")
+    (copy / "pg_stat_tmp" / "global.stat").write_text("x")
+    os.chmod(copy / "PG_VERSION", 0o644)
+    os.chmod(copy / "base", 0o755)
+    (copy / copy_state.INCOMPLETE_MARKER).write_text("x")
+    found = problems(copy, stop_lsn=STOP)
+    assert has(found, "missing from", SEGMENTS[1])
+    assert has(found, "checksum not matching backup_manifest", "base/1/1259")
+    assert has(found, "not in backup_manifest", "postmaster.pid")
+    assert has(found, "a base backup leaves out", "postmaster.pid") and has(found, "pg_stat_tmp/global.stat")
+    assert has(found, "wrong mode", "PG_VERSION (0644, expected 0600)", "base (0755, expected 0700)")
+    assert has(found, "incomplete")
+    assert len(found) == 6, found  # postmaster.pid and global.stat are named together as not in the manifest
+
+
+def test_a_segment_of_another_cluster(tmp_path):
+    copy = make_copy(tmp_path)
+    (copy / "pg_wal" / SEGMENTS[2]).write_bytes(full_segment(segno=0xE, sysid=1234567890123, magic=WAL_PAGE_MAGIC[15]))
+    found = problems(copy, stop_lsn=STOP)
+    assert has(found, SEGMENTS[2], "belongs to another cluster", "1234567890123")
+    assert has(found, SEGMENTS[2], "is not valid")
+
+
+def test_a_segment_not_reaching_the_stop_lsn(tmp_path):
+    copy = make_copy(tmp_path)
+    with open(copy / "pg_wal" / SEGMENTS[2], "r+b") as handle:
+        handle.truncate(8192)
+    assert has(problems(copy, stop_lsn=STOP), SEGMENTS[2], "has 8192 bytes", "truncated")
+    with open(copy / "pg_wal" / SEGMENTS[2], "r+b") as handle:
+        handle.truncate(1 << 20)
+        handle.write(bytes(8192))  # the WAL ends before the stop LSN
+    assert has(problems(copy, stop_lsn=STOP), SEGMENTS[2], "is not valid")
+
+
+def test_unguarded_copy_without_label(tmp_path):
+    copy = make_copy(tmp_path, guard=False, manifest=False)
+    os.unlink(copy / "backup_label")
+    assert has(problems(copy), "would start crash recovery from the wrong checkpoint")
+
+
+def test_guarded_copy_without_label(tmp_path):
+    copy = make_copy(tmp_path, manifest=False)
+    os.unlink(copy / "backup_label")
+    found = problems(copy)
+    assert has(found, "backup_label is missing", "refuse to start") and not has(found, "wrong checkpoint")
+
+
+def test_pending_control_and_bad_crc(tmp_path):
+    copy = make_copy(tmp_path, manifest=False)
+    os.rename(copy / "global" / "pg_control", copy / copy_state.PENDING_CONTROL)
+    assert has(problems(copy), "label_place was not run")
+    os.rename(copy / copy_state.PENDING_CONTROL, copy / "global" / "pg_control")
+    with open(copy / "global" / "pg_control", "r+b") as handle:
+        handle.seek(40)
+        handle.write(b"\xff")
+    assert has(problems(copy), "global/pg_control is not valid")
+
+
+def test_incremental_and_invalid_labels(tmp_path):
+    copy = make_copy(tmp_path, 17, manifest=False)
+    (copy / "backup_label").write_bytes(LABEL + b"INCREMENTAL FROM LSN: 0/A000028\nINCREMENTAL FROM TLI: 1\n")
+    assert has(problems(copy), "incremental")
+    (copy / "backup_label").write_bytes(b"not a label\n")
+    assert has(problems(copy), "backup_label is not valid")
+
+
+def test_manifest_checksum_and_missing_file(tmp_path):
+    copy = make_copy(tmp_path)
+    data = (copy / "backup_manifest").read_bytes()
+    (copy / "backup_manifest").write_bytes(data.replace(b'"Size": 16384', b'"Size": 16385'))
+    os.unlink(copy / "postgresql.conf")
+    found = problems(copy)
+    assert has(found, "Manifest-Checksum does not match")
+    assert has(found, "wrong size", "base/1/1259") and has(found, "not in the copy", "postgresql.conf")
+
+
+def test_manifest_that_is_not_json(tmp_path):
+    copy = make_copy(tmp_path)
+    (copy / "backup_manifest").write_text("{ nope")
+    assert has(problems(copy), "backup_manifest cannot be parsed")
+
+
+def test_manifest_crc32c_checksums(tmp_path):
+    copy = make_copy(tmp_path)
+    data = json.loads((copy / "backup_manifest").read_text())
+    entry = next(f for f in data["Files"] if f["Path"] == "base/1/1259")
+    assert entry["Checksum-Algorithm"] == "SHA256"
+    # the CRC-32C of 16384 bytes of 0x01, little-endian hex, as PostgreSQL writes it
+    from ansible_collections.pgbackup.lowlevel.plugins.module_utils.crc32c import crc32c
+
+    good = crc32c(b"\x01" * 16384).to_bytes(4, "little").hex()
+    text = (copy / "backup_manifest").read_text()
+    line = next(li for li in text.splitlines() if '"base/1/1259"' in li)
+    new_line = line.split('"Checksum-Algorithm"')[0] + f'"Checksum-Algorithm": "CRC32C", "Checksum": "{good}" }},'
+    (copy / "backup_manifest").write_text(text.replace(line, new_line))
+    found = problems(copy)
+    assert not has(found, "checksum not matching"), found
+    (copy / "backup_manifest").write_text(text.replace(line, new_line.replace(good, "00000000")))
+    assert has(problems(copy), "checksum not matching", "base/1/1259")
+
+
+def test_tablespace_map_checks(tmp_path):
+    copy = make_copy(tmp_path, manifest=False)
+    ts = tmp_path / "ts"
+    (ts / "PG_15_202209061").mkdir(parents=True)
+    fix_modes(ts)
+    os.symlink(str(ts), copy / "pg_tblspc" / "16400")
+    (copy / "tablespace_map").write_text(f"16400 {ts}\n")
+    os.chmod(copy / "tablespace_map", 0o600)
+    _verifier, report = verify(str(copy), pg_verifybackup=False)
+    assert report["problems"] == [] and report["tablespaces"] == {"16400": str(ts)}
+    (copy / "tablespace_map").write_text(f"16400 {tmp_path}/elsewhere\n16401 {ts}\n")
+    found = problems(copy)
+    assert has(found, "elsewhere", "not a directory") and has(found, "16401", "does not have")
+
+
+def test_a_later_timeline_needs_its_history_file(tmp_path):
+    copy = make_copy(tmp_path, manifest=False)
+    found = problems(copy, stop_lsn=STOP, stop_timeline=2)
+    assert has(found, "00000002.history", "missing")
+
+
+def test_wal_dir_elsewhere(tmp_path):
+    copy = make_copy(tmp_path, manifest=False)
+    archive = tmp_path / "archive"
+    shutil.move(str(copy / "pg_wal"), archive)
+    (copy / "pg_wal").mkdir(mode=0o700)
+    assert has(problems(copy, stop_lsn=STOP), "3 WAL segment(s)", "missing")
+    _verifier, report = verify(str(copy), stop_lsn=STOP, wal_dir=str(archive), pg_verifybackup=False)
+    assert report["problems"] == [] and report["wal"]["checked"] == SEGMENTS
+
+
+def test_not_a_data_directory(tmp_path):
+    with pytest.raises(PgBackupError, match="no PG_VERSION"):
+        verify(str(tmp_path))
+
+
+def test_pg_verifybackup_of_another_major_is_not_used(tmp_path):
+    copy = make_copy(tmp_path, 16)
+    _verifier, report = verify(str(copy), pg_bindir=str(tmp_path / "nothing"))
+    if find_bindir(16, None, "pg_verifybackup") is None:
+        assert report["pg_verifybackup"] == {"ran": False, "reason": "no pg_verifybackup of PostgreSQL 16 on this host"}
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "pg_verifybackup").write_text("#!/bin/sh\necho 'pg_verifybackup (PostgreSQL) 15.8'\n")
+    os.chmod(fake / "pg_verifybackup", 0o755)
+    assert find_bindir(16, str(fake), "pg_verifybackup") != str(fake)
+    assert find_bindir(15, str(fake), "pg_verifybackup") == str(fake)
