@@ -44,6 +44,7 @@ lint: venv $(LINKED)/ansible_collections/pgbackup/lowlevel
 	$(VENV)/bin/ruff format --check plugins tests scripts $(wildcard bench)
 	ANSIBLE_COLLECTIONS_PATH=$(LINKED) PATH="$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --offline --profile production
 	PATH="$(VENV)/bin:$$PATH" $(PY) scripts/gen_module_docs.py --check
+	$(PY) scripts/check_role_args.py
 
 sanity: venv
 	bash scripts/sanity.sh

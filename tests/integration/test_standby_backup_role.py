@@ -117,3 +117,68 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
     finally:
         if restored.is_running():
             restored.stop("immediate")
+
+
+def _role_run(env, testbed, tmp_path, primary, standby, dest, **overrides):
+    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    extra = {
+        "standby_backup_hosts": testbed.hosts[0].name,
+        "standby_backup_primary_host": primary.host,
+        "standby_backup_primary_port": primary.port,
+        "standby_backup_standby_host": standby.host,
+        "standby_backup_standby_port": standby.port,
+        "standby_backup_login_password": primary.password,
+        "standby_backup_standby_data_dir": str(standby.datadir),
+        "standby_backup_dest": str(dest),
+        "standby_backup_state_dir": str(tmp_path / "keepers"),
+        "standby_backup_progress_interval": 2,
+        **overrides,
+    }
+    proc = _start_playbook(env, inventory, extra)
+    stdout, stderr = proc.communicate(timeout=600)
+    return proc.returncode, stdout + stderr
+
+
+def _clean_after_failure(primary, standby, tmp_path) -> None:
+    keepers = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
+    _wait(lambda: primary.sql(keepers) == [(0,)] and standby.sql(keepers) == [(0,)], "every keeper's session ending")
+    assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)], "the slot is dropped whatever happened"
+    for started in (tmp_path / "keepers").glob("*/started.json"):
+        assert (started.parent / "aborted.json").exists() or (started.parent / "stopped.json").exists()
+
+
+def test_role_failure_before_the_stop_aborts_and_leaves_the_destination_alone(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    if pg_major not in (13, 18):
+        pytest.skip("the cleanup path is the role's, the same on every version: the oldest and newest show it")
+    primary, standby = primary_standby
+    dest = testbed.scratch_dir(f"sb-busy-{pg_major}")
+    (dest / "somebody_elses_file").write_text("keep me")
+    code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
+    assert code != 0
+    assert 'failed in "Finish copying the standby' in output and "is not empty" in output and "The backup was aborted" in output, output[-3000:]
+    assert sorted(p.name for p in dest.iterdir()) == ["somebody_elses_file"], "a destination the copy refused is left as it was"
+    _clean_after_failure(primary, standby, tmp_path)
+    assert list((tmp_path / "keepers").glob("*/aborted.json")), "the backup was aborted, not left running"
+
+
+def test_role_failure_after_the_copy_marks_it_incomplete(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    if pg_major not in (13, 18):
+        pytest.skip("the cleanup path is the role's, the same on every version: the oldest and newest show it")
+    primary, standby = primary_standby
+    restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-sb-fail")
+    empty_archive = testbed.scratch_dir(f"sb-empty-archive-{pg_major}")
+    code, output = _role_run(
+        ansible_env,
+        testbed,
+        tmp_path,
+        primary,
+        standby,
+        restored.datadir,
+        standby_backup_wal_source="archive",
+        standby_backup_archive_dir=str(empty_archive),
+        standby_backup_wal_timeout=1,
+    )
+    assert code != 0
+    assert 'failed in "Collect the WAL from the start to the stop"' in output, output[-3000:]
+    assert (restored.datadir / ".pgbackup-incomplete").exists(), "a finished copy of a failed backup is marked incomplete"
+    _clean_after_failure(primary, standby, tmp_path)
