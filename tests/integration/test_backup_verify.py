@@ -28,12 +28,15 @@ from .test_cluster_info import _playbook
 pytestmark = pytest.mark.integration
 
 
-def _verify(env, testbed, tmp_path: Path, data_dir: Path, *args: str, **verify_args) -> dict:
+def _verify(env, testbed, tmp_path: Path, copies: list, *args: str) -> list:
+    """backup_verify on each (data_dir, options) in one ansible-playbook run; the results in that order."""
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     result_file = tmp_path / f"verify-{uuid.uuid4().hex[:8]}.json"
-    extra = {"data_dir": str(data_dir), "verify_args": verify_args, "result_file": str(result_file)}
+    extra = {"copies": [{"data_dir": str(d), "args": a} for d, a in copies], "result_file": str(result_file)}
     _playbook(env, inventory, "backup_verify.yml", extra, "--limit", testbed.hosts[0].name, *args)
-    return json.loads(result_file.read_text())
+    results = json.loads(result_file.read_text())
+    assert [r["item"]["data_dir"] for r in results] == [str(d) for d, _a in copies]
+    return results
 
 
 def _clone(testbed, src: Path, name: str) -> Path:
@@ -113,28 +116,8 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         write_manifest(str(dest), end_lsn=parse_lsn(stop_lsn), end_tli=stop_tli)
         faulty = _clone(testbed, dest, f"bv-faulty-{pg_major}")
 
-        # the good copy passes, and a scratch copy of it recovers to consistency, is promoted and amcheck finds nothing
-        good = _verify(ansible_env, testbed, tmp_path, dest, stop_lsn=stop_lsn, stop_timeline=stop_tli, pg_bindir=str(primary.pg.bindir), restore_test=True)
-        assert good.get("failed") is not True and good["problems"] == [], good
-        assert good["changed"] is False and good["major_version"] == pg_major
-        assert good["control"]["guarded"] is True and good["label"]["start_lsn"] == started["start_lsn"]
-        assert good["wal"]["checked"] == needed and good["wal"]["missing"] == []
-        assert good["manifest"]["files"] == good["files"] - len(needed) - 1  # all but pg_wal's segments and the manifest
-        assert list(good["tablespaces"].values()) == [str(ts_dst)]
-        rt = good["restore_test"]
-        assert rt["ok"] is True and rt["promoted"] is True, rt
-        assert rt["redo_start"] == started["start_lsn"], rt
-        assert parse_lsn(rt["consistent_at"]) >= parse_lsn(stop_lsn), rt
-        assert rt["amcheck"]["ran"] is True and rt["amcheck"]["ok"] is True, rt["amcheck"]
-        assert rt["amcheck"]["method"] == ("pg_amcheck" if pg_major == 15 else "bt_index_check")
-        if rt["amcheck"]["method"] == "bt_index_check":
-            assert rt["amcheck"]["indexes_checked"] > 0
-        assert not [p for p in dest.parent.iterdir() if p.name.startswith(".pgbackup-restore-test-")]  # scratch copy removed
-        assert pg_major != 15 or (good["pg_verifybackup"]["ran"] is True and good["pg_verifybackup"]["rc"] == 0), good["pg_verifybackup"]
-
-        # every planted fault in one copy is named, each of them
-        segs = sorted(os.listdir(faulty / "pg_wal"))
-        assert needed[1] in segs
+        # planted faults, all in one copy
+        assert needed[1] in os.listdir(faulty / "pg_wal")
         os.unlink(faulty / "pg_wal" / needed[1])
         foreign = _foreign_segment(testbed, pg_major)
         shutil.copyfile(foreign, faulty / "pg_wal" / needed[2])
@@ -152,7 +135,32 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         shutil.chown(faulty / "global" / "pg_internal.init", "postgres", "postgres")
         os.chmod(faulty / "global" / "pg_internal.init", 0o600)
         os.chmod(faulty / "PG_VERSION", 0o644)
-        bad = _verify(ansible_env, testbed, tmp_path, faulty, stop_lsn=stop_lsn, stop_timeline=stop_tli, pg_bindir=str(primary.pg.bindir), restore_test=True)
+        # an unguarded copy whose label was deleted
+        label_placer.place(str(unguarded), label=label, tablespace_map=tsmap, tablespace_mapping=mapping, guard_control=False)
+        os.unlink(unguarded / "backup_label")
+
+        args = {"stop_lsn": stop_lsn, "stop_timeline": stop_tli, "pg_bindir": str(primary.pg.bindir), "restore_test": True}
+        good, bad, lost = _verify(ansible_env, testbed, tmp_path, [(dest, args), (faulty, args), (unguarded, {"stop_lsn": stop_lsn})])
+
+        # the good copy passes, and a scratch copy of it recovers to consistency, is promoted and amcheck finds nothing
+        assert good.get("failed") is not True and good["problems"] == [], good
+        assert good["changed"] is False and good["major_version"] == pg_major
+        assert good["control"]["guarded"] is True and good["label"]["start_lsn"] == started["start_lsn"]
+        assert good["wal"]["checked"] == needed and good["wal"]["missing"] == []
+        assert good["manifest"]["files"] == good["files"] - len(needed) - 1  # all but pg_wal's segments and the manifest
+        assert list(good["tablespaces"].values()) == [str(ts_dst)]
+        rt = good["restore_test"]
+        assert rt["ok"] is True and rt["promoted"] is True, rt
+        assert rt["redo_start"] == started["start_lsn"], rt
+        assert parse_lsn(rt["consistent_at"]) >= parse_lsn(stop_lsn), rt
+        assert rt["amcheck"]["ran"] is True and rt["amcheck"]["ok"] is True, rt["amcheck"]
+        assert rt["amcheck"]["method"] == ("pg_amcheck" if pg_major == 15 else "bt_index_check")
+        if rt["amcheck"]["method"] == "bt_index_check":
+            assert rt["amcheck"]["indexes_checked"] > 0
+        assert not [p for p in dest.parent.iterdir() if p.name.startswith(".pgbackup-restore-test-")]  # scratch copy removed
+        assert pg_major != 15 or (good["pg_verifybackup"]["ran"] is True and good["pg_verifybackup"]["rc"] == 0), good["pg_verifybackup"]
+
+        # every planted fault is named, each of them
         assert bad.get("failed") is True, bad
         problems = bad["problems"]
         text = "\n".join(problems)
@@ -162,20 +170,18 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         assert any("checksum not matching backup_manifest" in p and victim_rel in p for p in problems), text
         assert any("a base backup leaves out" in p and "global/pg_internal.init" in p for p in problems), text
         assert any("wrong mode" in p and "PG_VERSION (0644" in p for p in problems), text
+        assert pg_major != 15 or any(p.startswith("pg_verifybackup failed") and victim_rel in p for p in problems), text
         assert bad["restore_test"]["ran"] is False and "problems" in bad["restore_test"]["reason"]
         assert "backup_verify found" in bad["msg"]
 
-        # an unguarded copy whose label was deleted is caught before anyone starts it
-        label_placer.place(str(unguarded), label=label, tablespace_map=tsmap, tablespace_mapping=mapping, guard_control=False)
-        os.unlink(unguarded / "backup_label")
-        lost = _verify(ansible_env, testbed, tmp_path, unguarded, stop_lsn=stop_lsn, stop_timeline=stop_tli)
+        # an unguarded copy without its label is caught before anyone starts it
         assert lost.get("failed") is True and lost["control"]["guarded"] is False, lost
         assert any("would start crash recovery from the wrong checkpoint" in p for p in lost["problems"]), lost["problems"]
 
-        # check mode reads the same, never runs the restore test
-        checked = _verify(ansible_env, testbed, tmp_path, dest, "--check", stop_lsn=stop_lsn, restore_test=True)
-        assert checked.get("failed") is not True and checked["problems"] == [], checked
-        assert checked["restore_test"] == {"ran": False, "reason": "check mode"}
+        if pg_major == 15:  # check mode reads the same, never runs the restore test
+            (checked,) = _verify(ansible_env, testbed, tmp_path, [(dest, args)], "--check")
+            assert checked.get("failed") is not True and checked["problems"] == [], checked
+            assert checked["restore_test"] == {"ran": False, "reason": "check mode"}
     finally:
         primary.sql(f"DROP TABLE IF EXISTS {canary}, bv_ts_t")
         primary.sql("DROP TABLESPACE IF EXISTS bv_ts")
