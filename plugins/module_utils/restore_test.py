@@ -247,6 +247,9 @@ def run_restore_test(data_dir: str, **kwargs) -> dict:
         result["log"] = test.log_excerpt()
         test.cleanup()
     log = "\n".join(result["log"])
+    fatal = [line for line in result["log"] if "FATAL:" in line or "PANIC:" in line]
+    if result["problems"] and fatal:
+        result["problems"][0] += f"; the server's log says: {fatal[-1].split(':  ', 1)[-1]}"
     consistent = re.search(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)", log)
     result["consistent_at"] = consistent.group(1) if consistent else None
     redo = re.search(r"redo starts at ([0-9A-F]+/[0-9A-F]+)", log)

@@ -139,8 +139,17 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         label_placer.place(str(unguarded), label=label, tablespace_map=tsmap, tablespace_mapping=mapping, guard_control=False)
         os.unlink(unguarded / "backup_label")
 
+        # WAL whose page headers are intact but whose records are damaged: only the restore test can see it
+        broken = _clone(testbed, dest, f"bv-broken-wal-{pg_major}")
+        with open(broken / "pg_wal" / needed[1], "r+b") as handle:
+            handle.seek(3000)
+            chunk = handle.read(64)
+            handle.seek(3000)
+            handle.write(bytes(b ^ 0xA5 for b in chunk))
+
         args = {"stop_lsn": stop_lsn, "stop_timeline": stop_tli, "pg_bindir": str(primary.pg.bindir), "restore_test": True}
-        good, bad, lost = _verify(ansible_env, testbed, tmp_path, [(dest, args), (faulty, args), (unguarded, {"stop_lsn": stop_lsn})])
+        copies = [(dest, args), (faulty, args), (unguarded, {"stop_lsn": stop_lsn}), (broken, args)]
+        good, bad, lost, damaged = _verify(ansible_env, testbed, tmp_path, copies)
 
         # the good copy passes, and a scratch copy of it recovers to consistency, is promoted and amcheck finds nothing
         assert good.get("failed") is not True and good["problems"] == [], good
@@ -177,6 +186,15 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         # an unguarded copy without its label is caught before anyone starts it
         assert lost.get("failed") is True and lost["control"]["guarded"] is False, lost
         assert any("would start crash recovery from the wrong checkpoint" in p for p in lost["problems"]), lost["problems"]
+
+        # the damaged WAL passes every offline check, and the restore test fails: recovery never reaches consistency
+        assert damaged.get("failed") is True, damaged
+        assert [p for p in damaged["problems"] if not p.startswith("restore test")] == [], damaged["problems"]
+        assert any("WAL ends before end of online backup" in p for p in damaged["problems"]), damaged["problems"]
+        drt = damaged["restore_test"]
+        assert drt["ran"] is True and drt["ok"] is False and drt["consistent_at"] is None, drt
+        assert drt["redo_start"] == started["start_lsn"], drt
+        assert not [p for p in dest.parent.iterdir() if p.name.startswith(".pgbackup-restore-test-")]
 
         if pg_major == 15:  # check mode reads the same, never runs the restore test
             (checked,) = _verify(ansible_env, testbed, tmp_path, [(dest, args)], "--check")
