@@ -33,6 +33,7 @@ from .wal_segment import validate_segment
 # pg_verifybackup ignores these too: recovery_config may change them after the manifest was written.
 MANIFEST_IGNORED = ("backup_manifest", "postgresql.auto.conf", "recovery.signal", "standby.signal")
 TOP_EXPECTED = ("backup_label", "tablespace_map", "backup_manifest")
+PG_TOP_FILES = ("PG_VERSION", "backup_label", "tablespace_map", "backup_manifest", "postmaster.pid", "postmaster.opts", "current_logfiles")
 LISTED = 10  # offenders named per kind of problem
 
 
@@ -368,7 +369,9 @@ class Verifier:
                 wrong["owner"].append(f"{rel} (uid {info.st_uid})")
             mode = stat.S_IMODE(info.st_mode)
             want = dir_mode if kind == "d" else file_mode
-            if mode != want and not (kind == "f" and mode == 0o600):
+            # Top-level files other than PostgreSQL's own are the user's (configuration, signal files): readable is fine.
+            user_file = kind == "f" and "/" not in rel and rel not in PG_TOP_FILES and mode in (0o600, 0o640, 0o644)
+            if mode != want and not (kind == "f" and mode == 0o600) and not user_file:
                 wrong["mode"].append(f"{rel} ({mode:04o}, expected {want:04o})")
             if rules is None or rel in TOP_EXPECTED or rel.startswith(".pgbackup-") or rel.startswith("pg_wal/"):
                 continue

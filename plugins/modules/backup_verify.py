@@ -96,6 +96,16 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+data_dir:
+  description: The copy checked (absolute path).
+  returned: always
+  type: str
+  sample: /srv/restore/data
+wal_dir:
+  description: Where its WAL was looked for (O(wal_dir), or the copy's C(pg_wal)).
+  returned: always
+  type: str
+  sample: /srv/restore/data/pg_wal
 problems:
   description: Every problem found; the module fails when there is one.
   returned: always

@@ -203,3 +203,53 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
     finally:
         primary.sql(f"DROP TABLE IF EXISTS {canary}, bv_ts_t")
         primary.sql("DROP TABLESPACE IF EXISTS bv_ts")
+
+
+def test_backup_verify_standby_only(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    """A backup started and stopped on the standby alone (pg_control copied last, standby.signal and primary_conninfo
+    in the copy) passes, and its scratch copy recovers from the copy's pg_wal, is promoted and passes amcheck."""
+    primary, standby = primary_standby
+    primary.pgbench_init()
+    dest = testbed.scratch_dir(f"bv-standby-copy-{pg_major}")
+    state_dir = tmp_path / "keepers"
+    state_dir.mkdir(mode=0o700)
+    params = {"login_host": standby.host, "login_port": standby.port, "login_user": "postgres", "login_password": standby.password}
+    with testbed.load(primary, 30, clients=2):
+        primary.sql("CHECKPOINT")  # a checkpoint record the standby can make its restartpoint at
+        standby.wait_replayed()
+        started = backup_session.start_backup(
+            params, backup_id="bvs", label="backup_verify standby", fast=True, max_duration=0, state_dir=str(state_dir), timeout=120
+        )
+        assert started["server_role"] == "standby"
+        source = Source(str(standby.datadir))
+        plan = make_plan(source, str(dest), {}, [])
+        check_destination(source, plan, str(dest), False)
+        execute(source, plan, str(dest), parallel=2, owner="postgres")
+        stopped = backup_session.stop_backup(backup_id="bvs", state_dir=str(state_dir), state="stopped", wait_for_archive=True, timeout=120)
+    label = base64.b64decode(stopped["backup_label_base64"])
+    assert b"BACKUP FROM: standby" in label
+    label_placer.place(str(dest), label=label, expected_start_lsn=started["start_lsn"])
+    stop_lsn, stop_tli = stopped["stop_lsn"], stopped["stop_timeline"]
+    seg_size = read_control_file(str(dest)).xlog_seg_size
+    needed = segments_between(parse_lsn(started["start_lsn"]), parse_lsn(stop_lsn), stop_tli, [], seg_size)
+    primary.sql("SELECT pg_switch_wal()")  # the primary archives the segment holding the standby's stop point
+    deadline = time.monotonic() + 60
+    while not all((primary.archive_dir / name).exists() for name in needed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name in needed:
+        shutil.copy2(primary.archive_dir / name, dest / "pg_wal" / name)
+        shutil.chown(dest / "pg_wal" / name, "postgres", "postgres")
+        os.chmod(dest / "pg_wal" / name, 0o600)
+    write_manifest(str(dest), end_lsn=parse_lsn(stop_lsn), end_tli=stop_tli)
+    assert (dest / "standby.signal").exists()
+
+    args = {"stop_lsn": stop_lsn, "stop_timeline": stop_tli, "pg_bindir": str(primary.pg.bindir), "restore_test": True}
+    (good,) = _verify(ansible_env, testbed, tmp_path, [(dest, args)])
+    assert good.get("failed") is not True and good["problems"] == [], (good["problems"], good.get("restore_test"))
+    assert good["label"]["backup_from"] == "standby" and good["wal"]["checked"] == needed
+    rt = good["restore_test"]
+    assert rt["ok"] is True and rt["promoted"] is True and rt["redo_start"] == started["start_lsn"], rt
+    # consistency comes at the minimum recovery point of the pg_control copied last, which the stop LSN can only follow
+    assert 0 < parse_lsn(rt["consistent_at"]) <= parse_lsn(stop_lsn), rt
+    assert rt["amcheck"]["ran"] is True and rt["amcheck"]["ok"] is True, rt["amcheck"]
+    assert (dest / "standby.signal").exists() and not (dest / "recovery.signal").exists()  # the copy itself is untouched

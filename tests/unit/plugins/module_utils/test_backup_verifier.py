@@ -178,6 +178,16 @@ def test_manifest_checksum_and_missing_file(tmp_path):
     assert has(found, "wrong size", "base/1/1259") and has(found, "not in the copy", "postgresql.conf")
 
 
+def test_a_user_file_at_the_top_may_be_readable_but_not_writable_by_others(tmp_path):
+    copy = make_copy(tmp_path, manifest=False)
+    (copy / "standby.signal").touch()
+    os.chmod(copy / "standby.signal", 0o644)
+    os.chmod(copy / "postgresql.conf", 0o640)
+    assert problems(copy) == []
+    os.chmod(copy / "postgresql.conf", 0o666)
+    assert has(problems(copy), "wrong mode", "postgresql.conf (0666")
+
+
 def test_manifest_that_is_not_json(tmp_path):
     copy = make_copy(tmp_path)
     (copy / "backup_manifest").write_text("{ nope")
