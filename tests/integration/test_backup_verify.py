@@ -243,7 +243,15 @@ def test_backup_verify_standby_only(primary_standby, testbed, ansible_env, tmp_p
     write_manifest(str(dest), end_lsn=parse_lsn(stop_lsn), end_tli=stop_tli)
     assert (dest / "standby.signal").exists()
 
-    args = {"stop_lsn": stop_lsn, "stop_timeline": stop_tli, "pg_bindir": str(primary.pg.bindir), "restore_test": True}
+    scratch = testbed.scratch_dir(f"bv-standby-restore-{pg_major}")
+    args = {
+        "stop_lsn": stop_lsn,
+        "stop_timeline": stop_tli,
+        "pg_bindir": str(primary.pg.bindir),
+        "restore_test": True,
+        "restore_test_dir": str(scratch),
+        "restore_test_port": 6543,
+    }
     (good,) = _verify(ansible_env, testbed, tmp_path, [(dest, args)])
     assert good.get("failed") is not True and good["problems"] == [], (good["problems"], good.get("restore_test"))
     assert good["label"]["backup_from"] == "standby" and good["wal"]["checked"] == needed
@@ -253,3 +261,4 @@ def test_backup_verify_standby_only(primary_standby, testbed, ansible_env, tmp_p
     assert 0 < parse_lsn(rt["consistent_at"]) <= parse_lsn(stop_lsn), rt
     assert rt["amcheck"]["ran"] is True and rt["amcheck"]["ok"] is True, rt["amcheck"]
     assert (dest / "standby.signal").exists() and not (dest / "recovery.signal").exists()  # the copy itself is untouched
+    assert rt["scratch_dir"] == str(scratch) and rt["port"] == 6543 and list(scratch.iterdir()) == []  # emptied, kept

@@ -234,6 +234,22 @@ def test_a_later_timeline_needs_its_history_file(tmp_path):
     assert has(found, "00000002.history", "missing")
 
 
+def test_across_a_timeline_switch_with_its_history(tmp_path):
+    copy = make_copy(tmp_path, manifest=False)
+    sysid = parse_control_file((copy / "global" / "pg_control").read_bytes()).system_identifier
+    for name in SEGMENTS[1:]:
+        os.unlink(copy / "pg_wal" / name)
+        new = "00000002" + name[8:]
+        (copy / "pg_wal" / new).write_bytes(full_segment(segno=int(name[16:], 16), tli=2, sysid=sysid, magic=WAL_PAGE_MAGIC[15]))
+    (copy / "pg_wal" / "00000002.history").write_text("1\t0/D00000\tno recovery target specified\n")
+    fix_modes(copy)
+    _verifier, report = verify(str(copy), stop_lsn=STOP, stop_timeline=2, pg_verifybackup=False)
+    assert report["problems"] == [], report["problems"]
+    assert report["wal"]["checked"] == [SEGMENTS[0], "00000002" + SEGMENTS[1][8:], "00000002" + SEGMENTS[2][8:]]
+    os.unlink(copy / "pg_wal" / ("00000002" + SEGMENTS[1][8:]))
+    assert has(problems(copy, stop_lsn=STOP, stop_timeline=2), "missing from", "00000002" + SEGMENTS[1][8:])
+
+
 def test_wal_dir_elsewhere(tmp_path):
     copy = make_copy(tmp_path, manifest=False)
     archive = tmp_path / "archive"
