@@ -196,7 +196,7 @@ def test_max_duration_abort_and_mismatched_standby(primary_standby, tmp_path, pg
     _wait((state_dir / "m1" / keeper_files.ABORTED).exists, "max_duration expiring")
     with pytest.raises(PgBackupError, match="max_duration of 2 seconds was reached"):
         _stop(state_dir, "m1")
-    assert not keeper_files.pid_alive(timed["keeper_pid"])
+    _wait(lambda: not keeper_files.pid_alive(timed["keeper_pid"]), "the keeper exiting after max_duration")
 
     _start(primary, state_dir, "a1")
     aborted = _stop(state_dir, "a1", state="aborted")
