@@ -112,7 +112,7 @@ def test_primary_start_canary_stop_in_one_play_then_retry(primary_standby, testb
     assert stopped["duration_seconds"] > 0
     assert primary.sql("SELECT count(*) FROM pg_class WHERE relname = %s", (canary,)) == [(1,)]
     _wait(lambda: _keeper_pids(primary) == [], "the keeper's session going away")
-    assert not keeper_files.pid_alive(started["keeper_pid"])
+    _wait(lambda: not keeper_files.pid_alive(started["keeper_pid"]), "the keeper exiting after the stop")
     assert _abort_message(pg_major) not in _log_since(primary, offset), "a clean stop aborts nothing"
 
     again, output_again = _run(ansible_env, testbed, tmp_path, primary, do_start=False, stop_args={"backup_id": "p1"})
