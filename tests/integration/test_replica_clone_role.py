@@ -1,0 +1,89 @@
+"""The replica_clone role across namespace hosts over ssh on real PostgreSQL 13-18, pgbench writing on the primary: a clone
+on db3 from the primary (db1) and a cascading clone from the standby (db2) each reach streaming, catch up and equal the
+primary table by table; run again, the role changes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from .harness.pgbins import ROOT
+from .test_backup_procedure import TABLES, _amcheck, _fingerprints
+from .test_recovery_config import _wait
+from .test_standby_backup_role import SSH_OPTIONS, _netns_pairs, netns_pair  # noqa: F401 - fixtures
+
+pytestmark = [pytest.mark.integration, pytest.mark.netns]
+
+
+def _run(env, inventory, extra: dict) -> subprocess.CompletedProcess:
+    extra_file = inventory.parent / "extra-clone.json"
+    extra_file.write_text(json.dumps(extra))
+    extra_file.chmod(0o600)
+    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "clone_replica.yml"), "-e", f"@{extra_file}"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.mark.parametrize("upstream_role", ["primary", "standby"])
+def test_clone_reaches_streaming_and_is_idempotent(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, upstream_role):  # noqa: F811
+    bed = netns_testbed
+    primary, standby = netns_pair
+    primary.pgbench_init()
+    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
+    upstream = primary if upstream_role == "primary" else standby
+    db3 = bed.host("db3")
+    clone = bed.empty_cluster(pg_major, host=db3, name=f"pg{pg_major}-clone-of-{upstream_role}")
+    inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    settings = f"-c listen_addresses={clone.host} -c port={clone.port} -c unix_socket_directories={clone.socket_dir}"
+    extra = {
+        "replica_clone_hosts": db3.name,
+        "replica_clone_upstream_host": upstream.host,
+        "replica_clone_upstream_port": upstream.port,
+        "replica_clone_upstream_data_dir": str(upstream.datadir),
+        "replica_clone_primary_host": primary.host if upstream_role == "standby" else "",
+        "replica_clone_primary_port": primary.port,
+        "replica_clone_login_password": primary.password,
+        "replica_clone_upstream_ssh_host": upstream.node.address,
+        "replica_clone_ssh_key": str(bed.run_dir / "ssh" / "id_ed25519"),
+        "replica_clone_ssh_options": SSH_OPTIONS,
+        "replica_clone_data_dir": str(clone.datadir),
+        "replica_clone_state_dir": str(tmp_path / "keepers"),
+        "replica_clone_application_name": clone.name,
+        "replica_clone_slot_name": f"clone_{upstream_role}_{pg_major}",
+        "replica_clone_pg_bindir": str(clone.pg.bindir),
+        "replica_clone_pg_ctl_options": ["-o", settings],
+        "replica_clone_log_file": str(clone.log_file),
+        "replica_clone_address": clone.host,
+        "replica_clone_port": clone.port,
+        "replica_clone_timeout": 300,
+    }
+    try:
+        with bed.load(primary, 600, clients=2) as load:
+            time.sleep(1)
+            first = _run(ansible_env, inventory, extra)
+            assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+            again = _run(ansible_env, inventory, extra)
+            load.stop()
+        assert again.returncode == 0, again.stdout[-4000:]
+        assert re.search(rf"{db3.name}\s*:\s*ok=\d+\s+changed=0\s", again.stdout), again.stdout[-3000:]
+        assert "nothing to do" in again.stdout
+        assert primary.password not in first.stdout + again.stdout
+        _wait(
+            lambda: upstream.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'", (clone.name,)) == [(1,)],
+            "the clone streaming from its upstream",
+        )
+        assert upstream.sql("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (extra["replica_clone_slot_name"],)) == [(True,)]
+        _wait(lambda: primary.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == [(0,)], "pgbench's sessions ending")
+        (lsn,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
+        if upstream_role == "standby":
+            standby.wait_replayed(lsn)
+        clone.wait_replayed(lsn)
+        assert _fingerprints(clone, TABLES) == _fingerprints(primary, TABLES)
+        _amcheck(clone, pg_major)
+    finally:
+        if clone.is_running():
+            clone.stop("immediate")
+        upstream.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active AND slot_name LIKE 'clone_%'")
