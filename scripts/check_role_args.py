@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Every role's defaults/main.yml and meta/argument_specs.yml (entry point main) list the same variables, with the
 role's prefix and the same default values; exit 1 naming every difference. Run by `make lint`."""
 

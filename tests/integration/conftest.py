@@ -110,6 +110,23 @@ def primary_standby(testbed, pg_major, _pairs):
 
 
 @pytest.fixture(scope="session")
+def _netns_pairs():
+    return {}
+
+
+@pytest.fixture
+def netns_pair(netns_testbed, pg_major, _netns_pairs):
+    """A primary on db1 and its standby on db2, made once per major (the test bed stops them at its teardown)."""
+    if pg_major not in _netns_pairs:
+        bed = netns_testbed
+        primary = bed.new_primary(pg_major, host=bed.host("db1"), name=f"pg{pg_major}-sb-primary")
+        _netns_pairs[pg_major] = (primary, primary.make_standby(f"pg{pg_major}-sb-standby", host=bed.host("db2")))
+    primary, standby = _netns_pairs[pg_major]
+    standby.wait_streaming()
+    return primary, standby
+
+
+@pytest.fixture(scope="session")
 def ansible_env() -> dict:
     """Environment for ansible-playbook runs against this checkout of the collection."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "ANSIBLE_"))}

@@ -14,7 +14,7 @@ import pytest
 from .harness.pgbins import ROOT
 from .test_backup_procedure import TABLES, _amcheck, _fingerprints
 from .test_recovery_config import _wait
-from .test_standby_backup_role import SSH_OPTIONS, _netns_pairs, netns_pair  # noqa: F401 - fixtures
+from .test_standby_backup_role import SSH_OPTIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
@@ -28,7 +28,7 @@ def _run(env, inventory, extra: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("upstream_role", ["primary", "standby"])
-def test_clone_reaches_streaming_and_is_idempotent(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, upstream_role):  # noqa: F811
+def test_clone_reaches_streaming_and_is_idempotent(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, upstream_role):
     bed = netns_testbed
     primary, standby = netns_pair
     primary.pgbench_init()

@@ -31,23 +31,6 @@ def _start_playbook(env: dict, inventory, extra: dict) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def _netns_pairs():
-    return {}
-
-
-@pytest.fixture
-def netns_pair(netns_testbed, pg_major, _netns_pairs):
-    """A primary on db1 and its standby on db2, made once per major (the test bed stops them at its teardown)."""
-    if pg_major not in _netns_pairs:
-        bed = netns_testbed
-        primary = bed.new_primary(pg_major, host=bed.host("db1"), name=f"pg{pg_major}-sb-primary")
-        _netns_pairs[pg_major] = (primary, primary.make_standby(f"pg{pg_major}-sb-standby", host=bed.host("db2")))
-    primary, standby = _netns_pairs[pg_major]
-    standby.wait_streaming()
-    return primary, standby
-
-
 @pytest.mark.parametrize("mode", ["coordinated", "standby_only"])
 def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, mode):
     bed = netns_testbed
