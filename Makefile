@@ -10,7 +10,7 @@ COLLECTIONS := $(BUILD)/installed
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := $(BUILD)/pgbackup-lowlevel-$(VERSION).tar.gz
 # PG_VERSIONS="13 18" narrows the integration tests to some majors (default: 13 to 18).
-export PG_VERSIONS
+export PG_VERSIONS ROLE_MAJORS
 
 .PHONY: demo test deps system-deps venv build lint sanity units integration clean
 

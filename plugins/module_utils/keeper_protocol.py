@@ -106,8 +106,9 @@ def request(directory: str, name: str, message: dict, *, timeout: Optional[float
                 raise KeeperUnreachable(f"no keeper listens on {os.path.join(directory, name)} ({exc.strerror})") from None
             except BlockingIOError:
                 raise socket.timeout("the keeper's socket queue is full: it is busy") from None
-            sock.sendall(encode(message))
             try:
+                # A keeper that is exiting (it just recorded the end of its backup) may close the socket under us.
+                sock.sendall(encode(message))
                 line = read_line(sock, limit=MAX_ANSWER_BYTES, deadline=deadline)
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise KeeperUnreachable(f"the keeper went away before answering ({exc.strerror})") from None

@@ -455,3 +455,16 @@ def test_scrub_environment_hides_the_password_from_proc(tmp_path):
     env = dict(os.environ, PGPASSWORD="s3cret")
     out = subprocess.run([sys.executable, "-c", code, os.path.abspath(root)], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_request_to_a_keeper_closing_under_us(tmp_path, monkeypatch):
+    """The keeper exits right after recording an end: a broken pipe on sending means 'no keeper', not a traceback."""
+
+    class ClosingSocket(socket.socket):
+        def sendall(self, data, flags=0):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    serve_once(tmp_path, lambda conn: None)
+    monkeypatch.setattr(keeper_protocol.socket, "socket", ClosingSocket)
+    with pytest.raises(keeper_protocol.KeeperUnreachable, match="went away before answering"):
+        keeper_protocol.request(str(tmp_path), keeper_files.SOCKET, {"op": "stop"}, timeout=5)
