@@ -31,6 +31,8 @@ description:
     module of the collection refuses such a directory.
 author:
   - pgbackup.lowlevel developers (@pgbackup)
+extends_documentation_fragment:
+  - pgbackup.lowlevel.ssh_source
 options:
   source_path:
     description: The source data directory (absolute).
@@ -39,20 +41,6 @@ options:
   source_host:
     description: Host to pull from over ssh; omit for a copy on this host.
     type: str
-  source_user:
-    description: ssh user on O(source_host).
-    type: str
-  source_port:
-    description: ssh port of O(source_host).
-    type: int
-  ssh_key:
-    description: Private key file for ssh.
-    type: path
-  ssh_options:
-    description: Extra ssh arguments, one list element per argument (for example V(-o), V(StrictHostKeyChecking=no)).
-    type: list
-    elements: str
-    default: []
   dest:
     description: The destination data directory on this host. Must be absent or empty unless O(delta).
     type: path
@@ -175,14 +163,12 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_state import PENDING_CONTROL
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
 
 ARGS = {
     "source_path": {"type": "path", "required": True},
     "source_host": {"type": "str"},
-    "source_user": {"type": "str"},
-    "source_port": {"type": "int"},
-    "ssh_key": {"type": "path", "no_log": False},
-    "ssh_options": {"type": "list", "elements": "str", "default": []},
+    **ssh_argument_spec(),
     "dest": {"type": "path", "required": True},
     "tablespace_mapping": {"type": "dict", "default": {}},
     "excludes": {"type": "list", "elements": "str", "default": []},
@@ -200,7 +186,7 @@ def run_module(module: AnsibleModule) -> dict:
     if not os.path.isabs(p["dest"]):
         raise PgBackupError(f"dest {p['dest']!r} must be an absolute path")
     dest = os.path.normpath(p["dest"])
-    source = Source(p["source_path"], p["source_host"], p["source_user"], p["source_port"], p["ssh_key"], tuple(p["ssh_options"]))
+    source = Source(p["source_path"], *ssh_settings(p))
     mapping = {str(k): v for k, v in p["tablespace_mapping"].items()}
     plan = make_plan(source, dest, mapping, p["excludes"])
     check_destination(source, plan, dest, p["delta"])

@@ -29,6 +29,7 @@ author:
   - pgbackup.lowlevel developers (@pgbackup)
 extends_documentation_fragment:
   - pgbackup.lowlevel.connection
+  - pgbackup.lowlevel.ssh_source
 options:
   data_dir:
     description: The copy's data directory on this host; its pg_control gives the system identifier, major version and segment size.
@@ -70,20 +71,6 @@ options:
   source_host:
     description: Host holding O(source_path) and O(partial_from), reached over ssh; omit for this host.
     type: str
-  source_user:
-    description: ssh user on O(source_host).
-    type: str
-  source_port:
-    description: ssh port of O(source_host).
-    type: int
-  ssh_key:
-    description: Private key file for ssh.
-    type: path
-  ssh_options:
-    description: Extra ssh arguments, one list element per argument (for example V(-o), V(StrictHostKeyChecking=no)).
-    type: list
-    elements: str
-    default: []
   timeout:
     description: Seconds to wait for segments not in the source yet (still being archived). V(0) checks once.
     type: int
@@ -204,6 +191,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connect, connection_secrets, with_connection_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import Collector, open_target
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_source import WalSource
 
@@ -220,10 +208,7 @@ ARGS = {
     "source_path": {"type": "path", "required": True},
     "source_type": {"type": "str", "choices": ["archive", "pg_wal"], "default": "archive"},
     "source_host": {"type": "str"},
-    "source_user": {"type": "str"},
-    "source_port": {"type": "int"},
-    "ssh_key": {"type": "path", "no_log": False},
-    "ssh_options": {"type": "list", "elements": "str", "default": []},
+    **ssh_argument_spec(),
     "timeout": {"type": "int", "default": 60},
     "poll_interval": {"type": "float", "default": 1.0},
     "switch_wal": {"type": "bool", "default": False},
@@ -279,7 +264,7 @@ def run_module(module: AnsibleModule, server: Server) -> dict:
     seg_size = target.control.xlog_seg_size
     if p["wal_segment_size"] is not None and p["wal_segment_size"] != seg_size:
         raise PgBackupError(f"wal_segment_size {p['wal_segment_size']} differs from the copy's pg_control ({seg_size}): the copy is not of the server meant")
-    ssh = (p["source_host"], p["source_user"], p["source_port"], p["ssh_key"], tuple(p["ssh_options"]))
+    ssh = ssh_settings(p)
     source = WalSource(p["source_path"], *ssh)
     partial_from = WalSource(p["partial_from"], *ssh) if p["partial_from"] else None
     connected = p["switch_wal"] or bool(p["login_host"] or p["login_unix_socket"])

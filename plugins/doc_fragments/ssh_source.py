@@ -1,0 +1,26 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ssh options of every module that pulls files from another host (O(source_host) is each module's own)."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # Defined in code by ssh_argument_spec() in plugins/module_utils/ssh_source.py; keep both in step.
+    DOCUMENTATION = r"""
+options:
+  source_user:
+    description: ssh user on O(source_host).
+    type: str
+  source_port:
+    description: ssh port of O(source_host).
+    type: int
+  ssh_key:
+    description: Private key file for ssh.
+    type: path
+  ssh_options:
+    description: Extra ssh arguments, one list element per argument (for example V(-o), V(StrictHostKeyChecking=no)).
+    type: list
+    elements: str
+    default: []
+"""
