@@ -64,6 +64,33 @@ def _amcheck(restored, pg_major: int) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def recover_and_check(primary, restored, bed, env, tmp_path, pg_major: int, *, procedure: str, start_lsn: str, stop_lsn: str, canary: str) -> None:
+    """Recover the labelled copy in ``restored`` to everything the primary's (stopped) load committed, and check it.
+
+    The log shows redo from the label's start and consistency at or after the backup's end; the canary made after the start is
+    there; every pgbench table equals the primary's; amcheck is clean. A killed pgbench's backend may still be finishing its
+    COMMIT, so the point is taken once its sessions are gone, and its segment archived.
+    """
+    _wait(lambda: primary.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == [(0,)], "pgbench's sessions ending")
+    (target,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
+    primary.sql("SELECT pg_switch_wal()")
+    _wait(lambda: _archived(primary, target), "the target's segment being archived")
+    end = backup_end(restored.datadir, procedure, stop_lsn)
+    restored.write_settings()
+    recover = {"mode": "recovery", "restore_command": f"cp {primary.archive_dir}/%f %p", "recovery_target_lsn": target, "recovery_target_action": "pause"}
+    configured, _output = _configure(env, bed, tmp_path, restored.datadir, **recover)
+    assert configured.get("failed") is not True, configured
+    restored.start()
+    _wait(lambda: restored.sql("SELECT pg_is_wal_replay_paused()")[0][0], "recovery pausing at the target")
+    log = restored.log_file.read_text(errors="replace")
+    assert f"redo starts at {start_lsn}" in log, log[-4000:]
+    consistent = re.search(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)", log)
+    assert consistent and parse_lsn(consistent.group(1)) >= end, log[-4000:]
+    assert restored.sql(f"SELECT answer FROM {canary}") == [(42,)]  # noqa: S608 - a name the test made
+    assert _fingerprints(restored, TABLES) == _fingerprints(primary, TABLES)
+    _amcheck(restored, pg_major)
+
+
 @pytest.mark.parametrize("procedure", ["coordinated", "standby_only"])
 def test_backup_from_standby_restores_consistent(primary_standby, testbed, ansible_env, tmp_path, pg_major, procedure):
     primary, standby = primary_standby
@@ -97,27 +124,18 @@ def test_backup_from_standby_restores_consistent(primary_standby, testbed, ansib
             assert parse_lsn(results["replayed"]["redo_lsn"]) >= parse_lsn(started["start_lsn"])
         assert results["placed"]["guarded"] is True and results["collected"]["segments"], results["collected"]
 
-        # The point to compare at: everything the load committed (a killed pgbench's backend may still be finishing its
-        # COMMIT, so wait for its sessions to end), archived.
-        _wait(lambda: primary.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == [(0,)], "pgbench's sessions ending")
-        (target,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
-        primary.sql("SELECT pg_switch_wal()")
-        _wait(lambda: _archived(primary, target), "the target's segment being archived")
-        end = backup_end(restored.datadir, procedure, stopped["stop_lsn"])
-        restored.write_settings()
-        recover = {"mode": "recovery", "restore_command": f"cp {primary.archive_dir}/%f %p", "recovery_target_lsn": target, "recovery_target_action": "pause"}
-        configured, _output = _configure(ansible_env, testbed, tmp_path, restored.datadir, **recover)
-        assert configured.get("failed") is not True, configured
-        restored.start()
-        _wait(lambda: restored.sql("SELECT pg_is_wal_replay_paused()")[0][0], "recovery pausing at the target")
-
-        log = restored.log_file.read_text(errors="replace")
-        assert f"redo starts at {started['start_lsn']}" in log, log[-4000:]
-        consistent = re.search(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)", log)
-        assert consistent and parse_lsn(consistent.group(1)) >= end, log[-4000:]
-        assert restored.sql(f"SELECT answer FROM {canary}") == [(42,)]  # noqa: S608 - a name the test made
-        assert _fingerprints(restored, TABLES) == _fingerprints(primary, TABLES)
-        _amcheck(restored, pg_major)
+        recover_and_check(
+            primary,
+            restored,
+            testbed,
+            ansible_env,
+            tmp_path,
+            pg_major,
+            procedure=procedure,
+            start_lsn=started["start_lsn"],
+            stop_lsn=stopped["stop_lsn"],
+            canary=canary,
+        )
     finally:
         if restored.is_running():
             restored.stop("immediate")

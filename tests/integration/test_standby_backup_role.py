@@ -12,12 +12,11 @@ import time
 import uuid
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 
 from .conftest import role_majors
 from .harness.pgbins import ROOT
-from .test_backup_procedure import TABLES, _amcheck, _archived, _fingerprints, backup_end
-from .test_recovery_config import _configure, _wait
+from .test_backup_procedure import recover_and_check
+from .test_recovery_config import _wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
@@ -86,24 +85,7 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
         assert "copied " in stdout and " MiB/s" in stdout, "the copy's progress is shown"
         assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)] and standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
 
-        _wait(lambda: primary.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == [(0,)], "pgbench's sessions ending")
-        (target,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
-        primary.sql("SELECT pg_switch_wal()")
-        _wait(lambda: _archived(primary, target), "the target's segment being archived")
-        end = backup_end(restored.datadir, mode, stop_lsn)
-        restored.write_settings()
-        recover = {"mode": "recovery", "restore_command": f"cp {primary.archive_dir}/%f %p", "recovery_target_lsn": target, "recovery_target_action": "pause"}
-        configured, _output = _configure(ansible_env, bed, tmp_path, restored.datadir, **recover)
-        assert configured.get("failed") is not True, configured
-        restored.start()
-        _wait(lambda: restored.sql("SELECT pg_is_wal_replay_paused()")[0][0], "recovery pausing at the target")
-        log = restored.log_file.read_text(errors="replace")
-        assert f"redo starts at {start_lsn}" in log, log[-4000:]
-        consistent = re.search(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)", log)
-        assert consistent and parse_lsn(consistent.group(1)) >= end, log[-4000:]
-        assert restored.sql(f"SELECT answer FROM {canary}") == [(42,)]  # noqa: S608 - a name the test made
-        assert _fingerprints(restored, TABLES) == _fingerprints(primary, TABLES)
-        _amcheck(restored, pg_major)
+        recover_and_check(primary, restored, bed, ansible_env, tmp_path, pg_major, procedure=mode, start_lsn=start_lsn, stop_lsn=stop_lsn, canary=canary)
         assert json.dumps(stdout).count(primary.password) == 0, "the password is never printed"
     finally:
         if restored.is_running():
