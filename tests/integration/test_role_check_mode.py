@@ -1,0 +1,122 @@
+"""Each role run with --check is a plan: it prints what would be copied, from where, to where and with which settings,
+and changes nothing - no slot, no backup started, no file written - while refusals the run would meet (a destination
+that is not empty) already fail the plan."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from .harness.pgbins import ROOT
+
+pytestmark = [pytest.mark.integration]
+
+KEEPERS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
+
+
+def _oldest_and_newest(pg_major: int) -> None:
+    if pg_major not in (13, 18):
+        pytest.skip("check mode reads the same catalog on every version: the oldest and newest show it")
+
+
+def _check_run(env, testbed, tmp_path, playbook: str, extra: dict) -> subprocess.CompletedProcess:
+    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    extra_file = tmp_path / "extra.json"
+    extra_file.write_text(json.dumps(extra))
+    extra_file.chmod(0o600)
+    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "--check", "-i", str(inventory), str(ROOT / "playbooks" / playbook), "-e", f"@{extra_file}"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _plan(stdout: str) -> dict:
+    """The msg of the last "Plan" task (json result format)."""
+    found = re.findall(r"TASK \[[^\]]*: Plan[^\]]*\][^\n]*\nok: \[[^\]]+\] => (\{.*?\n\})", stdout, re.S)
+    assert found, stdout[-4000:]
+    return json.loads(found[-1])["msg"]
+
+
+def _nothing_happened(primary, standby, state_dir) -> None:
+    for server in (primary, standby):
+        assert server.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)], "no slot was made"
+        assert server.sql(KEEPERS) == [(0,)], "no backup session was opened"
+    assert not state_dir.exists() or not any(state_dir.iterdir()), "no keeper was started"
+
+
+def _backup_vars(primary, standby, dest, state_dir, **overrides) -> dict:
+    return {
+        "standby_backup_hosts": "all",
+        "standby_backup_primary_host": primary.host,
+        "standby_backup_primary_port": primary.port,
+        "standby_backup_standby_host": standby.host,
+        "standby_backup_standby_port": standby.port,
+        "standby_backup_login_password": primary.password,
+        "standby_backup_standby_data_dir": str(standby.datadir),
+        "standby_backup_dest": str(dest),
+        "standby_backup_state_dir": str(state_dir),
+        **overrides,
+    }
+
+
+@pytest.mark.parametrize("mode", ["coordinated", "standby_only"])
+def test_standby_backup_check_is_a_plan(primary_standby, testbed, ansible_env, tmp_path, pg_major, mode):
+    _oldest_and_newest(pg_major)
+    primary, standby = primary_standby
+    dest = testbed.scratch_dir(f"check-{mode}-{pg_major}") / "backup"
+    state_dir = tmp_path / "keepers"
+    run = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir, standby_backup_mode=mode))
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    plan = _plan(run.stdout)
+    server = primary if mode == "coordinated" else standby
+    assert plan["start_and_stop_on"].startswith(f"{server.host}:{server.port} ({'primary' if mode == 'coordinated' else 'standby'}")
+    assert plan["files_from"] == str(standby.datadir) and plan["to"].endswith(f":{dest}")
+    assert plan["files"] > 100 and plan["bytes"] > 10 * 2**20, plan
+    assert plan["slot_on_standby"].startswith("pgbackup_")
+    assert (plan["wait_for_replay_on"] is not None) == (mode == "coordinated")
+    assert not dest.exists(), "the destination was not made"
+    _nothing_happened(primary, standby, state_dir)
+    assert primary.password not in run.stdout + run.stderr
+
+
+def test_standby_backup_check_meets_the_refusals_of_a_run(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    _oldest_and_newest(pg_major)
+    primary, standby = primary_standby
+    dest = testbed.scratch_dir(f"check-busy-{pg_major}")
+    (dest / "somebody_elses_file").write_text("keep me")
+    state_dir = tmp_path / "keepers"
+    run = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir))
+    assert run.returncode != 0
+    assert "is not empty" in run.stdout, run.stdout[-3000:]
+    assert sorted(p.name for p in dest.iterdir()) == ["somebody_elses_file"]
+    _nothing_happened(primary, standby, state_dir)
+
+
+def test_replica_clone_check_is_a_plan(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    _oldest_and_newest(pg_major)
+    primary, standby = primary_standby
+    clone_dir = testbed.scratch_dir(f"check-clone-{pg_major}") / "clone"
+    state_dir = tmp_path / "keepers"
+    extra = {
+        "replica_clone_hosts": "all",
+        "replica_clone_upstream_host": standby.host,
+        "replica_clone_upstream_port": standby.port,
+        "replica_clone_upstream_data_dir": str(standby.datadir),
+        "replica_clone_primary_host": primary.host,
+        "replica_clone_primary_port": primary.port,
+        "replica_clone_login_password": primary.password,
+        "replica_clone_data_dir": str(clone_dir),
+        "replica_clone_state_dir": str(state_dir),
+        "replica_clone_slot_name": "check_mode_clone",
+        "replica_clone_pg_bindir": str(standby.pg.bindir),
+    }
+    run = _check_run(ansible_env, testbed, tmp_path, "clone_replica.yml", extra)
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    copy_plan = re.search(r"TASK \[pgbackup\.lowlevel\.standby_backup : Plan\]", run.stdout)
+    assert copy_plan, "the copy's plan comes from standby_backup"
+    plan = _plan(run.stdout)
+    assert plan["streams_from"] == f"{standby.host}:{standby.port}" and plan["slot_on_upstream"] == "check_mode_clone"
+    assert plan["action"] == "copy into an empty directory"
+    assert not clone_dir.exists()
+    _nothing_happened(primary, standby, state_dir)
