@@ -53,7 +53,7 @@ units: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 integration: deps
-	$(VENV)/bin/pytest -q tests/integration
+	$(VENV)/bin/pytest -q --durations=25 tests/integration
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .ruff_cache .hypothesis
