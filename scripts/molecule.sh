@@ -45,6 +45,8 @@ else
   done
 fi
 
+# Each run starts with molecule logging "CRITICAL 'extensions/molecule/default/molecule.yml' glob failed": it looks
+# for a scenario named default whose hosts the others would share; there is none (each scenario makes its own).
 failed=()
 total_start=$SECONDS
 for scenario in "${scenarios[@]}"; do
