@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (both set everything up on a fresh Debian 12 machine, as root):
-#   make demo   - the main job on a local sandbox (a primary and a streaming standby)
+#   make demo   - on a local sandbox (primary + streaming standby) with pgbench writing: a coordinated standby backup and a replica clone, then a summary
 #   make test   - every check: ruff, ansible-lint, ansible-test sanity, unit and integration tests
 SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
@@ -44,6 +44,7 @@ lint: venv $(LINKED)/ansible_collections/pgbackup/lowlevel
 	$(VENV)/bin/ruff format --check plugins tests scripts $(wildcard bench)
 	ANSIBLE_COLLECTIONS_PATH=$(LINKED) PATH="$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --offline --profile production
 	PATH="$(VENV)/bin:$$PATH" $(PY) scripts/gen_module_docs.py --check
+	$(PY) scripts/draw_sequence.py --check
 	$(PY) scripts/check_role_args.py
 
 sanity: venv
