@@ -1,6 +1,6 @@
 # The two commands a newcomer needs (both set everything up on a fresh Debian 12 machine, as root):
 #   make demo   - on a local sandbox (primary + streaming standby) with pgbench writing: a coordinated standby backup and a replica clone, then a summary
-#   make test   - every check: ruff, ansible-lint, ansible-test sanity, unit and integration tests
+#   make test   - every check: ruff, ansible-lint, ansible-test sanity, unit, integration and molecule tests
 SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ TARBALL := $(BUILD)/pgbackup-lowlevel-$(VERSION).tar.gz
 # PG_VERSIONS="13 18" narrows the integration tests to some majors (default: 13 to 18).
 export PG_VERSIONS ROLE_MAJORS
 
-.PHONY: demo test deps system-deps venv build lint sanity units integration clean
+.PHONY: demo test deps system-deps venv build lint sanity units integration molecule clean
 
 deps: system-deps venv
 
@@ -31,7 +31,7 @@ demo: deps build
 	@bash scripts/demo.sh "$(VENV)" "$(DEMO_DIR)" "$(COLLECTIONS)"
 
 test: deps
-	$(MAKE) lint sanity units integration
+	$(MAKE) lint sanity units integration molecule
 
 # This checkout seen as ansible_collections/pgbackup/lowlevel (the same link tests/conftest.py makes), so that
 # ansible-lint and ansible-doc resolve pgbackup.lowlevel.* and group/pgbackup.lowlevel.postgres.
@@ -55,6 +55,10 @@ units: venv
 
 integration: deps
 	$(VENV)/bin/pytest -q --durations=25 tests/integration
+
+# One scenario per role in extensions/molecule; each makes its own PostgreSQL servers (SCENARIOS="..." for some).
+molecule: deps
+	bash scripts/molecule.sh
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .ruff_cache .hypothesis
