@@ -1,0 +1,169 @@
+"""The backup_restore role and the verify_backup playbook on real PostgreSQL (13 and 18), pgbench writing on the primary
+while the backup is taken with the standby_backup playbook: a point-in-time restore to an LSN after a canary (the canary
+there, the rows written after the target not, amcheck clean, promoted); a restore as a standby that streams from the
+primary; verify_backup on a good and on a damaged copy; --check as a plan; refusals of an unfinished backup."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from .harness.pgbins import ROOT
+from .test_backup_procedure import _amcheck, _archived
+from .test_recovery_config import _wait
+from .test_standby_backup_role import _role_run
+
+pytestmark = [pytest.mark.integration]
+
+
+def _oldest_and_newest(pg_major: int) -> None:
+    if pg_major not in (13, 18):
+        pytest.skip("the role drives modules tested on every major; the oldest and newest show it end to end")
+
+
+def _playbook(env, testbed, tmp_path, playbook: str, extra: dict, *options: str) -> subprocess.CompletedProcess:
+    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    extra_file = tmp_path / f"extra-{playbook}.json"
+    extra_file.write_text(json.dumps(extra))
+    extra_file.chmod(0o600)
+    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), *options, "-i", str(inventory), str(ROOT / "playbooks" / playbook), "-e", f"@{extra_file}"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _restore_vars(testbed, backup, restored, primary, **overrides) -> dict:
+    options = (
+        f"-c listen_addresses={restored.host} -c port={restored.port} -c unix_socket_directories={restored.socket_dir} "
+        f"-c cluster_name={restored.name} -c archive_mode=off"  # never into the primary's archive
+    )
+    return {
+        "backup_restore_hosts": testbed.hosts[0].name,
+        "backup_restore_source_dir": str(backup),
+        "backup_restore_data_dir": str(restored.datadir),
+        "backup_restore_pg_bindir": str(restored.pg.bindir),
+        "backup_restore_pg_ctl_options": ["-o", options],
+        "backup_restore_log_file": str(restored.log_file),
+        "backup_restore_socket_dir": str(restored.socket_dir),
+        "backup_restore_port": restored.port,
+        "backup_restore_login_password": primary.password,
+        "backup_restore_timeout": 120,
+        **overrides,
+    }
+
+
+@pytest.fixture
+def backup(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    """A coordinated backup of the standby taken by the standby_backup playbook while pgbench writes."""
+    _oldest_and_newest(pg_major)
+    primary, standby = primary_standby
+    primary.pgbench_init()
+    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
+    dest = testbed.scratch_dir(f"rs-backup-{pg_major}-{time.monotonic_ns()}") / "backup"
+    with testbed.load(primary, 600, clients=2) as load:
+        time.sleep(1)
+        code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
+        load.stop()
+    assert code == 0, output[-5000:]
+    return dest
+
+
+def test_point_in_time_restore_stops_at_the_target(backup, primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    primary, _standby = primary_standby
+    canary = f"rs_canary_{time.monotonic_ns()}"
+    primary.sql(f"CREATE TABLE {canary} (n int)")
+    primary.sql(f"INSERT INTO {canary} VALUES (1)")  # noqa: S608 - a name the test made
+    (target,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
+    primary.sql(f"INSERT INTO {canary} VALUES (2)")  # noqa: S608 - after the target: must not be restored
+    (after,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
+    primary.sql("SELECT pg_switch_wal()")
+    _wait(lambda: _archived(primary, after), "the segment after the target being archived")
+    restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-pitr")
+    extra = _restore_vars(
+        testbed,
+        backup,
+        restored,
+        primary,
+        backup_restore_target="lsn",
+        backup_restore_target_value=target,
+        backup_restore_target_action="promote",
+        backup_restore_restore_command=f"cp {primary.archive_dir}/%f %p",
+    )
+    try:
+        run = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        assert restored.sql(f"SELECT n FROM {canary} ORDER BY n") == [(1,)], "the canary before the target, nothing after it"  # noqa: S608
+        assert restored.sql("SELECT pg_is_in_recovery()") == [(False,)]
+        assert restored.sql("SELECT count(*) FROM pgbench_accounts")[0][0] > 0
+        _amcheck(restored, pg_major)
+        assert primary.password not in run.stdout + run.stderr
+        result = re.search(r'"backup_restore_result": (\{.*?\n    \})', run.stdout, re.S)
+        assert result and json.loads(result.group(1))["verified"] is True, run.stdout[-3000:]
+    finally:
+        if restored.is_running():
+            restored.stop("immediate")
+
+
+def test_restore_as_a_standby_streams_from_the_primary(backup, primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    primary, _standby = primary_standby
+    restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-standby")
+    extra = _restore_vars(
+        testbed,
+        backup,
+        restored,
+        primary,
+        backup_restore_mode="standby",
+        backup_restore_primary_host=primary.host,
+        backup_restore_primary_port=primary.port,
+        backup_restore_replication_password=primary.password,
+        backup_restore_application_name=restored.name,
+        backup_restore_restore_command=f"cp {primary.archive_dir}/%f %p",
+    )
+    try:
+        run = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        _wait(
+            lambda: primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'", (restored.name,)) == [(1,)],
+            "the restored standby streaming",
+        )
+        assert restored.sql("SELECT pg_is_in_recovery()") == [(True,)]
+        assert primary.password not in run.stdout + run.stderr
+    finally:
+        if restored.is_running():
+            restored.stop("immediate")
+
+
+def test_verify_backup_playbook_passes_a_good_backup_and_names_a_missing_segment(backup, primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    primary, _standby = primary_standby
+
+    def verify(path):
+        extra = {"verify_backup_hosts": testbed.hosts[0].name, "verify_backup_dir": str(path), "verify_backup_pg_bindir": str(primary.pg.bindir)}
+        return _playbook(ansible_env, testbed, tmp_path, "verify_backup.yml", extra)
+
+    good = verify(backup)
+    assert good.returncode == 0, good.stdout[-4000:]
+    assert '"result": "ok"' in good.stdout
+    damaged = backup.parent / "damaged"
+    shutil.copytree(backup, damaged, symlinks=True)
+    segments = sorted(p.name for p in (damaged / "pg_wal").iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name))
+    (damaged / "pg_wal" / segments[0]).unlink()
+    bad = verify(damaged)
+    assert bad.returncode != 0
+    assert segments[0] in bad.stdout, bad.stdout[-4000:]
+
+
+def test_restore_check_is_a_plan_and_an_unfinished_backup_is_refused(backup, primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    primary, _standby = primary_standby
+    restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-check")
+    plan = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", _restore_vars(testbed, backup, restored, primary), "--check")
+    assert plan.returncode == 0, plan.stdout[-4000:]
+    assert "backup_restore : Plan]" in plan.stdout and '"ends_in": "promoted"' in plan.stdout, plan.stdout[-3000:]
+    assert not restored.datadir.exists() or not any(restored.datadir.iterdir()), "check mode wrote nothing"
+    (backup / ".pgbackup-incomplete").write_text("a failed backup\n")
+    refused = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", _restore_vars(testbed, backup, restored, primary))
+    assert refused.returncode != 0
+    assert "is not a finished backup" in refused.stdout and ".pgbackup-incomplete" in refused.stdout, refused.stdout[-3000:]
+    assert not restored.datadir.exists() or not any(restored.datadir.iterdir()), "nothing was copied"
