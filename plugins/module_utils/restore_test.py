@@ -52,6 +52,9 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1 on Linux
+
+
 class RestoreTest:
     def __init__(self, data_dir: str, *, major: int, bindir: str, wal_dir: str, tablespaces: dict, scratch_dir: Optional[str], port: Optional[int],
                  timeout: int) -> None:  # fmt: skip
@@ -77,6 +80,9 @@ class RestoreTest:
         os.chmod(self.scratch, 0o700)
         self.pgdata = os.path.join(self.scratch, "data")
         self.sockdir = os.path.join(self.scratch, "socket")
+        # A unix socket's path holds at most 107 bytes; below a deep copy the server would fail to start with only
+        # "could not create any Unix-domain sockets". The socket then goes to a short private directory instead.
+        self.short_sockdir = len(os.path.join(self.sockdir, f".s.PGSQL.{self.port}.lock")) > MAX_SOCKET_PATH
         self.log = os.path.join(self.scratch, "postgres.log")
         self.started = False
 
@@ -87,7 +93,10 @@ class RestoreTest:
 
     def prepare(self) -> None:
         subprocess.run(["cp", "-a", self.data_dir, self.pgdata], check=True, capture_output=True)
-        os.mkdir(self.sockdir, 0o700)
+        if self.short_sockdir:
+            self.sockdir = tempfile.mkdtemp(prefix="pgbr-")
+        else:
+            os.mkdir(self.sockdir, 0o700)
         os.chown(self.sockdir, self.uid, self.gid)
         mapping = {}
         for oid, path in self.tablespaces.items():
@@ -217,6 +226,8 @@ class RestoreTest:
         if self.started:
             self.as_owner([os.path.join(self.bindir, "pg_ctl"), "-D", self.pgdata, "-m", "immediate", "-w", "stop"], 60)
             self.started = False
+        if self.short_sockdir:
+            shutil.rmtree(self.sockdir, ignore_errors=True)
         if self.own_scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
         else:
