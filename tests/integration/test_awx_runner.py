@@ -1,0 +1,110 @@
+"""The playbooks, unchanged, as AWX job templates: ansible-runner over a private data directory laid out as AWX lays it
+out (project/ with collections/requirements.yml naming the built tarball, requirements_collections/, inventory/hosts
+script, env/extravars with the custom credential's password, env/envvars, env/settings). See docs/awx.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from .awx import PrivateDataDir, build_collection, files_containing, yaml_to_script_inventory
+from .test_recovery_config import _wait
+
+pytestmark = [pytest.mark.integration]
+
+MAJOR = 15
+
+
+def _one_major(pg_major: int) -> None:
+    from .harness.pgbins import selected_majors
+
+    wanted = MAJOR if MAJOR in selected_majors() else max(selected_majors())
+    if pg_major != wanted:
+        pytest.skip(f"the AWX layout does not depend on the server version: it runs on {wanted} only")
+
+
+@pytest.fixture(scope="module")
+def tarball(tmp_path_factory):
+    return build_collection(tmp_path_factory.mktemp("galaxy-build"))
+
+
+def _job_dir(tmp_path, testbed, tarball, extravars) -> PrivateDataDir:
+    """A fresh private data directory; the password rides in env/extravars, as a custom credential's extra_vars injector puts it."""
+    bed_inventory = testbed.write_inventory(tmp_path / "testbed-inventory" / "hosts.yml")
+    return PrivateDataDir(tmp_path / "job", tarball, yaml_to_script_inventory(bed_inventory), extravars)
+
+
+def _secret_kept(job, pdd: PrivateDataDir, password: str) -> None:
+    """The password is in env/extravars (where AWX writes credential extra vars) and nowhere the job leaves behind."""
+    assert password not in job.stdout, "the PostgreSQL password is printed in the job's stdout: find the task without no_log"
+    leaking = [e.get("uuid") for e in job.events if password in str(e)]
+    assert not leaking, f"job events {leaking} carry the PostgreSQL password; expected none: add no_log to their tasks"
+    assert files_containing(job.artifacts, password) == [], "artifacts hold the password; expected none of them to"
+    holders = [p.relative_to(pdd.root) for p in files_containing(pdd.root, password)]
+    assert [str(p) for p in holders] == ["env/extravars"], f"the password is in {holders}; expected only env/extravars"
+
+
+def test_standby_backup_as_an_awx_job(primary_standby, testbed, tarball, tmp_path, pg_major):
+    _one_major(pg_major)
+    primary, standby = primary_standby
+    dest = testbed.scratch_dir(f"awx-backup-{pg_major}") / "backup"
+    extravars = {
+        "standby_backup_hosts": testbed.hosts[0].name,
+        "standby_backup_primary_host": primary.host,
+        "standby_backup_primary_port": primary.port,
+        "standby_backup_standby_host": standby.host,
+        "standby_backup_standby_port": standby.port,
+        "standby_backup_login_password": primary.password,
+        "standby_backup_standby_data_dir": str(standby.datadir),
+        "standby_backup_dest": str(dest),
+        "standby_backup_state_dir": str(tmp_path / "keepers"),
+    }
+    pdd = _job_dir(tmp_path, testbed, tarball, extravars)
+    job = pdd.run("standby_backup.yml", ident="standby_backup")
+    assert job.status == "successful" and job.rc == "0", job.explain()
+    for name in ("backup_label", "backup_manifest"):
+        assert (dest / name).is_file(), f"{dest / name} is missing after a successful job; {sorted(p.name for p in dest.iterdir())}"
+    summaries = job.ok_events("Summary")
+    assert len(summaries) == 1, f"expected one runner_on_ok event of the Summary task, found {len(summaries)}: {job.explain()}"
+    msg = summaries[0]["event_data"]["res"]["msg"]
+    assert msg["start_lsn"] and msg["stop_lsn"] and "/" in msg["stop_lsn"], f"Summary without LSNs: {msg}"
+    _secret_kept(job, pdd, primary.password)
+
+
+def test_clone_replica_as_an_awx_job(primary_standby, testbed, tarball, tmp_path, pg_major):
+    _one_major(pg_major)
+    primary, _standby = primary_standby
+    clone = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-awx-clone")
+    slot = f"awx_clone_{pg_major}"
+    settings = f"-c listen_addresses={clone.host} -c port={clone.port} -c unix_socket_directories={clone.socket_dir}"
+    extravars = {
+        "replica_clone_hosts": testbed.hosts[0].name,
+        "replica_clone_upstream_host": primary.host,
+        "replica_clone_upstream_port": primary.port,
+        "replica_clone_upstream_data_dir": str(primary.datadir),
+        "replica_clone_primary_host": "",
+        "replica_clone_primary_port": primary.port,
+        "replica_clone_login_password": primary.password,
+        "replica_clone_data_dir": str(clone.datadir),
+        "replica_clone_state_dir": str(tmp_path / "keepers"),
+        "replica_clone_application_name": clone.name,
+        "replica_clone_slot_name": slot,
+        "replica_clone_pg_bindir": str(clone.pg.bindir),
+        "replica_clone_pg_ctl_options": ["-o", settings],
+        "replica_clone_log_file": str(clone.log_file),
+        "replica_clone_address": clone.host,
+        "replica_clone_port": clone.port,
+        "replica_clone_timeout": 120,
+    }
+    pdd = _job_dir(tmp_path, testbed, tarball, extravars)
+    try:
+        job = pdd.run("clone_replica.yml", ident="clone_replica")
+        assert job.status == "successful" and job.rc == "0", job.explain()
+        _wait(
+            lambda: primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'", (clone.name,)) == [(1,)],
+            "the clone streaming from the primary",
+        )
+        _secret_kept(job, pdd, primary.password)
+    finally:
+        if clone.is_running():
+            clone.stop("immediate")
+        primary.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active AND slot_name = %s", (slot,))
