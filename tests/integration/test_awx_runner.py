@@ -4,19 +4,21 @@ script, env/extravars with the custom credential's password, env/envvars, env/se
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .awx import PrivateDataDir, build_collection, files_containing, yaml_to_script_inventory
+from .harness.pgbins import client_bindir, selected_majors
 from .test_recovery_config import _wait
 
 pytestmark = [pytest.mark.integration]
 
 MAJOR = 15
+BACKUPS: dict[int, Path] = {}  # pg_major -> the backup the standby_backup job made, for the verify_backup job
 
 
 def _one_major(pg_major: int) -> None:
-    from .harness.pgbins import selected_majors
-
     wanted = MAJOR if MAJOR in selected_majors() else max(selected_majors())
     if pg_major != wanted:
         pytest.skip(f"the AWX layout does not depend on the server version: it runs on {wanted} only")
@@ -35,12 +37,22 @@ def _job_dir(tmp_path, testbed, tarball, extravars) -> PrivateDataDir:
 
 def _secret_kept(job, pdd: PrivateDataDir, password: str) -> None:
     """The password is in env/extravars (where AWX writes credential extra vars) and nowhere the job leaves behind."""
-    assert password not in job.stdout, "the PostgreSQL password is printed in the job's stdout: find the task without no_log"
+    assert password not in job.stdout + job.proc.stdout + job.proc.stderr, "the job's output prints the PostgreSQL password: find the task without no_log"
     leaking = [e.get("uuid") for e in job.events if password in str(e)]
     assert not leaking, f"job events {leaking} carry the PostgreSQL password; expected none: add no_log to their tasks"
     assert files_containing(job.artifacts, password) == [], "artifacts hold the password; expected none of them to"
     holders = [p.relative_to(pdd.root) for p in files_containing(pdd.root, password)]
     assert [str(p) for p in holders] == ["env/extravars"], f"the password is in {holders}; expected only env/extravars"
+
+
+def _collection_from_the_tarball(job, pdd: PrivateDataDir) -> None:
+    """Every task of the collection ran from requirements_collections/ (the installed tarball), none from this checkout."""
+    paths = {e["event_data"]["task_path"].rsplit(":", 1)[0] for e in job.events if e.get("event_data", {}).get("task_path")}
+    installed = str(pdd.collections.resolve() / "ansible_collections" / "pgbackup" / "lowlevel")
+    from_collection = [p for p in paths if "/roles/" in p]
+    assert from_collection, f"no task of a role in the job events; expected the role's tasks: {sorted(paths)}"
+    elsewhere = [p for p in from_collection if not str(Path(p).resolve()).startswith(installed)]
+    assert not elsewhere, f"role tasks ran from {elsewhere}; expected them all under {installed}: is ANSIBLE_COLLECTIONS_PATH leaking in?"
 
 
 def test_standby_backup_as_an_awx_job(primary_standby, testbed, tarball, tmp_path, pg_major):
@@ -67,7 +79,25 @@ def test_standby_backup_as_an_awx_job(primary_standby, testbed, tarball, tmp_pat
     assert len(summaries) == 1, f"expected one runner_on_ok event of the Summary task, found {len(summaries)}: {job.explain()}"
     msg = summaries[0]["event_data"]["res"]["msg"]
     assert msg["start_lsn"] and msg["stop_lsn"] and "/" in msg["stop_lsn"], f"Summary without LSNs: {msg}"
+    _collection_from_the_tarball(job, pdd)
     _secret_kept(job, pdd, primary.password)
+    BACKUPS[pg_major] = dest
+
+
+def test_verify_backup_as_an_awx_job(testbed, tarball, tmp_path, pg_major):
+    """verify_backup.yml on the backup the job above made, as a second job template (no credential needed)."""
+    _one_major(pg_major)
+    if pg_major not in BACKUPS:
+        pytest.skip("test_standby_backup_as_an_awx_job made no backup to verify (it failed or was deselected)")
+    extravars = {"verify_backup_hosts": testbed.hosts[0].name, "verify_backup_dir": str(BACKUPS[pg_major]), "verify_backup_pg_bindir": str(client_bindir())}
+    pdd = _job_dir(tmp_path, testbed, tarball, extravars)
+    job = pdd.run("verify_backup.yml", ident="verify_backup")
+    assert job.status == "successful" and job.rc == "0", job.explain()
+    reports = job.ok_events("Report")
+    assert len(reports) == 1, f"expected one runner_on_ok event of the Report task, found {len(reports)}: {job.explain()}"
+    msg = reports[0]["event_data"]["res"]["msg"]
+    assert msg["result"] == "ok", f"verify_backup reported {msg}; expected result ok for a fresh backup"
+    assert msg["pg_verifybackup"]["ran"] and msg["pg_verifybackup"]["rc"] == 0, f"pg_verifybackup did not pass: {msg}"
 
 
 def test_clone_replica_as_an_awx_job(primary_standby, testbed, tarball, tmp_path, pg_major):
