@@ -101,6 +101,37 @@ def test_verify_backup_as_an_awx_job(testbed, tarball, tmp_path, pg_major):
     assert msg["pg_verifybackup"]["ran"] and msg["pg_verifybackup"]["rc"] == 0, f"pg_verifybackup did not pass: {msg}"
 
 
+def test_restore_backup_as_an_awx_job(primary_standby, testbed, tarball, tmp_path, pg_major):
+    """restore_backup.yml restores the backup the first job made to the end of its WAL, promoted."""
+    if pg_major not in BACKUPS:
+        pytest.skip("test_standby_backup_as_an_awx_job made no backup to restore (it failed or was deselected)")
+    primary, _standby = primary_standby
+    restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-awx-restored")
+    settings = f"-c listen_addresses={restored.host} -c port={restored.port} -c unix_socket_directories={restored.socket_dir} -c archive_mode=off"
+    extravars = {
+        "backup_restore_hosts": testbed.hosts[0].name,
+        "backup_restore_source_dir": str(BACKUPS[pg_major]),
+        "backup_restore_data_dir": str(restored.datadir),
+        "backup_restore_pg_bindir": str(restored.pg.bindir),
+        "backup_restore_pg_ctl_options": ["-o", settings],
+        "backup_restore_log_file": str(restored.log_file),
+        "backup_restore_socket_dir": str(restored.socket_dir),
+        "backup_restore_port": restored.port,
+        "backup_restore_login_password": primary.password,
+        "backup_restore_timeout": 120,
+    }
+    pdd = _job_dir(tmp_path, testbed, tarball, extravars)
+    try:
+        job = pdd.run("restore_backup.yml", ident="restore_backup")
+        assert job.status == "successful" and job.rc == "0", job.explain()
+        assert restored.sql("SELECT pg_is_in_recovery()") == [(False,)], "restored to the end of its WAL and promoted"
+        _collection_from_the_tarball(job, pdd)
+        _secret_kept(job, pdd, primary.password)
+    finally:
+        if restored.is_running():
+            restored.stop("immediate")
+
+
 def test_clone_replica_as_an_awx_job(primary_standby, testbed, tarball, tmp_path, pg_major):
     primary, _standby = primary_standby
     clone = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-awx-clone")
