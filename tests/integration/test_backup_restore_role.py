@@ -13,10 +13,11 @@ import time
 
 import pytest
 
+from .conftest import role_majors
 from .harness.pgbins import ROOT
 from .test_backup_procedure import _amcheck, _archived
 from .test_recovery_config import _wait
-from .test_standby_backup_role import _role_run
+from .test_standby_backup_role import SSH_OPTIONS, _role_run
 
 pytestmark = [pytest.mark.integration]
 
@@ -167,3 +168,51 @@ def test_restore_check_is_a_plan_and_an_unfinished_backup_is_refused(backup, pri
     assert refused.returncode != 0
     assert "is not a finished backup" in refused.stdout and ".pgbackup-incomplete" in refused.stdout, refused.stdout[-3000:]
     assert not restored.datadir.exists() or not any(restored.datadir.iterdir()), "nothing was copied"
+
+
+def test_restore_from_the_backup_host_over_ssh(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major):
+    """Across namespace hosts: the standby_backup playbook puts a backup on db3; restore_backup pulls it onto db1 with
+    rsync over ssh and recovers it to the end of its WAL, promoted."""
+    if pg_major != max(role_majors()):
+        pytest.skip("the ssh path of the restore is the same on every version: the newest shows it")
+    bed = netns_testbed
+    primary, standby = netns_pair
+    db1, db3 = bed.host("db1"), bed.host("db3")
+    backup = bed.empty_cluster(pg_major, host=db3, name=f"pg{pg_major}-rs-remote-backup")
+    restored = bed.empty_cluster(pg_major, host=db1, name=f"pg{pg_major}-rs-remote")
+    key = str(bed.run_dir / "ssh" / "id_ed25519")
+    backup_vars = {
+        "standby_backup_hosts": db3.name,
+        "standby_backup_primary_host": primary.host,
+        "standby_backup_primary_port": primary.port,
+        "standby_backup_standby_host": standby.host,
+        "standby_backup_standby_port": standby.port,
+        "standby_backup_login_password": primary.password,
+        "standby_backup_standby_data_dir": str(standby.datadir),
+        "standby_backup_standby_ssh_host": standby.node.address,
+        "standby_backup_ssh_key": key,
+        "standby_backup_ssh_options": SSH_OPTIONS,
+        "standby_backup_dest": str(backup.datadir),
+        "standby_backup_state_dir": str(tmp_path / "keepers"),
+    }
+    made = _playbook(ansible_env, bed, tmp_path, "standby_backup.yml", backup_vars)
+    assert made.returncode == 0, made.stdout[-5000:] + made.stderr[-2000:]
+    restore_vars = _restore_vars(
+        bed,
+        backup.datadir,
+        restored,
+        primary,
+        backup_restore_hosts=db1.name,
+        backup_restore_source_ssh_host=db3.address,
+        backup_restore_ssh_key=key,
+        backup_restore_ssh_options=SSH_OPTIONS,
+    )
+    try:
+        run = _playbook(ansible_env, bed, tmp_path, "restore_backup.yml", restore_vars)
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        assert restored.sql("SELECT pg_is_in_recovery()") == [(False,)], "recovered to the end of the backup's WAL and promoted"
+        assert restored.sql("SELECT system_identifier FROM pg_control_system()") == primary.sql("SELECT system_identifier FROM pg_control_system()")
+        assert primary.password not in made.stdout + run.stdout + run.stderr
+    finally:
+        if restored.is_running():
+            restored.stop("immediate")
