@@ -64,8 +64,19 @@ def _checksum(path: str, algo: str) -> str:
 
 
 class Verifier:
-    def __init__(self, data_dir: str, *, stop_lsn: Optional[str] = None, stop_timeline: Optional[int] = None, wal_dir: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        *,
+        stop_lsn: Optional[str] = None,
+        stop_timeline: Optional[int] = None,
+        wal_dir: Optional[str] = None,
+        remapped_tablespace_map: bool = False,
+    ) -> None:
         self.data_dir = os.path.abspath(data_dir)
+        # A restore that moved tablespaces rewrote tablespace_map: its entries are still checked against pg_tblspc, but
+        # not against the manifest's checksum of the backup's own map.
+        self.remapped_tablespace_map = remapped_tablespace_map
         self.stop_lsn = None if stop_lsn is None else parse_lsn(stop_lsn, what="stop_lsn")
         self.stop_tli = stop_timeline
         self.wal_dir = os.path.abspath(wal_dir) if wal_dir else os.path.join(self.data_dir, "pg_wal")
@@ -210,6 +221,8 @@ class Verifier:
         for entry in files:
             rel = entry["Path"] if "Path" in entry else os.fsdecode(bytes.fromhex(entry.get("Encoded-Path", "")))
             listed.add(rel)
+            if rel == "tablespace_map" and self.remapped_tablespace_map:
+                continue
             path = os.path.join(self.data_dir, rel)
             try:
                 info = os.stat(path)
@@ -412,6 +425,8 @@ def run_verifybackup(verifier: Verifier, pg_bindir: Optional[str], wal_dir_given
         return {"ran": False, "reason": f"no pg_verifybackup of PostgreSQL {major} on this host"}
     argv = [os.path.join(bindir, "pg_verifybackup")]
     argv += ["-w", verifier.wal_dir] if wal_dir_given else ["-n"]
+    if verifier.remapped_tablespace_map:
+        argv.append("--ignore=tablespace_map")
     argv.append(verifier.data_dir)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=False)
     output = (proc.stdout + proc.stderr).strip()
@@ -428,9 +443,10 @@ def verify(
     wal_dir: Optional[str] = None,
     pg_bindir: Optional[str] = None,
     pg_verifybackup: bool = True,
+    remapped_tablespace_map: bool = False,
 ) -> tuple:
     """Run every offline check; returns ``(verifier, report)`` (``report['problems']`` lists them all)."""
-    verifier = Verifier(data_dir, stop_lsn=stop_lsn, stop_timeline=stop_timeline, wal_dir=wal_dir)
+    verifier = Verifier(data_dir, stop_lsn=stop_lsn, stop_timeline=stop_timeline, wal_dir=wal_dir, remapped_tablespace_map=remapped_tablespace_map)
     report = verifier.run()
     report["pg_verifybackup"] = run_verifybackup(verifier, pg_bindir, bool(wal_dir)) if pg_verifybackup else {"ran": False, "reason": "disabled"}
     return verifier, report

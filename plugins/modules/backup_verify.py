@@ -50,6 +50,13 @@ options:
     description: Run C(pg_verifybackup) when it is available.
     type: bool
     default: true
+  remapped_tablespace_map:
+    description:
+      - The copy's C(tablespace_map) was rewritten after the backup for new tablespace locations (as the
+        backup_restore role does); its entries are still checked against C(pg_tblspc), but not against
+        C(backup_manifest)'s checksum, and C(pg_verifybackup) ignores it.
+    type: bool
+    default: false
   restore_test:
     description:
       - Make a scratch copy (C(cp -a), tablespaces included) in O(restore_test_dir), start it as the data directory's
@@ -177,6 +184,7 @@ ARGS = {
     "pg_bindir": {"type": "path"},
     "pg_verifybackup": {"type": "bool", "default": True},
     "restore_test": {"type": "bool", "default": False},
+    "remapped_tablespace_map": {"type": "bool", "default": False},
     "restore_test_dir": {"type": "path"},
     "restore_test_port": {"type": "int"},
     "restore_test_timeout": {"type": "int", "default": 300},
@@ -192,6 +200,7 @@ def run_module(module: AnsibleModule) -> dict:
         wal_dir=p["wal_dir"],
         pg_bindir=p["pg_bindir"],
         pg_verifybackup=p["pg_verifybackup"],
+        remapped_tablespace_map=p["remapped_tablespace_map"],
     )
     if not p["restore_test"]:
         report["restore_test"] = {"ran": False, "reason": "restore_test is false"}

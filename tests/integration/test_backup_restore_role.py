@@ -216,3 +216,39 @@ def test_restore_from_the_backup_host_over_ssh(netns_testbed, netns_pair, ansibl
     finally:
         if restored.is_running():
             restored.stop("immediate")
+
+
+def test_restore_maps_tablespaces(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    """A primary with a tablespace, backed up (standby_backup in source_only mode) with the tablespace mapped into the
+    backup host's place, restored with it mapped again: the table in it is readable and PostgreSQL reports the new place."""
+    _oldest_and_newest(pg_major)
+    primary, _standby = primary_standby
+    ts_src, ts_bak, ts_new = (testbed.scratch_dir(f"rs-ts-{kind}-{pg_major}") for kind in ("src", "bak", "new"))
+    dest = testbed.scratch_dir(f"rs-ts-backup-{pg_major}") / "backup"
+    restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-ts")
+    try:
+        primary.sql(f"CREATE TABLESPACE rs_ts LOCATION '{ts_src}'")
+        primary.sql("CREATE TABLE rs_ts_t TABLESPACE rs_ts AS SELECT g FROM generate_series(1, 1000) g")
+        code, output = _role_run(
+            ansible_env,
+            testbed,
+            tmp_path,
+            primary,
+            primary,
+            dest,
+            standby_backup_mode="source_only",
+            standby_backup_standby_data_dir=str(primary.datadir),
+            standby_backup_tablespace_mapping={str(ts_src): str(ts_bak)},
+        )
+        assert code == 0, output[-5000:]
+        extra = _restore_vars(testbed, dest, restored, primary, backup_restore_tablespace_mapping={str(ts_bak): str(ts_new)})
+        run = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        assert restored.sql("SELECT count(*) FROM rs_ts_t") == [(1000,)]
+        assert restored.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'rs_ts'") == [(str(ts_new),)]
+        assert any(ts_new.iterdir()), "the tablespace's files are in its new place"
+    finally:
+        if restored.is_running():
+            restored.stop("immediate")
+        primary.sql("DROP TABLE IF EXISTS rs_ts_t")
+        primary.sql("DROP TABLESPACE IF EXISTS rs_ts")
