@@ -180,8 +180,15 @@ def test_sandbox_up_and_down():
     subprocess.run([*sandbox, "up", "--dir", str(directory), "--major", "15"], cwd=ROOT, check=True, capture_output=True, timeout=300)
     state = json.loads((directory / "state.json").read_text())
     inventory = yaml.safe_load((directory / "inventory.yml").read_text())
-    assert set(inventory["all"]["children"]) == {"primary", "standby"}
-    assert {"sandbox_login_host", "sandbox_login_port", "sandbox_login_user"} <= set(inventory["all"]["children"]["standby"]["hosts"]["sandbox-standby"])
+    groups = inventory["all"]["children"]
+    assert set(groups) == {"primary", "standby", "backup_host", "new_replica"}  # local mode: the demo's backup and clone hosts too
+    assert {"sandbox_login_host", "sandbox_login_port", "sandbox_login_user"} <= set(groups["standby"]["hosts"]["sandbox-standby"])
+    clone = groups["new_replica"]["hosts"]["sandbox-clone"]
+    assert clone["sandbox_login_port"] not in {groups[g]["hosts"][f"sandbox-{g}"]["sandbox_login_port"] for g in ("primary", "standby")}
+    load = subprocess.run([*sandbox, "load", "--dir", str(directory), "--seconds", "30"], cwd=ROOT, check=True, capture_output=True, timeout=60)
+    time.sleep(2)
+    stopped = subprocess.run([*sandbox, "load", "--dir", str(directory), "--stop"], cwd=ROOT, check=True, capture_output=True, text=True, timeout=60)
+    assert json.loads(stopped.stdout)["transactions"] > 0, (load.stdout, stopped.stdout)
     assert (directory / "group_vars" / "all" / "secret.yml").stat().st_mode & 0o777 == 0o600
     subprocess.run([*sandbox, "down", "--dir", str(directory)], cwd=ROOT, check=True, capture_output=True, timeout=300)
     assert leftovers(Path(state["run_dir"]), state["prefix"]) == []
