@@ -10,7 +10,9 @@ import pytest
 
 from .awx import PrivateDataDir, build_collection, files_containing, yaml_to_script_inventory
 from .harness.pgbins import client_bindir, selected_majors
+from .test_backup_restore_role import restore_vars
 from .test_recovery_config import _wait
+from .test_standby_backup_role import backup_vars
 
 pytestmark = [pytest.mark.integration]
 
@@ -61,17 +63,7 @@ def _collection_from_the_tarball(job, pdd: PrivateDataDir) -> None:
 def test_standby_backup_as_an_awx_job(primary_standby, testbed, tarball, tmp_path, pg_major):
     primary, standby = primary_standby
     dest = testbed.scratch_dir(f"awx-backup-{pg_major}") / "backup"
-    extravars = {
-        "standby_backup_hosts": testbed.hosts[0].name,
-        "standby_backup_primary_host": primary.host,
-        "standby_backup_primary_port": primary.port,
-        "standby_backup_standby_host": standby.host,
-        "standby_backup_standby_port": standby.port,
-        "standby_backup_login_password": primary.password,
-        "standby_backup_standby_data_dir": str(standby.datadir),
-        "standby_backup_dest": str(dest),
-        "standby_backup_state_dir": str(tmp_path / "keepers"),
-    }
+    extravars = backup_vars(testbed.hosts[0].name, primary, standby, dest, tmp_path / "keepers")
     pdd = _job_dir(tmp_path, testbed, tarball, extravars)
     job = pdd.run("standby_backup.yml", ident="standby_backup")
     assert job.status == "successful" and job.rc == "0", job.explain()
@@ -107,19 +99,7 @@ def test_restore_backup_as_an_awx_job(primary_standby, testbed, tarball, tmp_pat
         pytest.skip("test_standby_backup_as_an_awx_job made no backup to restore (it failed or was deselected)")
     primary, _standby = primary_standby
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-awx-restored")
-    settings = f"-c listen_addresses={restored.host} -c port={restored.port} -c unix_socket_directories={restored.socket_dir} -c archive_mode=off"
-    extravars = {
-        "backup_restore_hosts": testbed.hosts[0].name,
-        "backup_restore_source_dir": str(BACKUPS[pg_major]),
-        "backup_restore_data_dir": str(restored.datadir),
-        "backup_restore_pg_bindir": str(restored.pg.bindir),
-        "backup_restore_pg_ctl_options": ["-o", settings],
-        "backup_restore_log_file": str(restored.log_file),
-        "backup_restore_socket_dir": str(restored.socket_dir),
-        "backup_restore_port": restored.port,
-        "backup_restore_login_password": primary.password,
-        "backup_restore_timeout": 120,
-    }
+    extravars = restore_vars(testbed, BACKUPS[pg_major], restored, primary)
     pdd = _job_dir(tmp_path, testbed, tarball, extravars)
     try:
         job = pdd.run("restore_backup.yml", ident="restore_backup")

@@ -17,7 +17,7 @@ from .conftest import role_majors
 from .harness.pgbins import ROOT
 from .test_backup_procedure import _amcheck, _archived
 from .test_recovery_config import _wait
-from .test_standby_backup_role import SSH_OPTIONS, _role_run
+from .test_standby_backup_role import SSH_OPTIONS, _role_run, backup_vars
 
 pytestmark = [pytest.mark.integration]
 
@@ -36,7 +36,7 @@ def _playbook(env, testbed, tmp_path, playbook: str, extra: dict, *options: str)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
-def _restore_vars(testbed, backup, restored, primary, **overrides) -> dict:
+def restore_vars(testbed, backup, restored, primary, **overrides) -> dict:
     options = (
         f"-c listen_addresses={restored.host} -c port={restored.port} -c unix_socket_directories={restored.socket_dir} "
         f"-c cluster_name={restored.name} -c archive_mode=off"  # never into the primary's archive
@@ -83,7 +83,7 @@ def test_point_in_time_restore_stops_at_the_target(backup, primary_standby, test
     primary.sql("SELECT pg_switch_wal()")
     _wait(lambda: _archived(primary, after), "the segment after the target being archived")
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-pitr")
-    extra = _restore_vars(
+    extra = restore_vars(
         testbed,
         backup,
         restored,
@@ -111,7 +111,7 @@ def test_point_in_time_restore_stops_at_the_target(backup, primary_standby, test
 def test_restore_as_a_standby_streams_from_the_primary(backup, primary_standby, testbed, ansible_env, tmp_path, pg_major):
     primary, _standby = primary_standby
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-standby")
-    extra = _restore_vars(
+    extra = restore_vars(
         testbed,
         backup,
         restored,
@@ -159,12 +159,12 @@ def test_verify_backup_playbook_passes_a_good_backup_and_names_a_missing_segment
 def test_restore_check_is_a_plan_and_an_unfinished_backup_is_refused(backup, primary_standby, testbed, ansible_env, tmp_path, pg_major):
     primary, _standby = primary_standby
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-check")
-    plan = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", _restore_vars(testbed, backup, restored, primary), "--check")
+    plan = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", restore_vars(testbed, backup, restored, primary), "--check")
     assert plan.returncode == 0, plan.stdout[-4000:]
     assert "backup_restore : Plan]" in plan.stdout and '"ends_in": "promoted"' in plan.stdout, plan.stdout[-3000:]
     assert not restored.datadir.exists() or not any(restored.datadir.iterdir()), "check mode wrote nothing"
     (backup / ".pgbackup-incomplete").write_text("a failed backup\n")
-    refused = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", _restore_vars(testbed, backup, restored, primary))
+    refused = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", restore_vars(testbed, backup, restored, primary))
     assert refused.returncode != 0
     assert "is not a finished backup" in refused.stdout and ".pgbackup-incomplete" in refused.stdout, refused.stdout[-3000:]
     assert not restored.datadir.exists() or not any(restored.datadir.iterdir()), "nothing was copied"
@@ -181,23 +181,19 @@ def test_restore_from_the_backup_host_over_ssh(netns_testbed, netns_pair, ansibl
     backup = bed.empty_cluster(pg_major, host=db3, name=f"pg{pg_major}-rs-remote-backup")
     restored = bed.empty_cluster(pg_major, host=db1, name=f"pg{pg_major}-rs-remote")
     key = str(bed.run_dir / "ssh" / "id_ed25519")
-    backup_vars = {
-        "standby_backup_hosts": db3.name,
-        "standby_backup_primary_host": primary.host,
-        "standby_backup_primary_port": primary.port,
-        "standby_backup_standby_host": standby.host,
-        "standby_backup_standby_port": standby.port,
-        "standby_backup_login_password": primary.password,
-        "standby_backup_standby_data_dir": str(standby.datadir),
-        "standby_backup_standby_ssh_host": standby.node.address,
-        "standby_backup_ssh_key": key,
-        "standby_backup_ssh_options": SSH_OPTIONS,
-        "standby_backup_dest": str(backup.datadir),
-        "standby_backup_state_dir": str(tmp_path / "keepers"),
-    }
-    made = _playbook(ansible_env, bed, tmp_path, "standby_backup.yml", backup_vars)
+    extra = backup_vars(
+        db3.name,
+        primary,
+        standby,
+        backup.datadir,
+        tmp_path / "keepers",
+        standby_backup_standby_ssh_host=standby.node.address,
+        standby_backup_ssh_key=key,
+        standby_backup_ssh_options=SSH_OPTIONS,
+    )
+    made = _playbook(ansible_env, bed, tmp_path, "standby_backup.yml", extra)
     assert made.returncode == 0, made.stdout[-5000:] + made.stderr[-2000:]
-    restore_vars = _restore_vars(
+    extra_restore = restore_vars(
         bed,
         backup.datadir,
         restored,
@@ -208,7 +204,7 @@ def test_restore_from_the_backup_host_over_ssh(netns_testbed, netns_pair, ansibl
         backup_restore_ssh_options=SSH_OPTIONS,
     )
     try:
-        run = _playbook(ansible_env, bed, tmp_path, "restore_backup.yml", restore_vars)
+        run = _playbook(ansible_env, bed, tmp_path, "restore_backup.yml", extra_restore)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert restored.sql("SELECT pg_is_in_recovery()") == [(False,)], "recovered to the end of the backup's WAL and promoted"
         assert restored.sql("SELECT system_identifier FROM pg_control_system()") == primary.sql("SELECT system_identifier FROM pg_control_system()")
@@ -241,7 +237,7 @@ def test_restore_maps_tablespaces(primary_standby, testbed, ansible_env, tmp_pat
             standby_backup_tablespace_mapping={str(ts_src): str(ts_bak)},
         )
         assert code == 0, output[-5000:]
-        extra = _restore_vars(testbed, dest, restored, primary, backup_restore_tablespace_mapping={str(ts_bak): str(ts_new)})
+        extra = restore_vars(testbed, dest, restored, primary, backup_restore_tablespace_mapping={str(ts_bak): str(ts_new)})
         run = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert restored.sql("SELECT count(*) FROM rs_ts_t") == [(1000,)]

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from .harness.pgbins import ROOT
+from .test_standby_backup_role import backup_vars
 
 pytestmark = [pytest.mark.integration]
 
@@ -46,18 +47,7 @@ def _nothing_happened(primary, standby, state_dir) -> None:
 
 
 def _backup_vars(primary, standby, dest, state_dir, **overrides) -> dict:
-    return {
-        "standby_backup_hosts": "all",
-        "standby_backup_primary_host": primary.host,
-        "standby_backup_primary_port": primary.port,
-        "standby_backup_standby_host": standby.host,
-        "standby_backup_standby_port": standby.port,
-        "standby_backup_login_password": primary.password,
-        "standby_backup_standby_data_dir": str(standby.datadir),
-        "standby_backup_dest": str(dest),
-        "standby_backup_state_dir": str(state_dir),
-        **overrides,
-    }
+    return backup_vars("all", primary, standby, dest, state_dir, **overrides)
 
 
 @pytest.mark.parametrize("mode", ["coordinated", "standby_only"])

@@ -30,6 +30,22 @@ def _only_some_majors(pg_major: int) -> None:
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
 
 
+def backup_vars(hosts: str, primary, standby, dest, state_dir, **overrides) -> dict:
+    """Extra vars of playbooks/standby_backup.yml for a backup of ``standby`` (coordinated with ``primary``) into ``dest``."""
+    return {
+        "standby_backup_hosts": hosts,
+        "standby_backup_primary_host": primary.host,
+        "standby_backup_primary_port": primary.port,
+        "standby_backup_standby_host": standby.host,
+        "standby_backup_standby_port": standby.port,
+        "standby_backup_login_password": primary.password,
+        "standby_backup_standby_data_dir": str(standby.datadir),
+        "standby_backup_dest": str(dest),
+        "standby_backup_state_dir": str(state_dir),
+        **overrides,
+    }
+
+
 def _start_playbook(env: dict, inventory, extra: dict) -> subprocess.Popen:
     extra_file = inventory.parent / "extra-standby-backup.json"
     extra_file.write_text(json.dumps(extra))
@@ -50,22 +66,18 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
     restored = bed.empty_cluster(pg_major, host=db3, name=f"pg{pg_major}-sb-{mode.replace('_', '-')}")
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     key = str(bed.run_dir / "ssh" / "id_ed25519")
-    extra = {
-        "standby_backup_hosts": db3.name,
-        "standby_backup_mode": mode,
-        "standby_backup_primary_host": primary.host,
-        "standby_backup_primary_port": primary.port,
-        "standby_backup_standby_host": standby.host,
-        "standby_backup_standby_port": standby.port,
-        "standby_backup_login_password": primary.password,
-        "standby_backup_standby_data_dir": str(standby.datadir),
-        "standby_backup_standby_ssh_host": standby.node.address,
-        "standby_backup_ssh_key": key,
-        "standby_backup_ssh_options": SSH_OPTIONS,
-        "standby_backup_dest": str(restored.datadir),
-        "standby_backup_state_dir": str(tmp_path / "keepers"),
-        "standby_backup_progress_interval": 2,
-    }
+    extra = backup_vars(
+        db3.name,
+        primary,
+        standby,
+        restored.datadir,
+        tmp_path / "keepers",
+        standby_backup_mode=mode,
+        standby_backup_standby_ssh_host=standby.node.address,
+        standby_backup_ssh_key=key,
+        standby_backup_ssh_options=SSH_OPTIONS,
+        standby_backup_progress_interval=2,
+    )
     try:
         with bed.load(primary, 600, clients=2) as load:
             time.sleep(1)
@@ -95,19 +107,7 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
 
 def _role_run(env, testbed, tmp_path, primary, standby, dest, **overrides):
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    extra = {
-        "standby_backup_hosts": testbed.hosts[0].name,
-        "standby_backup_primary_host": primary.host,
-        "standby_backup_primary_port": primary.port,
-        "standby_backup_standby_host": standby.host,
-        "standby_backup_standby_port": standby.port,
-        "standby_backup_login_password": primary.password,
-        "standby_backup_standby_data_dir": str(standby.datadir),
-        "standby_backup_dest": str(dest),
-        "standby_backup_state_dir": str(tmp_path / "keepers"),
-        "standby_backup_progress_interval": 2,
-        **overrides,
-    }
+    extra = backup_vars(testbed.hosts[0].name, primary, standby, dest, tmp_path / "keepers", standby_backup_progress_interval=2, **overrides)
     proc = _start_playbook(env, inventory, extra)
     stdout, stderr = proc.communicate(timeout=600)
     return proc.returncode, stdout + stderr
