@@ -44,7 +44,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     chmod 0755 "$policy"
     own_policy=1
   fi
-  cleanup() { [ "$own_policy" = 1 ] && rm -f "$policy"; }
+  # An if, not `[ ... ] && rm`: a machine that already has policy-rc.d (most Debian images) must not end with status 1.
+  cleanup() { if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi; }
   trap cleanup EXIT
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
