@@ -231,3 +231,21 @@ def test_teardown_after_a_failed_setup(monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         Testbed("netns", hosts=("a", "b", "c"))
     assert leftovers(seen["run_dir"], seen["prefix"]) == []
+
+
+def test_run_base_is_safe_for_sshd_wherever_the_checkout_is(tmp_path):
+    """A checkout below world-writable /tmp gets a run base sshd accepts keys under; a safe checkout keeps build/testbed."""
+    from .harness.testbed import FALLBACK_BASE, _safe_for_sshd, default_run_base
+
+    under_tmp = Path("/tmp") / tmp_path.name / "checkout"
+    chosen = default_run_base(under_tmp)
+    assert chosen.parent == FALLBACK_BASE and chosen != default_run_base(under_tmp / "other")
+    assert _safe_for_sshd(chosen) and not _safe_for_sshd(under_tmp / "build" / "testbed")
+    safe = Path("/var/lib") / "pgbt-probe" / "checkout"  # parents root's and 0755
+    assert default_run_base(safe) == safe / "build" / "testbed"
+    # And a whole namespace test bed comes up from such a base (sshd's StrictModes accepts the keys below it).
+    bed = Testbed("netns", hosts=("a",), run_dir=chosen / "pgbtprobe")
+    try:
+        assert bed.ssh(bed.hosts[0], ["true"]).returncode == 0
+    finally:
+        bed.teardown()

@@ -24,7 +24,33 @@ from .hosts import Host, Network, postgres_login_problem
 from .pgbins import ROOT, client_bindir, postgres_install
 
 # Run dirs must not be under /tmp: sshd's StrictModes rejects an authorized_keys file below a world-writable directory.
-RUN_BASE = Path(os.environ.get("PGBT_RUN_BASE", ROOT / "build" / "testbed"))
+FALLBACK_BASE = Path("/var/lib/pgbt")  # short (unix socket paths), root's and 0755 on Debian
+
+
+def _safe_for_sshd(path: Path) -> bool:
+    """Every existing ancestor root's and not group/world-writable (what sshd's StrictModes asks of a key's parents)."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            st = parent.stat()
+            if st.st_mode & 0o022 or st.st_uid != 0:
+                return False
+    return True
+
+
+def default_run_base(root: Path = ROOT) -> Path:
+    """build/testbed of the checkout when sshd would accept keys there; else a private place keyed by the checkout.
+
+    A checkout under /tmp (or any world-writable or non-root parent) would otherwise fail every namespace test.
+    """
+    inside = root / "build" / "testbed"
+    if _safe_for_sshd(inside):
+        return inside
+    import hashlib
+
+    return FALLBACK_BASE / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+
+
+RUN_BASE = Path(os.environ["PGBT_RUN_BASE"]) if os.environ.get("PGBT_RUN_BASE") else default_run_base()
 PREFIX = "pgbt"  # + 4 hex digits: in run dir, namespace, link and cluster names, so leftovers are recognisable
 
 
