@@ -103,17 +103,48 @@ def preflight(query: Callable[..., list], snapshot: dict) -> list:
     return problems
 
 
-def start(query: Callable[..., list], *, label: str, fast: bool, version_num: int) -> dict:
+# A start on a hot standby is one long statement (with fast false it waits for the next restartpoint, up to
+# checkpoint_timeout), and its snapshot conflicts with the cleanup records the startup process replays meanwhile:
+# after max_standby_streaming_delay PostgreSQL cancels it with SQLSTATE 40001. The cancelled start leaves no backup
+# behind (its error cleanup ends the backup state), so it is tried again, a bounded number of times.
+RECOVERY_CONFLICT = "40001"
+START_ATTEMPTS = 3
+
+
+def start(query: Callable[..., list], *, label: str, fast: bool, version_num: int, in_recovery: bool = False, target: str = "") -> dict:
     """Start a non-exclusive backup in this session; return the start LSN and the server's clock at that moment."""
     if version_num >= 150000:
         sql = "SELECT lsn::text AS lsn, clock_timestamp() AS at FROM pg_backup_start(%s, %s) AS lsn"
-        params: tuple = (label, fast)
     else:
         # Never the exclusive default: it would write backup_label into the live data directory.
         sql = "SELECT lsn::text AS lsn, clock_timestamp() AS at FROM pg_start_backup(%s, %s, false) AS lsn"
-        params = (label, fast)
-    (row,) = query(sql, params)
-    return {"start_lsn": row["lsn"], "started_at": _iso(row["at"]), "_started": row["at"]}
+    attempt = 1
+    while True:
+        try:
+            (row,) = query(sql, (label, fast))
+            break
+        except PgBackupError as exc:
+            if not in_recovery or exc.details.get("sqlstate") != RECOVERY_CONFLICT:
+                raise
+            if attempt == START_ATTEMPTS:
+                raise PgBackupError(recovery_conflict_advice(target, fast, attempt), sqlstate=RECOVERY_CONFLICT) from None
+            attempt += 1
+    return {"start_lsn": row["lsn"], "started_at": _iso(row["at"]), "_started": row["at"], "start_attempts": attempt}
+
+
+def recovery_conflict_advice(target: str, fast: bool, attempts: int) -> str:
+    wait = (
+        "it waited for the standby's next restartpoint (fast: false), which comes only when a checkpoint record is replayed"
+        if not fast
+        else "it waited for an immediate restartpoint"
+    )
+    return (
+        f"the standby at {target} cancelled the backup's start {attempts} times with 'canceling statement due to conflict "
+        f"with recovery' (SQLSTATE {RECOVERY_CONFLICT}): {wait}, and meanwhile the standby replayed cleanup of rows the "
+        "start's snapshot could still see, for longer than its max_standby_streaming_delay. No backup was started. "
+        "Start with fast: true (role variable standby_backup_fast), or on the standby set "
+        "hot_standby_feedback = on or a larger max_standby_streaming_delay, then run again"
+    )
 
 
 def start_position(before: dict, after: dict, start_lsn: str, seg_size: int) -> dict:

@@ -102,7 +102,8 @@ def _keeper_main(directory: str, params: dict, *, backup_id: str, label: str, fa
             os.chmod(os.path.join(directory, keeper_files.SOCKET), 0o600)
             listener.listen(8)
             version = int(before["server_version_num"])
-            started = backup_api.start(session.query, label=label, fast=fast, version_num=version)
+            in_recovery = bool(before["in_recovery"])
+            started = backup_api.start(session.query, label=label, fast=fast, version_num=version, in_recovery=in_recovery, target=session.target)
             after = backup_api.server_snapshot(session.query)
             position = backup_api.start_position(before, after, started["start_lsn"], int(before["wal_segment_size"]))
         except PgBackupError as exc:
@@ -114,6 +115,7 @@ def _keeper_main(directory: str, params: dict, *, backup_id: str, label: str, fa
             "label": label,
             "start_lsn": started["start_lsn"],
             "started_at": started["started_at"],
+            "start_attempts": started["start_attempts"],
             "server_role": "standby" if before["in_recovery"] else "primary",
             "server_version": before["server_version"],
             "server_version_num": version,

@@ -144,6 +144,14 @@ started_at:
   returned: success and not check mode
   type: str
   sample: "2026-11-23T00:45:02.123456+00:00"
+start_attempts:
+  description:
+    - How many times the start was run. On a hot standby a start cancelled by a conflict with recovery (SQLSTATE 40001)
+      is run again, up to 3 times, then refused saying what to set (O(fast), C(hot_standby_feedback),
+      C(max_standby_streaming_delay)).
+  returned: success and not check mode
+  type: int
+  sample: 1
 keeper_pid:
   description: PID of the keeper process on this host.
   returned: success and not check mode

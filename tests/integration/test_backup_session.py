@@ -268,3 +268,32 @@ def test_standby_promoted_during_the_backup(primary_standby, tmp_path, pg_major)
         _stop(state_dir, "pr1")
     assert "no usable backup_label" in failure.value.message
     # The fixture replaces the pair for the next test: this standby left recovery for good.
+
+
+def test_a_start_cancelled_by_recovery_conflicts_says_why(primary_standby, testbed, tmp_path, pg_major):
+    """A busy standby cancels a waiting start (fast false) with SQLSTATE 40001: tried again, then refused saying what to set."""
+    primary, standby = primary_standby
+    primary.pgbench_init()
+    standby.sql("ALTER SYSTEM SET max_standby_streaming_delay = '50ms'")
+    standby.sql("SELECT pg_reload_conf()")
+    try:
+        with testbed.load(primary, 120, clients=2):
+            time.sleep(1)
+            # A fresh checkpoint record makes the standby's restartpoint real, and without fast it is spread over
+            # minutes (checkpoint_completion_target): the start waits, and the load's cleanup records conflict with it.
+            primary.sql("CHECKPOINT")
+            standby.wait_replayed()
+            with pytest.raises(PgBackupError) as caught:
+                _start(standby, tmp_path / "keepers", "conflict", fast=False)
+            message = caught.value.message
+            for needle in (f"port={standby.port}", f"{backup_session.backup_api.START_ATTEMPTS} times", "conflict with recovery", "standby_backup_fast"):
+                assert needle in message, message
+            assert _keeper_pids(standby) == [], "the keeper's session ended"
+            # Nothing was left started: the same session-less standby takes a fast backup at once, and it stops cleanly.
+            started = _start(standby, tmp_path / "keepers", "after-conflict", fast=True)
+            assert started["server_role"] == "standby" and started["start_attempts"] >= 1
+            stopped = _stop(tmp_path / "keepers", "after-conflict")
+            assert parse_lsn(stopped["stop_lsn"]) >= parse_lsn(started["start_lsn"])
+    finally:
+        standby.sql("ALTER SYSTEM RESET max_standby_streaming_delay")
+        standby.sql("SELECT pg_reload_conf()")

@@ -176,3 +176,42 @@ def test_check_expected(sysid, timeline, message):
         assert found is None
     else:
         assert found is not None and __import__("re").search(message, found)
+
+
+def _conflicting(failures: int, sqlstate: str = "40001"):
+    """A query whose first ``failures`` starts are cancelled by the server with ``sqlstate``."""
+    calls = []
+
+    def query(sql, params=None):
+        calls.append(sql)
+        if len(calls) <= failures:
+            raise PgBackupError("query failed on host=db2 port=5433: canceling statement due to conflict with recovery", sqlstate=sqlstate)
+        return [{"lsn": "0/5000028", "at": datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)}]
+
+    return query, calls
+
+
+def test_start_on_a_standby_is_tried_again_after_a_recovery_conflict():
+    query, calls = _conflicting(2)
+    result = backup_api.start(query, label="l", fast=False, version_num=180004, in_recovery=True, target="host=db2 port=5433")
+    assert result["start_lsn"] == "0/5000028" and result["start_attempts"] == 3 and len(calls) == 3
+
+
+def test_start_on_a_standby_gives_up_saying_why_and_what_to_set():
+    query, calls = _conflicting(backup_api.START_ATTEMPTS)
+    with pytest.raises(PgBackupError) as caught:
+        backup_api.start(query, label="l", fast=False, version_num=150018, in_recovery=True, target="host=db2 port=5433")
+    message = caught.value.message
+    assert len(calls) == backup_api.START_ATTEMPTS
+    needles = ("host=db2 port=5433", "3 times", "conflict with recovery", "fast: false", "standby_backup_fast", "hot_standby_feedback", "No backup was started")
+    for needle in needles:
+        assert needle in message, needle
+    assert caught.value.details["sqlstate"] == "40001"
+
+
+@pytest.mark.parametrize(("in_recovery", "sqlstate"), [(False, "40001"), (True, "57014")])
+def test_start_is_not_retried_on_a_primary_nor_for_other_errors(in_recovery, sqlstate):
+    query, calls = _conflicting(1, sqlstate)
+    with pytest.raises(PgBackupError, match="conflict with recovery"):
+        backup_api.start(query, label="l", fast=True, version_num=180004, in_recovery=in_recovery, target="t")
+    assert len(calls) == 1
