@@ -24,7 +24,8 @@ from .crc32c import crc32c as py_crc32c
 from .errors import PgBackupError
 from .exclusions import Exclusions
 from .lsn import format_lsn, parse_lsn
-from .manifest import CHUNK, native_crc32c
+from .page_audit import audit, page_problems, relation_segment
+from .page_checksum import BLCKSZ
 from .pg_control import PG_CONTROL_FILE_SIZE, is_guarded, parse_control_file
 from .tablespace_map import parse_tablespace_map
 from .wal import classify_wal_file, history_file_name, history_files_needed, parse_history, segments_between
@@ -49,20 +50,6 @@ def _few(items: list) -> str:
     return ", ".join(items[:LISTED]) + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
 
 
-def _checksum(path: str, algo: str) -> str:
-    with open(path, "rb", buffering=0) as handle:
-        if algo == "CRC32C":
-            fn = native_crc32c() or py_crc32c
-            crc = 0
-            for data in iter(lambda: handle.read(CHUNK), b""):
-                crc = fn(data, crc)
-            return crc.to_bytes(4, "little").hex()
-        digest = hashlib.new(algo.lower())
-        for data in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(data)
-        return digest.hexdigest()
-
-
 class Verifier:
     def __init__(
         self,
@@ -72,6 +59,7 @@ class Verifier:
         stop_timeline: Optional[int] = None,
         wal_dir: Optional[str] = None,
         remapped_tablespace_map: bool = False,
+        parallel: int = 1,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         # A restore that moved tablespaces rewrote tablespace_map: its entries are still checked against pg_tblspc, but
@@ -87,6 +75,8 @@ class Verifier:
         self.label = None
         self.manifest: Optional[dict] = None
         self.tablespaces: dict = {}  # oid (str) -> directory where the copy's tablespace is
+        self.expected_digests: dict = {}  # rel -> (algorithm, hex digest) from backup_manifest
+        self.parallel = max(1, parallel)
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -199,6 +189,7 @@ class Verifier:
         if data is None:
             self.report["manifest"] = None
             self.notes.append("no backup_manifest: file sizes and checksums not checked")
+            self.read_pass()
             return
         try:
             manifest = json.loads(data.decode("utf-8", "surrogateescape"))
@@ -207,6 +198,7 @@ class Verifier:
                 raise TypeError("Files is not a list")
         except (ValueError, KeyError, TypeError) as exc:
             self.problem(f"backup_manifest cannot be parsed: {exc}")
+            self.read_pass()
             return
         self.manifest = manifest
         where = data.rfind(b'"Manifest-Checksum"')
@@ -223,9 +215,8 @@ class Verifier:
             listed.add(rel)
             if rel == "tablespace_map" and self.remapped_tablespace_map:
                 continue
-            path = os.path.join(self.data_dir, rel)
             try:
-                info = os.stat(path)
+                info = os.stat(os.path.join(self.data_dir, rel))
             except OSError:
                 bad["missing"].append(rel)
                 continue
@@ -233,7 +224,11 @@ class Verifier:
                 bad["size"].append(f"{rel} ({info.st_size} bytes, manifest {entry.get('Size')})")
                 continue
             algo = (entry.get("Checksum-Algorithm") or "NONE").upper().replace("-", "")
-            if algo != "NONE" and _checksum(path, algo) != str(entry.get("Checksum", "")).lower():
+            if algo != "NONE":
+                self.expected_digests[rel] = (algo, str(entry.get("Checksum", "")).lower())
+        digests = self.read_pass()
+        for rel, (_algo, want) in sorted(self.expected_digests.items()):
+            if digests.get(rel) != want:
                 bad["checksum"].append(rel)
         extra = []
         for rel, _kind, _info in self.walk():
@@ -249,6 +244,56 @@ class Verifier:
         if extra:
             self.problem(f"{len(extra)} file(s) in the copy but not in backup_manifest: {_few(extra)}")
         self.report["manifest"] = {"files": len(files), "version": manifest.get("PostgreSQL-Backup-Manifest-Version"), "wal_ranges": manifest.get("WAL-Ranges")}
+
+    # --- one read of every file: manifest digests, page LSNs and checksums ------------------------------------------
+    def page_bound(self) -> tuple:
+        """The copy's end point and what it is: no page may carry a later LSN (see page_audit)."""
+        if self.label is not None and self.label.from_standby and self.control is not None:
+            return self.control.min_recovery_point, "the minimum recovery point of the copied pg_control, this being a backup from a standby"
+        if self.stop_lsn is not None:
+            return self.stop_lsn, "the backup's stop LSN"
+        ranges = (self.manifest or {}).get("WAL-Ranges") or []
+        if ranges:
+            return parse_lsn(ranges[-1]["End-LSN"]), "the end of backup_manifest's WAL-Ranges"
+        return None, None
+
+    def read_pass(self) -> dict:
+        """Read each file once (in ``parallel`` processes): the digests the manifest asks for, every relation page audited."""
+        c = self.control
+        audit_pages = c is not None and c.blcksz == BLCKSZ
+        files = []
+        for rel, kind, _info in self.walk():
+            if kind != "f" or rel.startswith(("pg_wal/", ".pgbackup-")):
+                continue
+            want = self.expected_digests.get(rel)
+            if want is None and not (audit_pages and relation_segment(rel) is not None):
+                continue
+            files.append((os.path.join(self.data_dir, rel) if not rel.startswith("pg_tblspc/") else self.tablespace_path(rel), rel, want[0] if want else None))
+        bound, bound_what = self.page_bound() if audit_pages else (None, None)
+        start = self.label.start_lsn if self.label is not None else 0
+        checksums = bool(audit_pages and c.data_checksums and self.label is not None)
+        by_rel, summary = audit(
+            files, parallel=self.parallel, checksums=checksums, start_lsn=start, bound=bound, relseg_size=c.relseg_size if c is not None else 131072
+        )
+        summary["bound_source"] = bound_what
+        self.report["pages"] = summary
+        if c is not None and not audit_pages:
+            self.notes.append(f"pages not audited: the copy's block size is {c.blcksz}, not {BLCKSZ}")
+        elif audit_pages and bound is None:
+            self.notes.append("page LSNs not checked against the end point: give stop_lsn (or keep backup_manifest's WAL-Ranges)")
+        if audit_pages and c.data_checksums and not summary["checksums"]:
+            self.notes.append(
+                "page checksums not verified: "
+                + ("no valid backup_label (its start LSN decides which pages may be torn)" if self.label is None else "this host is big-endian")
+            )
+        for text in page_problems(by_rel, bound, bound_what):
+            self.problem(text)
+        return {rel: r["digest"] for rel, r in by_rel.items()}
+
+    def tablespace_path(self, rel: str) -> str:
+        """pg_tblspc/<oid>/... of the copy, where that tablespace's directory really is."""
+        _top, oid, rest = rel.split("/", 2)
+        return os.path.join(self.tablespaces.get(oid, os.path.join(self.data_dir, "pg_tblspc", oid)), rest)
 
     # --- WAL ----------------------------------------------------------------------------------------------------
     def check_wal(self) -> None:
@@ -444,9 +489,12 @@ def verify(
     pg_bindir: Optional[str] = None,
     pg_verifybackup: bool = True,
     remapped_tablespace_map: bool = False,
+    parallel: int = 2,
 ) -> tuple:
     """Run every offline check; returns ``(verifier, report)`` (``report['problems']`` lists them all)."""
-    verifier = Verifier(data_dir, stop_lsn=stop_lsn, stop_timeline=stop_timeline, wal_dir=wal_dir, remapped_tablespace_map=remapped_tablespace_map)
+    verifier = Verifier(
+        data_dir, stop_lsn=stop_lsn, stop_timeline=stop_timeline, wal_dir=wal_dir, remapped_tablespace_map=remapped_tablespace_map, parallel=parallel
+    )
     report = verifier.run()
     report["pg_verifybackup"] = run_verifybackup(verifier, pg_bindir, bool(wal_dir)) if pg_verifybackup else {"ran": False, "reason": "disabled"}
     return verifier, report

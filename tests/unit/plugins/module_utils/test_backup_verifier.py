@@ -17,6 +17,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import 
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import parse_control_file
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_segment import WAL_PAGE_MAGIC
 
+from .pages import page
 from .walbuilder import full_segment
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -47,7 +48,8 @@ def make_copy(tmp_path: Path, major: int = 15, *, guard: bool = True, manifest: 
     for sub in ("global", "pg_wal", "base/1", "pg_stat_tmp", "pg_tblspc"):
         (copy / sub).mkdir(parents=True)
     (copy / "PG_VERSION").write_text(f"{major}\n")
-    (copy / "base" / "1" / "1259").write_bytes(b"\x01" * 16384)
+    # A page last changed before the start (its checksum must hold) and one changed during the copy (up to the stop).
+    (copy / "base" / "1" / "1259").write_bytes(page(0xB00000, 0) + page(0xD00000, 1))
     (copy / "postgresql.conf").write_text("port = 5432\n")
     control = control_bytes(major)
     (copy / copy_state.PENDING_CONTROL).write_bytes(control)
@@ -114,7 +116,8 @@ def test_every_fault_is_listed_at_once(tmp_path):
     assert has(found, "a base backup leaves out", "postmaster.pid") and has(found, "pg_stat_tmp/global.stat")
     assert has(found, "wrong mode", "PG_VERSION (0644, expected 0600)", "base (0755, expected 0700)")
     assert has(found, "incomplete")
-    assert len(found) == 6, found  # postmaster.pid and global.stat are named together as not in the manifest
+    assert has(found, "fail their data checksum", "base/1/1259 block 0")  # the changed byte is in a page older than the start
+    assert len(found) == 7, found  # postmaster.pid and global.stat are named together as not in the manifest
 
 
 def test_a_segment_of_another_cluster(tmp_path):
@@ -199,10 +202,10 @@ def test_manifest_crc32c_checksums(tmp_path):
     data = json.loads((copy / "backup_manifest").read_text())
     entry = next(f for f in data["Files"] if f["Path"] == "base/1/1259")
     assert entry["Checksum-Algorithm"] == "SHA256"
-    # the CRC-32C of 16384 bytes of 0x01, little-endian hex, as PostgreSQL writes it
+    # the CRC-32C of the file, little-endian hex, as PostgreSQL writes it
     from ansible_collections.pgbackup.lowlevel.plugins.module_utils.crc32c import crc32c
 
-    good = crc32c(b"\x01" * 16384).to_bytes(4, "little").hex()
+    good = crc32c((copy / "base" / "1" / "1259").read_bytes()).to_bytes(4, "little").hex()
     text = (copy / "backup_manifest").read_text()
     line = next(li for li in text.splitlines() if '"base/1/1259"' in li)
     new_line = line.split('"Checksum-Algorithm"')[0] + f'"Checksum-Algorithm": "CRC32C", "Checksum": "{good}" }},'
@@ -276,3 +279,69 @@ def test_pg_verifybackup_of_another_major_is_not_used(tmp_path):
     os.chmod(fake / "pg_verifybackup", 0o755)
     assert find_bindir(16, str(fake), "pg_verifybackup") != str(fake)
     assert find_bindir(15, str(fake), "pg_verifybackup") == str(fake)
+
+
+def _rewrite(copy: Path, *pages: bytes) -> None:
+    """Replace base/1/1259 and write the manifest again, so that only the page audit can see what changed."""
+    (copy / "base" / "1" / "1259").write_bytes(b"".join(pages))
+    os.chmod(copy / "base" / "1" / "1259", 0o600)
+    os.unlink(copy / "backup_manifest")
+    write_manifest(str(copy), end_lsn=0xE00100, end_tli=1)
+    os.chmod(copy / "backup_manifest", 0o600)
+
+
+@pytest.mark.parametrize("major", (13, 18))
+def test_a_page_past_the_stop_lsn_is_refused(tmp_path, major):
+    copy = make_copy(tmp_path, major)
+    _rewrite(copy, page(0xB00000, 0), page(0xE00101, 1), bytes(8192))
+    _verifier, report = verify(str(copy), stop_lsn=STOP, pg_verifybackup=False)
+    found = report["problems"]
+    assert has(found, "1 page(s) carry an LSN past the copy's end point 0/E00100 (the backup's stop LSN)", "base/1/1259 block 1 (LSN 0/E00101)"), found
+    assert has(found, "pg_control was not copied last") and len(found) == 1, found
+    pages = report["pages"]
+    assert pages["read"] == 3 and pages["new_or_zero"] == 1 and pages["max_lsn"] == "0/E00101" and pages["bound"] == "0/E00100"
+
+
+def test_the_page_bound_without_stop_lsn_is_the_manifest_s_end(tmp_path):
+    copy = make_copy(tmp_path)
+    _rewrite(copy, page(0xB00000, 0), page(0xF00000, 1))
+    found = problems(copy)
+    assert has(found, "past the copy's end point 0/E00100 (the end of backup_manifest's WAL-Ranges)", "block 1"), found
+
+
+def test_a_standby_copy_is_bounded_by_its_pg_control_s_minimum_recovery_point(tmp_path):
+    """BACKUP FROM: standby - recovery ends at the copied pg_control's minRecoveryPoint (0/C00158 in the vector)."""
+    copy = make_copy(tmp_path)
+    label = (copy / "backup_label").read_bytes().replace(b"BACKUP FROM: primary", b"BACKUP FROM: standby")
+    (copy / "backup_label").write_bytes(label)
+    control = gzip.decompress((VECTORS / "pg15" / "pg_control_standby.gz").read_bytes())
+    (copy / "global" / "pg_control").write_bytes(control)
+    _rewrite(copy, page(0xB00000, 0), page(0xC00158, 1), page(0xC00159, 2))
+    _verifier, report = verify(str(copy), stop_lsn=STOP, pg_verifybackup=False)
+    found = [p for p in report["problems"] if "page(s)" in p]
+    assert len(found) == 1 and "past the copy's end point 0/C00158 (the minimum recovery point of the copied pg_control" in found[0], found
+    assert "block 2 (LSN 0/C00159)" in found[0] and "block 1 " not in found[0]
+
+
+def test_checksums_of_pages_changed_during_the_copy_are_not_held_against_it(tmp_path):
+    """A page with an LSN at or after the start may be torn; WAL replay rewrites it. An older one must be intact."""
+    copy = make_copy(tmp_path)
+    torn = bytearray(page(0xD00000, 1))
+    torn[5000] ^= 0xFF
+    old = bytearray(page(0xB00000, 0))
+    old[5000] ^= 0xFF
+    _rewrite(copy, bytes(old), bytes(torn))
+    _verifier, report = verify(str(copy), stop_lsn=STOP, pg_verifybackup=False)
+    found = report["problems"]
+    assert has(found, "1 page(s) last changed before the backup's start fail their data checksum", "base/1/1259 block 0"), found
+    assert report["pages"]["checksum_verified"] == 1 and len(found) == 1
+
+
+def test_the_audit_reads_in_parallel_with_the_same_result(tmp_path):
+    copy = make_copy(tmp_path)
+    (copy / "base" / "1" / "2608").write_bytes(page(0xB00000, 0) + page(0xE00200, 1))
+    os.chmod(copy / "base" / "1" / "2608", 0o600)
+    one = verify(str(copy), stop_lsn=STOP, pg_verifybackup=False, parallel=1)[1]
+    two = verify(str(copy), stop_lsn=STOP, pg_verifybackup=False, parallel=2)[1]
+    assert one["problems"] == two["problems"] and has(one["problems"], "base/1/2608 block 1")
+    assert {k: v for k, v in one["pages"].items() if k != "seconds"} == {k: v for k, v in two["pages"].items() if k != "seconds"}
