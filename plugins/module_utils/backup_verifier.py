@@ -20,7 +20,6 @@ from typing import Optional
 
 from . import copy_state
 from .backup_label import parse_backup_label
-from .crc32c import crc32c as py_crc32c
 from .errors import PgBackupError
 from .exclusions import Exclusions
 from .lsn import format_lsn, parse_lsn
