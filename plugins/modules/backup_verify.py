@@ -24,6 +24,18 @@ description:
     file belongs to the data directory's owner with mode 0600 (0640 with group access) and every directory 0700 (0750).
   - Runs C(pg_verifybackup) of the copy's major version too when it is on the host (O(pg_bindir) or
     C(/usr/lib/postgresql/<major>/bin)) and the copy has a manifest, with C(-n) unless O(wal_dir) is given.
+  - Reads every file once. The manifest's checksum is computed from that read, and every page of every relation file
+    (C(base/), C(global/), every tablespace; all forks and segments) is audited from the same buffers. No page may
+    carry an LSN past the copy's end point - the stop LSN for a backup stopped on the primary, the copied pg_control's
+    minimum recovery point for a backup from a standby (C(BACKUP FROM: standby)). Such a page means that
+    C(global/pg_control) was not copied last, or that the copy mixes files or volume snapshots taken at different times.
+    Recovery would stop before the page's change, and the copy would start and be silently inconsistent.
+  - With data checksums on, every page last changed before the backup's start must carry its right checksum. A page
+    changed later may be torn (it was read while PostgreSQL wrote it), and the full-page image in the backup's WAL
+    replaces it during recovery, so its checksum is not held against the copy. This is the rule pg_basebackup applies.
+    New (all-zero) pages are skipped.
+  - What it cannot prove offline - that the WAL's records replay, or that heap and index agree - is the restore test's
+    part, see O(restore_test).
   - With O(restore_test=true) it also starts a scratch copy (never the copy itself), see O(restore_test).
 author:
   - pgbackup.lowlevel developers (@pgbackup)
@@ -46,6 +58,10 @@ options:
       - A directory with the PostgreSQL binaries of the copy's major version (C(pg_verifybackup), C(postgres),
         C(pg_ctl), C(pg_amcheck)); C(/usr/lib/postgresql/<major>/bin) is searched too.
     type: path
+  parallel:
+    description: Processes that read and audit the files (the page checksum runs on one core per process).
+    type: int
+    default: 2
   pg_verifybackup:
     description: Run C(pg_verifybackup) when it is available.
     type: bool
@@ -155,6 +171,16 @@ wal:
   description: The WAL range checked, the segments checked, missing and invalid.
   returned: always
   type: dict
+pages:
+  description:
+    - The page audit - C(relation_files), pages C(read), C(new_or_zero) (skipped), C(checksum_verified) (pages older
+      than the start, with data checksums on), C(checksums) (whether they were verified), the highest page LSN
+      C(max_lsn), the end point C(bound) and what it is (C(bound_source)), C(bytes) read in that pass and C(seconds).
+  returned: always
+  type: dict
+  sample: {"relation_files": 312, "read": 111520, "new_or_zero": 12, "checksum_verified": 109800, "checksums": true,
+           "max_lsn": "0/5A3F0D0", "bound": "0/5B00000", "bound_source": "the backup's stop LSN", "bytes": 913965056,
+           "seconds": 7.4}
 files:
   description: How many files the copy has.
   returned: always
@@ -183,6 +209,7 @@ ARGS = {
     "wal_dir": {"type": "path"},
     "pg_bindir": {"type": "path"},
     "pg_verifybackup": {"type": "bool", "default": True},
+    "parallel": {"type": "int", "default": 2},
     "restore_test": {"type": "bool", "default": False},
     "remapped_tablespace_map": {"type": "bool", "default": False},
     "restore_test_dir": {"type": "path"},
@@ -201,6 +228,7 @@ def run_module(module: AnsibleModule) -> dict:
         pg_bindir=p["pg_bindir"],
         pg_verifybackup=p["pg_verifybackup"],
         remapped_tablespace_map=p["remapped_tablespace_map"],
+        parallel=p["parallel"],
     )
     if not p["restore_test"]:
         report["restore_test"] = {"ran": False, "reason": "restore_test is false"}
