@@ -27,7 +27,7 @@ description:
   - Reads every file once. The manifest's checksum is computed from that read, and every page of every relation file
     (C(base/), C(global/), every tablespace; all forks and segments) is audited from the same buffers. No page may
     carry an LSN past the copy's end point - the stop LSN for a backup stopped on the primary, the copied pg_control's
-    minimum recovery point for a backup from a standby (C(BACKUP FROM: standby)). Such a page means that
+    minimum recovery point for a backup from a standby (the label says C(BACKUP FROM standby)). Such a page means that
     C(global/pg_control) was not copied last, or that the copy mixes files or volume snapshots taken at different times.
     Recovery would stop before the page's change, and the copy would start and be silently inconsistent.
   - With data checksums on, every page last changed before the backup's start must carry its right checksum. A page
