@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from .test_role_check_mode import _backup_vars, _check_run, _nothing_happened
 from .test_standby_backup_role import _clean_after_failure, _role_run
 
 pytestmark = [pytest.mark.integration]
@@ -106,8 +107,18 @@ def test_another_clusters_data_dir_is_refused_before_anything_starts(primary_sta
     assert "Check that the data directory to copy is the standby's" in output, output[-3000:]
     for words in (other_sysid, standby_sysid, str(other.datadir), f"{standby.host}:{standby.port}", "standby_backup_standby_data_dir"):
         assert words in output, (words, output[-3000:])
-    assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)], "no slot was made"
-    assert not (tmp_path / "keepers").exists() or not any((tmp_path / "keepers").iterdir()), "no backup was started"
+    _nothing_happened(primary, standby, tmp_path / "keepers")
     assert list(dest.iterdir()) == []
+    # --check meets the same refusal (preflight runs before the plan)
+    checked = _check_run(
+        ansible_env,
+        testbed,
+        tmp_path,
+        "standby_backup.yml",
+        _backup_vars(primary, standby, dest, tmp_path / "keepers", standby_backup_standby_data_dir=str(other.datadir)),
+    )
+    assert checked.returncode != 0 and "Check that the data directory to copy is the standby's" in checked.stdout + checked.stderr, checked.stdout[-3000:]
+    assert other_sysid in checked.stdout + checked.stderr
+    _nothing_happened(primary, standby, tmp_path / "keepers")
     # The positive control is every other role test: the standby's own directory passes this check.
     other.stop()
