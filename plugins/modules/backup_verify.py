@@ -60,16 +60,16 @@ options:
   copied_from:
     description:
       - Which server the copy's files came from. C(standby) for files copied from a standby (a coordinated backup's
-        label says C(BACKUP FROM primary) although its files are the standby's): pg_control must then say
+        label says C(BACKUP FROM primary) although its files are the standby's); pg_control must then say
         C(in archive recovery) (or C(shut down in recovery)) with its minimum recovery point on the backup's timeline
-        (O(stop_timeline), else the label's); a standby promoted during the copy is refused.
+        (O(stop_timeline), else the label's), so a standby promoted during the copy is refused.
       - C(auto) takes it from the label's C(BACKUP FROM) line; C(primary) skips these checks.
     type: str
     choices: [auto, primary, standby]
     default: auto
   expect_system_identifier:
     description:
-      - The system identifier of the server the backup was started on (backup_start's RV(system_identifier)); the
+      - The system identifier of the server the backup was started on (backup_start's C(system_identifier)); the
         copy's pg_control must have it. C(backup_manifest)'s C(System-Identifier) is checked against pg_control anyway.
     type: str
   restore_test:
