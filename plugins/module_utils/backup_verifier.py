@@ -59,6 +59,8 @@ class Verifier:
         wal_dir: Optional[str] = None,
         remapped_tablespace_map: bool = False,
         parallel: int = 1,
+        copied_from: str = "auto",
+        expect_system_identifier: Optional[str] = None,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         # A restore that moved tablespaces rewrote tablespace_map: its entries are still checked against pg_tblspc, but
@@ -66,6 +68,14 @@ class Verifier:
         self.remapped_tablespace_map = remapped_tablespace_map
         self.stop_lsn = None if stop_lsn is None else parse_lsn(stop_lsn, what="stop_lsn")
         self.stop_tli = stop_timeline
+        # Whose files these are: a coordinated backup's label says BACKUP FROM primary although a standby gave the files,
+        # so the role says so; "auto" trusts the label.
+        if copied_from not in ("auto", "primary", "standby"):
+            raise PgBackupError(f"copied_from must be auto, primary or standby, got {copied_from!r}")
+        self.copied_from = copied_from
+        self.expect_sysid = None if expect_system_identifier in (None, "") else str(expect_system_identifier).strip()
+        if self.expect_sysid is not None and not self.expect_sysid.isdigit():
+            raise PgBackupError(f"expect_system_identifier must be a system identifier (digits), got {expect_system_identifier!r}")
         self.wal_dir = os.path.abspath(wal_dir) if wal_dir else os.path.join(self.data_dir, "pg_wal")
         self.problems: list = []
         self.notes: list = []
@@ -87,6 +97,7 @@ class Verifier:
             self.problem(f"the copy is incomplete ({copy_state.INCOMPLETE_MARKER} is there): its datadir_copy failed or was killed")
         self.check_control()
         self.check_label()
+        self.check_control_source()
         self.check_tablespaces()
         self.check_manifest()
         self.check_wal()
@@ -122,6 +133,44 @@ class Verifier:
         }
         self.report["major_version"] = c.major_version
         self.report["system_identifier"] = str(c.system_identifier)
+
+    def check_control_source(self) -> None:
+        """The copied pg_control against the server the files came from (after check_label: the label names it).
+
+        A standby's files are only a backup while the standby stayed in recovery on the backup's timeline. A standby
+        promoted during the copy leaves pg_control "in production" (or its minimum recovery point on the new timeline):
+        PostgreSQL then refuses the copy (backup_label contains data inconsistent with control file, or could not locate
+        required checkpoint record), and nothing else in the copy shows it.
+        """
+        c = self.control
+        if c is None:
+            return
+        if self.expect_sysid is not None and str(c.system_identifier) != self.expect_sysid:
+            self.problem(
+                f"pg_control's system identifier is {c.system_identifier}, expected {self.expect_sysid} (the server the backup was "
+                "started on): these files are another cluster's; discard this copy and check the data directory the copy was taken from"
+            )
+        from_standby = self.copied_from == "standby" or (self.copied_from == "auto" and self.label is not None and self.label.from_standby)
+        self.report["copied_from"] = "standby" if from_standby else self.copied_from
+        if not from_standby:
+            return
+        timeline = self.stop_tli or (self.label.start_timeline if self.label is not None else None)
+        # Shut down in recovery is a standby stopped cleanly: PostgreSQL accepts both for a label BACKUP FROM standby.
+        if not c.in_recovery:
+            promoted = " (the standby was promoted during the copy)" if c.state_name == "in production" else ""
+            self.problem(
+                f'the copy\'s files come from a standby but its pg_control says "{c.state_name}", expected "in archive recovery" or '
+                f'"shut down in recovery"{promoted}: PostgreSQL cannot start this copy; discard it and back up a standby that stays in recovery'
+            )
+        if timeline:
+            tli = c.min_recovery_point_tli
+            if tli == 0 or tli > timeline:
+                self.problem(
+                    f"the copy's pg_control has its minimum recovery point on timeline {tli}, expected timeline {timeline} (the backup's): "
+                    "the standby left the backup's timeline during the copy (promoted or followed a new primary); discard this copy"
+                )
+            elif tli < timeline:
+                self.notes.append(f"pg_control's minimum recovery point is on timeline {tli}, older than the backup's timeline {timeline}")
 
     def check_label(self) -> None:
         data = _read(os.path.join(self.data_dir, "backup_label"))
@@ -489,10 +538,19 @@ def verify(
     pg_verifybackup: bool = True,
     remapped_tablespace_map: bool = False,
     parallel: int = 2,
+    copied_from: str = "auto",
+    expect_system_identifier: Optional[str] = None,
 ) -> tuple:
     """Run every offline check; returns ``(verifier, report)`` (``report['problems']`` lists them all)."""
     verifier = Verifier(
-        data_dir, stop_lsn=stop_lsn, stop_timeline=stop_timeline, wal_dir=wal_dir, remapped_tablespace_map=remapped_tablespace_map, parallel=parallel
+        data_dir,
+        stop_lsn=stop_lsn,
+        stop_timeline=stop_timeline,
+        wal_dir=wal_dir,
+        remapped_tablespace_map=remapped_tablespace_map,
+        copied_from=copied_from,
+        expect_system_identifier=expect_system_identifier,
+        parallel=parallel,
     )
     report = verifier.run()
     report["pg_verifybackup"] = run_verifybackup(verifier, pg_bindir, bool(wal_dir)) if pg_verifybackup else {"ran": False, "reason": "disabled"}

@@ -73,6 +73,21 @@ options:
         C(backup_manifest)'s checksum, and C(pg_verifybackup) ignores it.
     type: bool
     default: false
+  copied_from:
+    description:
+      - Which server the copy's files came from. C(standby) for files copied from a standby (a coordinated backup's
+        label says C(BACKUP FROM primary) although its files are the standby's); pg_control must then say
+        C(in archive recovery) (or C(shut down in recovery)) with its minimum recovery point on the backup's timeline
+        (O(stop_timeline), else the label's), so a standby promoted during the copy is refused.
+      - C(auto) takes it from the label's C(BACKUP FROM) line; C(primary) skips these checks.
+    type: str
+    choices: [auto, primary, standby]
+    default: auto
+  expect_system_identifier:
+    description:
+      - The system identifier of the server the backup was started on (backup_start's C(system_identifier)); the
+        copy's pg_control must have it. C(backup_manifest)'s C(System-Identifier) is checked against pg_control anyway.
+    type: str
   restore_test:
     description:
       - Make a scratch copy (C(cp -a), tablespaces included) in O(restore_test_dir), start it as the data directory's
@@ -212,6 +227,8 @@ ARGS = {
     "parallel": {"type": "int", "default": 2},
     "restore_test": {"type": "bool", "default": False},
     "remapped_tablespace_map": {"type": "bool", "default": False},
+    "copied_from": {"type": "str", "default": "auto", "choices": ["auto", "primary", "standby"]},
+    "expect_system_identifier": {"type": "str"},
     "restore_test_dir": {"type": "path"},
     "restore_test_port": {"type": "int"},
     "restore_test_timeout": {"type": "int", "default": 300},
@@ -229,6 +246,8 @@ def run_module(module: AnsibleModule) -> dict:
         pg_verifybackup=p["pg_verifybackup"],
         remapped_tablespace_map=p["remapped_tablespace_map"],
         parallel=p["parallel"],
+        copied_from=p["copied_from"],
+        expect_system_identifier=p["expect_system_identifier"],
     )
     if not p["restore_test"]:
         report["restore_test"] = {"ran": False, "reason": "restore_test is false"}

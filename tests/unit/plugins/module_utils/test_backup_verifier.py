@@ -345,3 +345,71 @@ def test_the_audit_reads_in_parallel_with_the_same_result(tmp_path):
     two = verify(str(copy), stop_lsn=STOP, pg_verifybackup=False, parallel=2)[1]
     assert one["problems"] == two["problems"] and has(one["problems"], "base/1/2608 block 1")
     assert {k: v for k, v in one["pages"].items() if k != "seconds"} == {k: v for k, v in two["pages"].items() if k != "seconds"}
+
+
+# --- the copied pg_control against the server the files came from (copied_from, expect_system_identifier) ------------
+
+
+def set_control(copy: Path, **fields) -> None:
+    """Rewrite fields of the copy's pg_control (state, min_recovery_point_tli) with a valid CRC, as a standby's would be."""
+    import struct
+
+    from ansible_collections.pgbackup.lowlevel.plugins.module_utils import pg_control as pgc
+
+    path = copy / "global" / "pg_control"
+    data = bytearray(path.read_bytes())
+    for name, value in fields.items():
+        offset, fmt = pgc._FIELDS[name]
+        struct.pack_into("<" + fmt, data, offset, value)
+    crc_at = pgc._CRC_OFFSET[pgc._layout_version(bytes(data), str(path))]
+    struct.pack_into("<I", data, crc_at, pgc.crc32c(bytes(data[:crc_at])))
+    path.write_bytes(bytes(data))
+
+
+def standby_copy(tmp_path: Path, major: int, **fields) -> Path:
+    copy = make_copy(tmp_path, major, manifest=False)
+    set_control(copy, **{"state": 5, "min_recovery_point_tli": 1, **fields})  # DB_IN_ARCHIVE_RECOVERY on timeline 1
+    return copy
+
+
+@pytest.mark.parametrize("major", (13, 18))
+def test_a_standby_copy_in_archive_recovery_passes(tmp_path, major):
+    copy = standby_copy(tmp_path, major)
+    sysid = str(parse_control_file((copy / "global" / "pg_control").read_bytes()).system_identifier)
+    _verifier, report = verify(str(copy), stop_lsn=STOP, stop_timeline=1, copied_from="standby", expect_system_identifier=sysid, pg_verifybackup=False)
+    assert report["problems"] == [] and report["copied_from"] == "standby"
+    # shut down in recovery (a standby stopped cleanly) is accepted by PostgreSQL for a standby's files too
+    set_control(copy, state=2)
+    assert problems(copy, stop_lsn=STOP, stop_timeline=1, copied_from="standby") == []
+
+
+@pytest.mark.parametrize("major", (13, 18))
+def test_a_standby_promoted_during_the_copy_is_refused(tmp_path, major):
+    copy = standby_copy(tmp_path, major, state=6, min_recovery_point_tli=2)  # DB_IN_PRODUCTION, the issue's pg_control
+    found = problems(copy, stop_lsn=STOP, stop_timeline=1, copied_from="standby")
+    assert has(found, '"in production"', "promoted during the copy", "discard"), found
+    assert has(found, "timeline 2", "expected timeline 1"), found
+    # the same files from a primary (copied_from primary) are a primary's normal state: not these problems
+    assert not has(problems(copy, stop_lsn=STOP, copied_from="primary"), "in production")
+
+
+def test_a_label_backup_from_standby_is_checked_without_copied_from(tmp_path):
+    copy = standby_copy(tmp_path, 15, state=6)
+    (copy / "backup_label").write_bytes(LABEL.replace(b"BACKUP FROM: primary", b"BACKUP FROM: standby"))
+    found = problems(copy, stop_lsn=STOP)
+    assert has(found, "promoted during the copy"), found
+
+
+def test_a_minimum_recovery_point_off_the_backups_timeline(tmp_path):
+    copy = standby_copy(tmp_path, 15, min_recovery_point_tli=0)  # a server that ended recovery clears it
+    assert has(problems(copy, stop_lsn=STOP, stop_timeline=1, copied_from="standby"), "timeline 0", "expected timeline 1")
+
+
+def test_the_wrong_system_identifier_expected_is_refused(tmp_path):
+    copy = standby_copy(tmp_path, 15)
+    found = problems(copy, stop_lsn=STOP, copied_from="standby", expect_system_identifier="7000000000000000001")
+    assert has(found, "system identifier", "expected 7000000000000000001", "another cluster's"), found
+    with pytest.raises(PgBackupError, match="expect_system_identifier"):
+        verify(str(copy), expect_system_identifier="abc", pg_verifybackup=False)
+    with pytest.raises(PgBackupError, match="copied_from"):
+        verify(str(copy), copied_from="replica", pg_verifybackup=False)
