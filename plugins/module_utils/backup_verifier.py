@@ -508,7 +508,7 @@ def find_bindir(major: int, pg_bindir: Optional[str], tool: str) -> Optional[str
     return None
 
 
-def run_verifybackup(verifier: Verifier, pg_bindir: Optional[str], wal_dir_given: bool) -> dict:
+def run_verifybackup(verifier: Verifier, pg_bindir: Optional[str]) -> dict:
     """``pg_verifybackup`` of the copy's major version, when there is one and a manifest to check against."""
     if verifier.control is None or verifier.manifest is None:
         return {"ran": False, "reason": "no valid pg_control" if verifier.control is None else "no backup_manifest"}
@@ -516,8 +516,9 @@ def run_verifybackup(verifier: Verifier, pg_bindir: Optional[str], wal_dir_given
     bindir = find_bindir(major, pg_bindir, "pg_verifybackup")
     if bindir is None:
         return {"ran": False, "reason": f"no pg_verifybackup of PostgreSQL {major} on this host"}
-    argv = [os.path.join(bindir, "pg_verifybackup")]
-    argv += ["-w", verifier.wal_dir] if wal_dir_given else ["-n"]
+    # No -n: the WAL is parsed (pg_waldump over each WAL-Ranges entry, on its timeline's file names), from the
+    # wal_dir given or the copy's own pg_wal, where a backup made by the roles keeps its WAL.
+    argv = [os.path.join(bindir, "pg_verifybackup"), "-w", verifier.wal_dir]
     if verifier.remapped_tablespace_map:
         argv.append("--ignore=tablespace_map")
     argv.append(verifier.data_dir)
@@ -553,5 +554,5 @@ def verify(
         parallel=parallel,
     )
     report = verifier.run()
-    report["pg_verifybackup"] = run_verifybackup(verifier, pg_bindir, bool(wal_dir)) if pg_verifybackup else {"ran": False, "reason": "disabled"}
+    report["pg_verifybackup"] = run_verifybackup(verifier, pg_bindir) if pg_verifybackup else {"ran": False, "reason": "disabled"}
     return verifier, report

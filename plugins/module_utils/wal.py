@@ -352,3 +352,21 @@ def history_files_needed(stop_tli: int, history: list[TimelineHistoryEntry], *, 
         return [history_file_name(stop_tli)] if stop_tli >= 2 else []
     tlis = [e.parent_tli for e in history] + [stop_tli]
     return [history_file_name(t) for t in tlis if t >= 2]
+
+
+def old_timeline_files(start_lsn: int, start_tli: int, stop_lsn: int, stop_tli: int, history: list[TimelineHistoryEntry], seg_size: int) -> list:
+    """``(file name, end LSN)`` of the old-timeline segments a manifest's WAL-Ranges promise beyond ``segments_between``.
+
+    pg_verifybackup parses each WAL-Ranges entry with pg_waldump on that entry's timeline, so the range of an old
+    timeline ending at a switchpoint inside a segment needs the *old* timeline's file of that segment, through the
+    switchpoint; recovery itself reads the new timeline's file there (``XLogFileReadAnyTLI`` tries the newest
+    timeline first). A switchpoint exactly on a segment boundary needs nothing more.
+    """
+    recovery = set(segments_between(start_lsn, stop_lsn, stop_tli, history, seg_size))
+    extra = []
+    for tli, begin, end in reversed(timeline_ranges(start_lsn, start_tli, stop_lsn, stop_tli, history)):
+        for segno in range(segment_number(begin, seg_size), end_segment_number(end, seg_size) + 1):
+            name = wal_file_name(tli, segno, seg_size)
+            if name not in recovery:
+                extra.append((name, min(end, (segno + 1) * seg_size)))
+    return extra

@@ -350,7 +350,9 @@ class _Scan:
         elif self.last is not None and self.last[0] == self.zero_from - 1:
             self.switch_lsn = self._switch_record()
             self.complete = self.switch_lsn is not None
-        if through_lsn is not None and self.valid_end < through_lsn:
+        # A segment that ends with an XLOG_SWITCH record holds WAL through its end: the zero tail is the switch's
+        # (a stop exactly on the boundary, X/Y000000, is the end of that record's segment).
+        if through_lsn is not None and self.valid_end < through_lsn and self.switch_lsn is None:
             self.problem(
                 "through",
                 f"the segment holds valid pages only up to {format_lsn(self.valid_end)}, not through {format_lsn(through_lsn)} as needed: "

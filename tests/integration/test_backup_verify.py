@@ -169,6 +169,7 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         assert not [p for p in dest.parent.iterdir() if p.name.startswith(".pgbackup-restore-test-")]  # scratch copy removed
         if pg_major == 15:  # Debian's 15 is the only pg_verifybackup here; another major's is never used
             assert good["pg_verifybackup"]["ran"] is True and good["pg_verifybackup"]["rc"] == 0, good["pg_verifybackup"]
+            assert "-n" not in good["pg_verifybackup"]["command"] and "-w" in good["pg_verifybackup"]["command"]  # the WAL parsed
         else:
             assert good["pg_verifybackup"] == {"ran": False, "reason": f"no pg_verifybackup of PostgreSQL {pg_major} on this host"}
 
@@ -190,13 +191,22 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         assert lost.get("failed") is True and lost["control"]["guarded"] is False, lost
         assert any("would start crash recovery from the wrong checkpoint" in p for p in lost["problems"]), lost["problems"]
 
-        # the damaged WAL passes every offline check, and the restore test fails: recovery never reaches consistency
+        # the damaged WAL (page headers intact, a record's bytes flipped): pg_verifybackup parses the WAL (no -n) and
+        # names the record; without a pg_verifybackup of this major it passes every offline check and the restore test
+        # fails: recovery never reaches consistency
         assert damaged.get("failed") is True, damaged
-        assert [p for p in damaged["problems"] if not p.startswith("restore test")] == [], damaged["problems"]
-        assert any("WAL ends before end of online backup" in p for p in damaged["problems"]), damaged["problems"]
-        drt = damaged["restore_test"]
-        assert drt["ran"] is True and drt["ok"] is False and drt["consistent_at"] is None, drt
-        assert drt["redo_start"] == started["start_lsn"], drt
+        offline = [p for p in damaged["problems"] if not p.startswith("restore test")]
+        if pg_major == 15:
+            assert damaged["pg_verifybackup"]["command"][1:3] == ["-w", str(broken / "pg_wal")], damaged["pg_verifybackup"]
+            assert len(offline) == 1 and "WAL parsing failed for timeline 1" in offline[0], offline
+            assert "incorrect resource manager data checksum in record at 0/" in offline[0], offline
+            assert damaged["restore_test"]["ran"] is False, damaged["restore_test"]
+        else:
+            assert offline == [], damaged["problems"]
+            assert any("WAL ends before end of online backup" in p for p in damaged["problems"]), damaged["problems"]
+            drt = damaged["restore_test"]
+            assert drt["ran"] is True and drt["ok"] is False and drt["consistent_at"] is None, drt
+            assert drt["redo_start"] == started["start_lsn"], drt
         assert not [p for p in dest.parent.iterdir() if p.name.startswith(".pgbackup-restore-test-")]
 
         if pg_major == 15:  # check mode reads the same, never runs the restore test

@@ -15,6 +15,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import (
     format_history,
     history_file_name,
     history_files_needed,
+    old_timeline_files,
     parse_backup_history_file_name,
     parse_history,
     parse_history_file_name,
@@ -511,3 +512,16 @@ def test_segments_across_a_real_promotion(major):
     ranges = timeline_ranges(switchpoint - 100, 1, switchpoint + 100, 2, history)
     assert ranges == [(2, switchpoint, switchpoint + 100), (1, switchpoint - 100, switchpoint)]
     assert history_files_needed(2, history) == [exp["history"]["name"]]
+
+
+def test_old_timeline_files_a_manifest_promises():
+    seg = 16 << 20
+    history = parse_history("1\t0/1000000\tx\n10\t0/1F000100\tpromoted\n", 11)
+    start, stop = 0x1E000028, 0x20000100
+    # recovery reads 11's file for segment 1F (it holds 10's WAL up to the switch); pg_waldump on timeline 10 wants 10's
+    assert segments_between(start, stop, 11, history, seg)[1] == "0000000B000000000000001F"
+    assert old_timeline_files(start, 10, stop, 11, history, seg) == [("0000000A000000000000001F", 0x1F000100)]
+    # a switchpoint exactly on a segment boundary: the old range ends in segment 1E, which recovery reads from 10 too
+    on_boundary = parse_history("1\t0/1000000\tx\n10\t0/1F000000\tpromoted\n", 11)
+    assert old_timeline_files(start, 10, stop, 11, on_boundary, seg) == []
+    assert old_timeline_files(0x1000028, 1, 0x2000000, 1, [], seg) == []  # one timeline: nothing extra

@@ -137,9 +137,21 @@ def test_a_switch_record_with_a_bad_crc_is_not_trusted():
 
 
 def test_through_lsn_beyond_the_written_wal():
-    data = build_segment([record(100), switch_record()])
-    message = refused(data, through_lsn=BASE + 3 * PAGE)
+    data = build_segment([record(100), record(5000), record(100)])
+    message = refused(data, through_lsn=BASE + 3 * PAGE, complete=False)
     assert "only up to 0/502000, not through 0/506000" in message
+
+
+def test_a_switch_holds_the_wal_through_the_segment_end():
+    # The zero tail after an XLOG_SWITCH is the switch's: a stop exactly on the next boundary (X/Y000000) is satisfied,
+    # whether the segment is read as complete or only through the stop (the last segment of a standby backup).
+    data = build_segment([record(100), switch_record()])
+    for complete in (True, False):
+        assert check(data, through_lsn=BASE + MB, complete=complete).switch_lsn is not None
+        assert check(data, through_lsn=BASE + 3 * PAGE, complete=complete).switch_lsn is not None
+    # Negative control: an ordinary record where the switch was, zeros after it (a copy cut short) is still refused.
+    broken = build_segment([record(100), record(0)])
+    assert "not through 0/600000 as needed" in refused(broken, through_lsn=BASE + MB, complete=False)
 
 
 def test_through_lsn_must_be_in_the_segment():
@@ -344,6 +356,15 @@ def test_real_segments_are_valid(major, seg):
     assert result.last_timeline == tli
     if seg["switch_end_lsn"]:
         assert result.switch_end_lsn == parse_lsn(seg["switch_end_lsn"])
+        # A stop exactly on the segment's end boundary is held by the switch (read only through the stop, too) ...
+        end = result.start_lsn + kw["seg_size"]
+        assert validate_segment(data, file_name=seg["name"], through_lsn=end, complete=False, **kw).switch_lsn == result.switch_lsn
+        # ... and not once the switch record is gone: the tail after the record before it is zero (a truncated copy).
+        cut = bytearray(data)
+        at = result.switch_lsn - result.start_lsn
+        cut[at : at + 24] = bytes(24)
+        with pytest.raises(PgBackupError, match=f"not through {format_lsn(end)}"):
+            validate_segment(bytes(cut), file_name=seg["name"], through_lsn=end, complete=False, **kw)
     if tli == 2:
         assert result.timelines == (1, 2)  # timeline 1's WAL copied up to the switchpoint, then timeline 2's
 
