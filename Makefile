@@ -39,7 +39,8 @@ LINKED := $(BUILD)/collections
 $(LINKED)/ansible_collections/pgbackup/lowlevel:
 	@mkdir -p $(dir $@) && ln -sfn $(CURDIR) $@
 
-# lint builds the tarball first: galaxy-importer checks it as Galaxy would, ansible-builder makes the EE's context from it.
+# lint builds the tarball first: galaxy-importer checks it as Galaxy would (in build/: it writes importer_result.json into
+# its working directory), ansible-builder makes the EE's context from it.
 EE_CONTEXT := $(BUILD)/ee-context
 lint: venv build $(LINKED)/ansible_collections/pgbackup/lowlevel
 	$(VENV)/bin/ruff check plugins tests scripts $(wildcard bench)
@@ -53,7 +54,7 @@ lint: venv build $(LINKED)/ansible_collections/pgbackup/lowlevel
 	  || { echo "$(TARBALL) ships the files above: list them in galaxy.yml build_ignore" >&2; exit 1; }
 	@test "$$(grep -c 'pgbackup-lowlevel-$(VERSION)\.tar\.gz' meta/execution-environment.yml)" = 2 \
 	  || { echo "meta/execution-environment.yml must name pgbackup-lowlevel-$(VERSION).tar.gz (galaxy.yml's version) twice" >&2; exit 1; }
-	GALAXY_IMPORTER_CONFIG=$(CURDIR)/tests/galaxy-importer.cfg PATH="$(VENV)/bin:$$PATH" $(PY) -m galaxy_importer.main $(TARBALL) \
+	cd $(BUILD) && GALAXY_IMPORTER_CONFIG=$(CURDIR)/tests/galaxy-importer.cfg PATH="$(VENV)/bin:$$PATH" $(PY) -m galaxy_importer.main $(TARBALL) \
 	  > $(BUILD)/galaxy-importer.log 2>&1 || { cat $(BUILD)/galaxy-importer.log; exit 1; }
 	@! grep -E '^(WARNING|ERROR)' $(BUILD)/galaxy-importer.log || { echo "galaxy-importer: see $(BUILD)/galaxy-importer.log" >&2; exit 1; }
 	rm -rf $(EE_CONTEXT)
