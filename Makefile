@@ -39,13 +39,29 @@ LINKED := $(BUILD)/collections
 $(LINKED)/ansible_collections/pgbackup/lowlevel:
 	@mkdir -p $(dir $@) && ln -sfn $(CURDIR) $@
 
-lint: venv $(LINKED)/ansible_collections/pgbackup/lowlevel
+# lint builds the tarball first: galaxy-importer checks it as Galaxy would (in build/: it writes importer_result.json into
+# its working directory), ansible-builder makes the EE's context from it.
+EE_CONTEXT := $(BUILD)/ee-context
+lint: venv build $(LINKED)/ansible_collections/pgbackup/lowlevel
 	$(VENV)/bin/ruff check plugins tests scripts $(wildcard bench)
 	$(VENV)/bin/ruff format --check plugins tests scripts $(wildcard bench)
 	ANSIBLE_COLLECTIONS_PATH=$(LINKED) PATH="$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --offline --profile production
 	PATH="$(VENV)/bin:$$PATH" $(PY) scripts/gen_module_docs.py --check
 	$(PY) scripts/draw_sequence.py --check
 	$(PY) scripts/check_role_args.py
+	$(PY) scripts/gen_role_readmes.py --check
+	@! tar tzf $(TARBALL) | grep -E '^playbooks/(demo|sandbox_facts)\.yml$$|^meta/execution-environment\.yml$$' \
+	  || { echo "$(TARBALL) ships the files above: list them in galaxy.yml build_ignore" >&2; exit 1; }
+	@test "$$(grep -c 'pgbackup-lowlevel-$(VERSION)\.tar\.gz' meta/execution-environment.yml)" = 2 \
+	  || { echo "meta/execution-environment.yml must name pgbackup-lowlevel-$(VERSION).tar.gz (galaxy.yml's version) twice" >&2; exit 1; }
+	cd $(BUILD) && GALAXY_IMPORTER_CONFIG=$(CURDIR)/tests/galaxy-importer.cfg PATH="$(VENV)/bin:$$PATH" $(PY) -m galaxy_importer.main $(TARBALL) \
+	  > $(BUILD)/galaxy-importer.log 2>&1 || { cat $(BUILD)/galaxy-importer.log; exit 1; }
+	@! grep -E '^(WARNING|ERROR)' $(BUILD)/galaxy-importer.log || { echo "galaxy-importer: see $(BUILD)/galaxy-importer.log" >&2; exit 1; }
+	rm -rf $(EE_CONTEXT)
+	$(VENV)/bin/ansible-builder create -f meta/execution-environment.yml -c $(EE_CONTEXT)
+	@grep -q 'collections/pgbackup-lowlevel-$(VERSION)\.tar\.gz' $(EE_CONTEXT)/_build/requirements.yml \
+	  && test -f $(EE_CONTEXT)/_build/collections/pgbackup-lowlevel-$(VERSION).tar.gz \
+	  || { echo "$(EE_CONTEXT) does not install $(TARBALL)" >&2; exit 1; }
 
 sanity: venv
 	bash scripts/sanity.sh
