@@ -24,7 +24,7 @@ description:
     file belongs to the data directory's owner with mode 0600 (0640 with group access) and every directory 0700 (0750).
   - Runs C(pg_verifybackup) of the copy's major version too when it is on the host (O(pg_bindir) or
     C(/usr/lib/postgresql/<major>/bin)) and the copy has a manifest, parsing the WAL too (C(-w) O(wal_dir), or the
-    copy's C(pg_wal)): every C(WAL-Ranges) entry must be readable there on its timeline.
+    copy's C(pg_wal)) - every C(WAL-Ranges) entry must be readable there on its timeline.
   - Reads every file once. The manifest's checksum is computed from that read, and every page of every relation file
     (C(base/), C(global/), every tablespace; all forks and segments) is audited from the same buffers. No page may
     carry an LSN past the copy's end point - the stop LSN for a backup stopped on the primary, the copied pg_control's
