@@ -245,7 +245,7 @@ class RestoreTest:
         """Wait until the standby is consistent and replay reached exactly the end point; report what it found."""
         end = format_lsn(self.end_lsn)
         deadline = time.monotonic() + self.timeout
-        stuck_since = None
+        stuck_since = down_since = None
         paused_fn = "pg_get_wal_replay_pause_state() <> 'not paused'" if self.major >= 14 else "pg_is_wal_replay_paused()"
         while True:
             try:
@@ -266,7 +266,9 @@ class RestoreTest:
                 if "does not exist" in last and "database" in last:
                     raise PgBackupError(f"the scratch copy has no database 'postgres': {last}") from None
             fatal = [line for line in self.log_excerpt() if "FATAL:" in line or "PANIC:" in line]
-            if fatal or not self.running():
+            # pg_ctl -W returns before postmaster.pid exists: "not running" counts only once it lasted a while
+            down_since = None if self.running() else (down_since or time.monotonic())
+            if fatal or (down_since is not None and time.monotonic() - down_since > 5):
                 self.started = self.running()
                 why = fatal[-1].split(":  ", 1)[-1] if fatal else "see its log"
                 raise PgBackupError(f"the scratch copy stopped before reaching the end point {end}: {why}")
