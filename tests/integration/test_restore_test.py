@@ -75,3 +75,33 @@ def test_restore_test_stops_at_the_end_point(primary_standby, testbed, tmp_path,
         assert not [p for p in dest.parent.iterdir() if p.name.startswith(".pgbackup-restore-test-")]
     finally:
         primary.sql(f"DROP TABLE IF EXISTS {canary}, {canary}_after")
+
+
+def test_restore_test_refuses_a_mixed_copy(primary_standby, testbed, tmp_path, pg_major):
+    """A standby-only copy whose pg_control was copied first (mixed_copy.py) is refused at its end point (its
+    minRecoveryPoint): verify_heapam finds tuples of transactions after it. The same backup done right passes."""
+    from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import read_control_file
+    from ansible_collections.pgbackup.lowlevel.plugins.module_utils.restore_test import end_point
+
+    from .mixed_copy import standby_only_copy
+
+    if pg_major < 14:
+        pytest.skip("amcheck 1.2 (PostgreSQL 13) has no verify_heapam; bt_index_check(heapallindexed) passes this copy (measured)")
+    primary, standby = primary_standby
+    primary.pgbench_init()
+    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
+    standby.wait_replayed()
+    from_standby = type("Label", (), {"backup_from": "standby"})()
+    results = {}
+    for control_first in (False, True):
+        dest = testbed.scratch_dir(f"rt-mixed-{pg_major}-{control_first}")
+        state = tmp_path / f"keepers-{control_first}"
+        state.mkdir(mode=0o700)
+        made = standby_only_copy(primary, standby, testbed, dest, state, control_first=control_first, backup_id=f"rtm{int(control_first)}")
+        end = end_point(from_standby, read_control_file(str(dest)), made["stop_lsn"])
+        kwargs = {"major": pg_major, "bindir": str(primary.pg.bindir), "wal_dir": str(dest / "pg_wal"), "tablespaces": {}}
+        results[control_first] = run_restore_test(str(dest), scratch_dir=None, port=None, timeout=300, end_lsn=end, **kwargs)
+    good, mixed = results[False], results[True]
+    assert good["ok"] is True and good["amcheck"]["ok"] is True, (good["problems"], good["log"])
+    assert mixed["ok"] is False, mixed
+    assert any("amcheck at the end point" in p and "equals or exceeds next valid transaction ID" in p for p in mixed["problems"]), mixed["problems"]
