@@ -91,16 +91,31 @@ options:
     type: str
   restore_test:
     description:
-      - Make a scratch copy (C(cp -a), tablespaces included) in O(restore_test_dir), start it as the data directory's
-        owner with that major's C(pg_ctl) on its own unix socket (no TCP), archiving off, C(recovery.signal) and a
-        C(restore_command) reading the copy's WAL, wait until it has recovered all the WAL and is promoted, check it with
-        C(pg_amcheck) (or C(bt_index_check) through the amcheck extension), stop it and remove the scratch copy.
-      - No recovery target is set - C(recovery_target = 'immediate') fails on a good copy whose WAL ends exactly at the
-        consistency point.
+      - Start a scratch server on the copy, never the copy itself - on an overlay (the copy and its tablespaces
+        read-only below, O(restore_test_dir) above) when run as root, else on a C(cp -a) of it (RV(restore_test.method)).
+        It runs as the data directory's owner with that major's C(pg_ctl), on its own unix socket (no TCP), archiving
+        off, as a hot standby (C(standby.signal), no C(primary_conninfo), a C(restore_command) reading the copy's WAL).
+      - Recovery stops exactly at the backup's end point - C(recovery_target_lsn) = the stop LSN (backup from a primary)
+        or the copied pg_control's minimum recovery point (backup from a standby), C(recovery_target_inclusive=off),
+        C(recovery_target_action=pause) - not at the end of the WAL, which could repair a copy whose files are from
+        mixed times. A standby whose WAL ends right at the end point waits there instead of failing (why
+        C(recovery_target=immediate) is not used). An end point before consistency is reported as a failure.
+      - There amcheck runs with heapallindexed on every database that allows connections (C(pg_amcheck) where that
+        major has it, else C(bt_index_check(index, true)) on every btree index and C(verify_heapam) on every table
+        with amcheck 1.3+). amcheck cannot be created on the read-only standby: databases without it are checked after
+        promotion (RV(restore_test.amcheck_after_promotion)) - install amcheck in the source to have them checked at
+        the end point. Then, with O(restore_test_promote), it is promoted to show it becomes read-write.
+      - Costs the time of recovery from the backup start to its end point plus amcheck, and only the disk the server
+        writes (RV(restore_test.upper_bytes)) on an overlay; a full copy's size with C(cp -a).
       - Not run when the offline checks found problems, nor in check mode. Missing server binaries are a problem;
-        missing amcheck is reported as skipped.
+        missing amcheck is reported as skipped. Needs the end point: O(stop_lsn) or the manifest's WAL-Ranges for a
+        backup from a primary.
     type: bool
     default: false
+  restore_test_promote:
+    description: After the checks at the end point, promote the scratch server (its own timeline, in the scratch only).
+    type: bool
+    default: true
   restore_test_dir:
     description: An empty or new directory for the scratch copy; default a temporary directory next to O(data_dir).
     type: path
@@ -207,8 +222,10 @@ pg_verifybackup:
   type: dict
 restore_test:
   description:
-    - The restore test - C(ok), C(promoted), C(consistent_at), C(redo_start), C(amcheck) (method, result, or why
-      skipped), the log lines about recovery, C(seconds); or C(ran=false) and a reason.
+    - The restore test - C(ok), C(method) (overlay or copy, and C(method_reason) for a copy), C(end_lsn) and
+      C(replay_lsn) (equal, or C(paused) true), C(consistent_at), C(redo_start), C(amcheck) at the end point (method,
+      databases, skipped, result), C(amcheck_after_promotion), C(promoted), C(upper_bytes) (what the server wrote on
+      the overlay), the log lines about recovery, C(seconds); or C(ran=false) and a reason.
   returned: always
   type: dict
 """
@@ -216,7 +233,7 @@ restore_test:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_verifier import find_bindir, verify
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.restore_test import run_restore_test
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.restore_test import end_point, run_restore_test
 
 ARGS = {
     "data_dir": {"type": "path", "required": True},
@@ -233,6 +250,7 @@ ARGS = {
     "restore_test_dir": {"type": "path"},
     "restore_test_port": {"type": "int"},
     "restore_test_timeout": {"type": "int", "default": 300},
+    "restore_test_promote": {"type": "bool", "default": True},
 }
 
 
@@ -262,6 +280,9 @@ def run_module(module: AnsibleModule) -> dict:
         if bindir is None or not find_bindir(major, bindir, "pg_ctl"):
             verifier.problem(f"restore_test: no postgres and pg_ctl of PostgreSQL {major} on this host; give pg_bindir")
             report["restore_test"] = {"ran": False, "reason": f"no PostgreSQL {major} server binaries"}
+        elif end_point(verifier.label, verifier.control, report.get("wal", {}).get("stop_lsn")) is None:
+            verifier.problem("restore_test: the backup's end point is unknown: give stop_lsn (the stop LSN of pg_backup_stop)")
+            report["restore_test"] = {"ran": False, "reason": "no end point"}
         else:
             result = run_restore_test(
                 verifier.data_dir,
@@ -272,6 +293,8 @@ def run_module(module: AnsibleModule) -> dict:
                 scratch_dir=p["restore_test_dir"],
                 port=p["restore_test_port"],
                 timeout=p["restore_test_timeout"],
+                end_lsn=end_point(verifier.label, verifier.control, report.get("wal", {}).get("stop_lsn")),
+                promote=p["restore_test_promote"],
             )
             verifier.problems.extend(result.pop("problems"))
             report["restore_test"] = result

@@ -90,6 +90,7 @@ def _foreign_segment(testbed, pg_major: int) -> Path:
 def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major):
     primary, _standby = primary_standby
     primary.pgbench_init()
+    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")  # so the restore test checks it at the end point, on the standby
     ts_src = testbed.scratch_dir(f"bv-ts-src-{pg_major}")
     ts_dst = testbed.scratch_dir(f"bv-ts-dst-{pg_major}")
     canary = f"bv_canary_{uuid.uuid4().hex[:8]}"
@@ -152,7 +153,7 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         good, bad, lost, damaged = _verify(ansible_env, testbed, tmp_path, copies)
 
         # the good copy passes, and a scratch copy of it recovers to consistency, is promoted and amcheck finds nothing
-        assert good.get("failed") is not True and good["problems"] == [], good
+        assert good.get("failed") is not True and good["problems"] == [], (good["problems"], good.get("restore_test"))
         assert good["changed"] is False and good["major_version"] == pg_major
         assert good["control"]["guarded"] is True and good["label"]["start_lsn"] == started["start_lsn"]
         assert good["wal"]["checked"] == needed and good["wal"]["missing"] == []
@@ -160,6 +161,8 @@ def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major
         assert list(good["tablespaces"].values()) == [str(ts_dst)]
         rt = good["restore_test"]
         assert rt["ok"] is True and rt["promoted"] is True, rt
+        assert rt["replay_lsn"] == rt["end_lsn"] == stop_lsn and rt["method"] == "overlay", rt  # stopped exactly there
+        assert rt["amcheck"]["databases"] == ["postgres"] and rt["amcheck_after_promotion"]["ok"] is True, rt
         assert rt["redo_start"] == started["start_lsn"], rt
         assert parse_lsn(rt["consistent_at"]) >= parse_lsn(stop_lsn), rt
         assert rt["amcheck"]["ran"] is True and rt["amcheck"]["ok"] is True, rt["amcheck"]
@@ -223,6 +226,7 @@ def test_backup_verify_standby_only(primary_standby, testbed, ansible_env, tmp_p
     in the copy) passes, and its scratch copy recovers from the copy's pg_wal, is promoted and passes amcheck."""
     primary, standby = primary_standby
     primary.pgbench_init()
+    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")  # so the restore test checks it at the end point, on the standby
     dest = testbed.scratch_dir(f"bv-standby-copy-{pg_major}")
     state_dir = tmp_path / "keepers"
     state_dir.mkdir(mode=0o700)
