@@ -102,13 +102,13 @@ options:
         C(recovery_target=immediate) is not used). An end point before consistency is reported as a failure.
       - There amcheck runs with heapallindexed on every database that allows connections (C(pg_amcheck) where that
         major has it, else C(bt_index_check(index, true)) on every btree index and C(verify_heapam) on every table
-        with amcheck 1.3+). amcheck cannot be created on the read-only standby: databases without it are checked after
+        with amcheck 1.3+). amcheck cannot be created on the read-only standby, so databases without it are checked after
         promotion (RV(restore_test.amcheck_after_promotion)) - install amcheck in the source to have them checked at
         the end point. Then, with O(restore_test_promote), it is promoted to show it becomes read-write.
       - Costs the time of recovery from the backup start to its end point plus amcheck, and only the disk the server
         writes (RV(restore_test.upper_bytes)) on an overlay; a full copy's size with C(cp -a).
       - Not run when the offline checks found problems, nor in check mode. Missing server binaries are a problem;
-        missing amcheck is reported as skipped. Needs the end point: O(stop_lsn) or the manifest's WAL-Ranges for a
+        missing amcheck is reported as skipped. Needs the end point, O(stop_lsn) or the manifest's WAL-Ranges for a
         backup from a primary.
     type: bool
     default: false
