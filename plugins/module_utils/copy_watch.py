@@ -23,15 +23,18 @@ PHASES = {"copy": "copying", "sync": "fsync", "done": "pg_control and done"}
 
 
 def read_job(async_dir: str, jid: str) -> dict:
-    """The async job file ansible's async_wrapper keeps (``{"started": 1, "finished": 0}`` while it runs)."""
+    """Whether the async job finished: async_wrapper's job file says ``{"started": 1, "finished": 0}`` while it
+    runs and is replaced by the module's result (no "started") at its end, as async_status reads it. A missing job
+    file counts as finished so that async_status, next, reports it."""
     path = os.path.join(os.path.expanduser(async_dir), jid)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except FileNotFoundError:
-        return {"started": 0, "finished": 0}
+        return {"finished": True}
     except ValueError:
-        return {"started": 1, "finished": 0}  # written while we read it; the next round sees it whole
+        return {"finished": False}  # written while we read it; the next round sees it whole
+    return {"finished": not data.get("started")}
 
 
 def read_progress(path: Optional[str]) -> dict:

@@ -71,8 +71,15 @@ def test_kill_job_stops_the_whole_session_of_the_job(tmp_path):
             wrapper.kill()
 
 
+def test_one_round_waits_while_the_job_runs(tmp_path):
+    (tmp_path / "9.1").write_text(json.dumps({"started": 1, "finished": 0, "ansible_job_id": "9.1"}))
+    r = copy_watch.one_round(jid="9.1", async_dir=str(tmp_path), progress_file=None, state_dir=None, backup_id=None, wait=0.2)
+    assert not r["finished"]
+
+
 def test_one_round_returns_when_the_job_finished(tmp_path):
-    (tmp_path / "9.1").write_text(json.dumps({"finished": 1, "rc": 0}))
+    # what async_wrapper leaves at the end: the module's result, no "started" (a failed copy here)
+    (tmp_path / "9.1").write_text(json.dumps({"failed": True, "msg": "destination is not empty"}))
     progress = tmp_path / "p.json"
     progress.write_text(json.dumps({"phase": "done"}))
     r = copy_watch.one_round(jid="9.1", async_dir=str(tmp_path), progress_file=str(progress), state_dir=None, backup_id=None, wait=30)
