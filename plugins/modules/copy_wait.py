@@ -46,6 +46,10 @@ options:
     description: Where async_wrapper keeps its job files on the target.
     type: str
     default: ~/.ansible_async
+  round_wait:
+    description: Set by the action plugin (leave it unset); seconds one round may wait on the target.
+    type: float
+    default: 0
 attributes:
   check_mode:
     support: none
