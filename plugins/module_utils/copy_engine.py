@@ -371,8 +371,10 @@ class Progress:
             "rate_bytes_per_second": int(self.bytes / elapsed),
         }
         tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        # 0600: it sits beside the destination, and nothing the collection writes is for other users
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
             json.dump(data, f)
+        os.chmod(tmp, 0o600)  # a .tmp left by an older run keeps its mode through O_CREAT
         os.replace(tmp, self.path)
 
 

@@ -62,7 +62,7 @@ def ensure_state_dir(path: str, *, create: bool = True) -> str:
         if not create:
             raise PgBackupError(f"state_dir {path} does not exist: no backup was started with this state_dir on this host (as this user)")
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            _makedirs_private(path)
         except OSError as exc:
             raise PgBackupError(f"cannot create state_dir {path}: {exc.strerror}; choose a state_dir this user may create") from None
         os.chmod(path, 0o700)
@@ -80,6 +80,21 @@ def ensure_state_dir(path: str, *, create: bool = True) -> str:
     if not os.access(path, os.W_OK | os.X_OK):
         raise PgBackupError(f"state_dir {path} is not writable by uid {os.geteuid()}: choose a state_dir this user may write")
     return path
+
+
+def _makedirs_private(path: str) -> None:
+    """Like os.makedirs, but every directory it creates is 0700 (os.makedirs gives the mode to the last one only,
+    so ~/.cache/pgbackup.lowlevel came out 0755); existing parents are left as they are."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(directory, 0o700)  # the umask may have taken bits away; never added
 
 
 def session_dir(state_dir: str, backup_id: str) -> str:

@@ -1,0 +1,80 @@
+"""copy_wait in the standby_backup role across namespace hosts: the copy is throttled with tc on the standby's link so
+it lasts, then the backup is lost mid-copy (the keeper SIGKILLed, or its backend terminated on the primary). The play must fail within seconds naming the
+keeper's loss, with the async copy stopped, the destination marked incomplete and nothing left on the primary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+from .test_recovery_config import _wait
+from .test_standby_backup_role import SSH_OPTIONS, _start_playbook, backup_vars
+
+pytestmark = [pytest.mark.integration, pytest.mark.netns]
+TERMINATE = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
+KEEPERS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
+
+
+def _throttle(host, rate: str = "4mbit") -> None:
+    subprocess.run(["ip", "netns", "exec", host.netns, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate,
+                    "burst", "32kbit", "latency", "400ms"], check=True)  # fmt: skip
+
+
+def _unthrottle(host) -> None:
+    subprocess.run(["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+
+
+def _copy_processes(dest) -> list:
+    out = subprocess.run(["pgrep", "-af", "rsync|datadir_copy|async_wrapper"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(dest) in line or "datadir_copy" in line or "async_wrapper" in line]
+
+
+@pytest.mark.parametrize("fault", ["keeper_killed", "backend_terminated"])
+def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, fault):
+    if pg_major not in (13, 18):
+        pytest.skip("the wait is the same on every version: the oldest and newest show it")
+    bed = netns_testbed
+    primary, standby = netns_pair
+    primary.pgbench_init()
+    db3 = bed.host("db3")
+    dest = bed.scratch_dir(f"cw-lost-{pg_major}") / "copy"
+    keepers = tmp_path / "keepers"
+    inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
+                        standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS,
+                        standby_backup_progress_interval=0.5)  # fmt: skip
+    _throttle(standby.node)
+    try:
+        proc = _start_playbook(ansible_env, inventory, extra)
+        progress = dest.parent / ".copy.progress.json"
+        _wait(lambda: progress.exists() and b'"bytes_done": 0,' not in progress.read_bytes(), "the copy moving")
+        assert stat.S_IMODE(progress.stat().st_mode) == 0o600, "the progress file is private"
+        pid = int(next(keepers.glob("*/keeper.pid")).read_text())
+        if fault == "keeper_killed":
+            os.kill(pid, signal.SIGKILL)
+        else:
+            assert primary.sql(TERMINATE) == [(1,)]
+        killed = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=300)
+        seconds = time.monotonic() - killed
+    finally:
+        _unthrottle(standby.node)
+    output = stdout + stderr
+    print(f"the play ended {seconds:.1f} s after the fault ({fault})")
+    assert proc.returncode != 0
+    assert 'failed in "Follow the copy"' in output or "Follow the copy" in output, output[-3000:]
+    cause = f"(pid {pid}) is gone" if fault == "keeper_killed" else "the server ended the keeper's session"
+    assert "was lost during the copy" in output and cause in output, output[-3000:]
+    assert f"{primary.host}:{primary.port}" in output, "the failure names the primary"
+    assert "FAILED - RETRYING" not in output and "(done)" not in output
+    assert seconds < 60, f"the loss was noticed after {seconds:.0f} s, not at once"  # the copy alone takes minutes at 4 Mbit/s
+    assert (dest / ".pgbackup-incomplete").exists(), "the stopped copy is marked incomplete"
+    assert _copy_processes(dest) == [], "no copy process is left"
+    _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the keeper's session ending")
+    assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
