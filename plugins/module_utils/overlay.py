@@ -28,7 +28,7 @@ def mount_overlay(lower: str, upper: str, work: str, target: str, uid: int, gid:
     if any(c in p for p in (lower, upper, work) for c in ",:"):
         return "a path holds ',' or ':', which overlay options cannot carry"
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, target], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, target], capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0:
         return f"mount -t overlay failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-300:]}"
     return None
@@ -36,8 +36,8 @@ def mount_overlay(lower: str, upper: str, work: str, target: str, uid: int, gid:
 
 def unmount(target: str) -> None:
     """Unmount, lazily when still busy (a server that would not stop): the scratch is removed only once unmounted."""
-    if subprocess.run(["umount", target], capture_output=True, timeout=60).returncode != 0:
-        subprocess.run(["umount", "-l", target], capture_output=True, timeout=60)
+    if subprocess.run(["umount", target], capture_output=True, timeout=60, check=False).returncode != 0:
+        subprocess.run(["umount", "-l", target], capture_output=True, timeout=60, check=False)
 
 
 def tree_bytes(path: str) -> int:

@@ -92,7 +92,7 @@ options:
   restore_test:
     description:
       - Start a scratch server on the copy, never the copy itself - on an overlay (the copy and its tablespaces
-        read-only below, O(restore_test_dir) above) when run as root, else on a C(cp -a) of it (RV(restore_test.method)).
+        read-only below, O(restore_test_dir) above) when run as root, else on a C(cp -a) of it (C(method) in RV(restore_test)).
         It runs as the data directory's owner with that major's C(pg_ctl), on its own unix socket (no TCP), archiving
         off, as a hot standby (C(standby.signal), no C(primary_conninfo), a C(restore_command) reading the copy's WAL).
       - Recovery stops exactly at the backup's end point - C(recovery_target_lsn) = the stop LSN (backup from a primary)
@@ -103,10 +103,10 @@ options:
       - There amcheck runs with heapallindexed on every database that allows connections (C(pg_amcheck) where that
         major has it, else C(bt_index_check(index, true)) on every btree index and C(verify_heapam) on every table
         with amcheck 1.3+). amcheck cannot be created on the read-only standby, so databases without it are checked after
-        promotion (RV(restore_test.amcheck_after_promotion)) - install amcheck in the source to have them checked at
+        promotion (C(amcheck_after_promotion) in RV(restore_test)) - install amcheck in the source to have them checked at
         the end point. Then, with O(restore_test_promote), it is promoted to show it becomes read-write.
       - Costs the time of recovery from the backup start to its end point plus amcheck, and only the disk the server
-        writes (RV(restore_test.upper_bytes)) on an overlay; a full copy's size with C(cp -a).
+        writes (C(upper_bytes) in RV(restore_test)) on an overlay; a full copy's size with C(cp -a).
       - Not run when the offline checks found problems, nor in check mode. Missing server binaries are a problem;
         missing amcheck is reported as skipped. Needs the end point, O(stop_lsn) or the manifest's WAL-Ranges for a
         backup from a primary.

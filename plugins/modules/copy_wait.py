@@ -52,10 +52,13 @@ options:
     default: 0
 attributes:
   check_mode:
+    description: Not supported; the role does not run the copy in check mode.
     support: none
   action:
+    description: An action plugin runs the loop on the controller, the module one round on the target.
     support: full
   async:
+    description: Not supported; it follows an async job itself.
     support: none
 notes:
   - It returns when the job finished; read its result with M(ansible.builtin.async_status).

@@ -33,7 +33,7 @@ def _unthrottle(host) -> None:
 
 
 def _copy_processes(dest) -> list:
-    out = subprocess.run(["pgrep", "-af", "rsync|datadir_copy|async_wrapper"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-af", "rsync|datadir_copy|async_wrapper"], capture_output=True, text=True, check=False).stdout
     return [line for line in out.splitlines() if str(dest) in line or "datadir_copy" in line or "async_wrapper" in line]
 
 

@@ -51,7 +51,7 @@ def test_the_checksum_field_itself_does_not_count():
 
 def test_packed_lanes_equal_the_plain_algorithm_on_many_pages():
     rng = random.Random(7)
-    pages = [bytes(rng.getrandbits(8) for _ in range(BLCKSZ)) for _ in range(5)] + [page for page, _b in real_pages()]
+    pages = [rng.randbytes(BLCKSZ) for _page in range(5)] + [page for page, _blkno in real_pages()]
     fast = page_checksums(b"".join(pages), 131070)  # block numbers across a segment boundary (131072)
     assert fast == [page_checksum(page, 131070 + n) for n, page in enumerate(pages)]
     assert page_checksums(b"", 0) == [] and page_checksums(b"x" * 100, 0) == []
