@@ -45,7 +45,7 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
     primary, standby = netns_pair
     primary.pgbench_init()
     db3 = bed.host("db3")
-    dest = bed.scratch_dir(f"cw-lost-{pg_major}") / "copy"
+    dest = bed.scratch_dir(f"cw-lost-{pg_major}-{fault}") / "copy"
     keepers = tmp_path / "keepers"
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
