@@ -40,33 +40,85 @@ def _reap_stale_test_beds():
         ledger.reap(RUN_BASE)
 
 
-# Session scope makes pytest run all tests of one major together, so each major's clusters are made once.
+# The test beds of this session, and the caches of clusters made once per major (cleared when the major's tests end).
+_BEDS: list[Testbed] = []
+_PER_MAJOR_CACHES: list[dict] = []
+
+
+def per_major_cache() -> dict:
+    """A dict major -> clusters that a fixture makes once per major; emptied when pytest moves on to the next major."""
+    cache: dict = {}
+    _PER_MAJOR_CACHES.append(cache)
+    return cache
+
+
+# Session scope makes pytest run all tests of one major together, so each major's clusters are made once. When the
+# major's tests are done, its clusters are discarded: disk and memory hold one major's servers, not six.
 @pytest.fixture(scope="session", params=selected_majors(), ids=lambda m: f"pg{m}")
 def pg_major(request) -> int:
-    return request.param
+    yield request.param
+    for cache in _PER_MAJOR_CACHES:
+        cache.pop(request.param, None)
+    for bed in _BEDS:
+        for cluster in [c for c in bed.clusters if c.major == request.param]:
+            bed.discard(cluster)
+
+
+_MADE_BY_TEST = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Note what the test body itself made (clusters, scratch directories), for pytest_runtest_teardown to remove."""
+    clusters_before = {id(c) for bed in _BEDS for c in bed.clusters}
+    scratch_before = {id(bed): bed.scratch_entries() for bed in _BEDS}
+    yield
+    made = []
+    for bed in _BEDS:
+        new_clusters = [c for c in bed.clusters if id(c) not in clusters_before]
+        made.append((bed, new_clusters, bed.scratch_entries() - scratch_before.get(id(bed), set())))
+    item.stash[_MADE_BY_TEST] = made
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    """After the test's own fixtures are torn down, remove what its body made: the suite's disk use stays bounded.
+
+    A full run makes hundreds of clusters and copies; kept to the end they filled CI's disk in the fourth major.
+    """
+    yield
+    for bed, clusters, scratch in item.stash.get(_MADE_BY_TEST, []):
+        if bed._torn_down:
+            continue
+        for cluster in clusters:
+            bed.discard(cluster)
+        bed.remove_scratch(scratch)
+
+
+def _bed(*args, **kwargs):
+    _need_root()
+    bed = Testbed(*args, **kwargs)
+    _BEDS.append(bed)
+    yield bed
+    _BEDS.remove(bed)
+    bed.teardown()
 
 
 @pytest.fixture(scope="session")
 def testbed():
     """Local mode: every 'host' is the controller, clusters on 127.0.0.1 with distinct ports."""
-    _need_root()
-    bed = Testbed("local")
-    yield bed
-    bed.teardown()
+    yield from _bed("local")
 
 
 @pytest.fixture(scope="session")
 def netns_testbed():
     """Three hosts (db1, db2, db3) as network namespaces on a bridge, each with its own address and sshd."""
-    _need_root()
-    bed = Testbed("netns", hosts=("db1", "db2", "db3"))
-    yield bed
-    bed.teardown()
+    yield from _bed("netns", hosts=("db1", "db2", "db3"))
 
 
 @pytest.fixture(scope="session")
 def _pairs(testbed):
-    return {}
+    return per_major_cache()
 
 
 def _healthy(primary, standby) -> bool:
@@ -104,14 +156,12 @@ def primary_standby(testbed, pg_major, _pairs):
     if not _healthy(primary, standby):
         del _pairs[pg_major]
         for cluster in (standby, primary):
-            if cluster.is_running():
-                cluster.stop("immediate")
-            testbed.clusters.remove(cluster)  # out of inventories; the ledger still stops it at teardown
+            testbed.discard(cluster)
 
 
 @pytest.fixture(scope="session")
 def _netns_pairs():
-    return {}
+    return per_major_cache()
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_segment impo
 
 from tests.unit.plugins.module_utils.control_views import controldata_view, normalise_sql
 
+from .conftest import per_major_cache
 from .harness.pgbins import client_bindir
 
 pytestmark = pytest.mark.integration
@@ -94,7 +95,7 @@ def archived_segments(cluster) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def _others():
-    return {}
+    return per_major_cache()
 
 
 @pytest.fixture

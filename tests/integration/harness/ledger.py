@@ -46,11 +46,11 @@ def teardown(data: dict[str, Any], ledger_path: Optional[Path] = None) -> None:
     for proc in reversed(data.get("processes", [])):  # pgbench and sshd
         procs.kill(proc["pid"], proc["marker"], sig=signal.SIGINT if proc.get("what") == "pgbench" else signal.SIGTERM)
     for cluster in reversed(data.get("clusters", [])):
-        _stop_cluster(cluster)
+        stop_cluster(cluster)
     if data.get("run_dir"):
         # Servers the code under test started in data directories of its own under the run dir (restores, clones).
         for pid_file in Path(data["run_dir"]).rglob("postmaster.pid"):
-            _stop_cluster({"datadir": str(pid_file.parent), "pg_ctl": None})
+            stop_cluster({"datadir": str(pid_file.parent), "pg_ctl": None})
     for netns in data.get("netns", []):
         # Anything still inside one of our namespaces was started there by us (an ssh session, a server).
         pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=False).stdout.split()
@@ -66,7 +66,7 @@ def teardown(data: dict[str, Any], ledger_path: Optional[Path] = None) -> None:
         ledger_path.unlink(missing_ok=True)
 
 
-def _stop_cluster(cluster: dict[str, Any]) -> None:
+def stop_cluster(cluster: dict[str, Any]) -> None:
     datadir, pid = cluster["datadir"], cluster.get("pid")
     pid_file = Path(datadir) / "postmaster.pid"
     if pid_file.exists():
