@@ -54,6 +54,8 @@ class ActionModule(ActionBase):
                 )
                 return result
             if answer.get("finished"):
+                # The last line too: a copy that ends within the first interval still shows what it copied and how fast.
+                display.display(f"{host}: {progress_line(progress, elapsed)}")
                 result.update(changed=False, finished=True, rounds=rounds, progress=progress)
                 return result
             display.display(f"{host}: {progress_line(progress, elapsed)}")

@@ -105,6 +105,7 @@ class Testbed:
         self.clusters: list[Cluster] = []
         self.loads: list[Load] = []
         self.network: Optional[Network] = None
+        self.shared_scratch: set[Path] = set()
         self._torn_down = False
         self._serial = 0  # default cluster names; never reused, even after a cluster is dropped from .clusters
         self._next_local_port = 20000 + int(self.run_id, 16) % 1000 * 20
@@ -205,12 +206,18 @@ class Testbed:
         cluster._make_dirs()
         return cluster
 
-    def scratch_dir(self, name: str, owner: str = "postgres") -> Path:
-        """An empty directory in the run dir (removed at teardown), e.g. a backup destination."""
+    def scratch_dir(self, name: str, owner: str = "postgres", shared: bool = False) -> Path:
+        """An empty directory in the run dir, e.g. a backup destination.
+
+        The integration conftest removes it after the test that made it; ``shared=True`` keeps it for later tests (a
+        backup one test makes and the next verifies) until the test bed's teardown.
+        """
         path = self.run_dir / "scratch" / name
         path.mkdir(mode=0o750, parents=True)
         path.parent.chmod(0o755)
         shutil.chown(path, owner, owner)
+        if shared:
+            self.shared_scratch.add(path)
         return path
 
     def discard(self, cluster: Cluster) -> None:
@@ -227,8 +234,9 @@ class Testbed:
         shutil.rmtree(cluster.base, ignore_errors=True)
 
     def scratch_entries(self) -> set[Path]:
+        """The scratch directories that exist now, but those made with ``shared=True``."""
         scratch = self.run_dir / "scratch"
-        return set(scratch.iterdir()) if scratch.is_dir() else set()
+        return set(scratch.iterdir()) - self.shared_scratch if scratch.is_dir() else set()
 
     def remove_scratch(self, paths: set[Path]) -> None:
         """Remove scratch directories (stopping any server the code under test started in one, e.g. a restore)."""
