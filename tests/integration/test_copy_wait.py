@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from .conftest import role_majors
 from .harness.pgbins import selected_majors
 from .test_cluster_info import ANSIBLE_PLAYBOOK, PLAYBOOKS
 from .test_recovery_config import _wait
@@ -39,7 +40,7 @@ def _copy_processes(dest) -> list:
 
 @pytest.mark.parametrize("fault", ["keeper_killed", "backend_terminated"])
 def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, fault):
-    if pg_major not in (13, 18):
+    if pg_major not in role_majors():
         pytest.skip("the wait is the same on every version: the oldest and newest show it")
     bed = netns_testbed
     primary, standby = netns_pair

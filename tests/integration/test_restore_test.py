@@ -18,6 +18,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils import label_pla
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.restore_test import run_restore_test
 
+from .conftest import spot_check
 from .test_backup_verify import _backup
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,7 @@ def _tree_digest(root: Path) -> str:
 
 
 def test_restore_test_stops_at_the_end_point(primary_standby, testbed, tmp_path, pg_major):
+    spot_check(pg_major, (13, 15, 18), "recovery to a target LSN works alike from 13 on; oldest, Debian's and newest")
     primary, _standby = primary_standby
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
@@ -87,6 +89,7 @@ def test_restore_test_refuses_a_mixed_copy(primary_standby, testbed, tmp_path, p
 
     if pg_major < 14:
         pytest.skip("amcheck 1.2 (PostgreSQL 13) has no verify_heapam; bt_index_check(heapallindexed) passes this copy (measured)")
+    spot_check(pg_major, (14, 18), "verify_heapam is the same from 14 on: the first and newest with it")
     primary, standby = primary_standby
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")

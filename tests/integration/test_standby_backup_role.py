@@ -122,7 +122,7 @@ def _clean_after_failure(primary, standby, tmp_path) -> None:
 
 
 def test_role_failure_before_the_stop_aborts_and_leaves_the_destination_alone(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    if pg_major not in (13, 18):
+    if pg_major not in role_majors():
         pytest.skip("the cleanup path is the role's, the same on every version: the oldest and newest show it")
     primary, standby = primary_standby
     dest = testbed.scratch_dir(f"sb-busy-{pg_major}")
@@ -136,7 +136,7 @@ def test_role_failure_before_the_stop_aborts_and_leaves_the_destination_alone(pr
 
 
 def test_role_failure_after_the_copy_marks_it_incomplete(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    if pg_major not in (13, 18):
+    if pg_major not in role_majors():
         pytest.skip("the cleanup path is the role's, the same on every version: the oldest and newest show it")
     primary, standby = primary_standby
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-sb-fail")
