@@ -23,6 +23,7 @@ declare -A want=(
   [/usr/lib/postgresql/15/bin/psql]=postgresql-client-15
   [/usr/lib/postgresql/15/bin/pg_amcheck]=postgresql-client-15
   [/usr/lib/postgresql/15/bin/pg_verifybackup]=postgresql-client-15
+  [/usr/sbin/pgbouncer]=pgbouncer  # the connection-pooler tests (session and transaction pooling)
   # Database hosts run Ansible modules with the system Python as the postgres user when the venv's Python
   # is not reachable by that user (e.g. a venv built from a pyenv Python under /root).
   [/usr/lib/python3/dist-packages/psycopg2/__init__.py]=python3-psycopg2
@@ -56,6 +57,7 @@ if [ ${#missing[@]} -gt 0 ]; then
       case $pkg in
         openssh-server) systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true ;;
         postgresql-15) systemctl disable --quiet postgresql.service 2>/dev/null || true ;;
+        pgbouncer) systemctl disable --quiet pgbouncer.service 2>/dev/null || true ;;
       esac
     done
   fi

@@ -103,6 +103,43 @@ def preflight(query: Callable[..., list], snapshot: dict) -> list:
     return problems
 
 
+# A connection pooler in transaction (or statement) pooling hands the server process back to its pool after each
+# transaction: the start, the hold and the stop of one backup then run in different server sessions, the stop fails
+# ("not in progress") and the real backup stays open in a pooled server process until the pooler closes it. Session
+# pooling keeps one server process per client and is fine. Two signs, both cheap: a second connection served by the
+# same server process as the first one (pgbouncer reuses the most recently released server connection), or the first
+# connection's server process changing between two statements.
+POOLER_ADVICE = (
+    "a backup's start, hold and stop must run in one server session: connect the backup to PostgreSQL itself (login_host and "
+    "login_port of the server, not of the pooler) or through a pool in session mode (pgbouncer: pool_mode = session)"
+)
+
+
+def pooled_session_problem(target: str, first_pid: int, second_pid: Optional[int], first_pid_again: int) -> Optional[str]:
+    """Why the session on ``target`` is not one server process for its whole life, or None when it is.
+
+    ``first_pid`` and ``first_pid_again``: pg_backend_pid() of the session in two transactions; ``second_pid``: that of
+    a second connection opened in between (None when it could not connect)."""
+    if first_pid_again != first_pid:
+        seen = f"one connection was served by server process {first_pid}, then by {first_pid_again}"
+    elif second_pid == first_pid:
+        seen = f"two connections were both served by server process {first_pid}"
+    else:
+        return None
+    return f"the connection to {target} goes through a connection pooler in transaction or statement pooling mode ({seen}): {POOLER_ADVICE}"
+
+
+def moved_session_problem(target: str, started_pid: int, now_pid: int) -> Optional[str]:
+    """The re-check before the stop: the session must still be the server process the backup started in."""
+    if now_pid == started_pid:
+        return None
+    return (
+        f"the backup's session on {target} now runs in server process {now_pid}, but the backup started in process {started_pid}: "
+        f"a connection pooler moved it. That backup stays open in process {started_pid} until the pooler closes it "
+        f"(SELECT pg_terminate_backend({started_pid}) on the server ends it); {POOLER_ADVICE}"
+    )
+
+
 # A start on a hot standby is one long statement (with fast false it waits for the next restartpoint, up to
 # checkpoint_timeout), and its snapshot conflicts with the cleanup records the startup process replays meanwhile:
 # after max_standby_streaming_delay PostgreSQL cancels it with SQLSTATE 40001. The cancelled start leaves no backup

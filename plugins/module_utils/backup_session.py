@@ -71,11 +71,31 @@ def open_session(params: dict, backup_id: str, connect_function: Optional[Callab
     return session
 
 
+def backend_pid(session: Any) -> int:
+    return int(session.query("SELECT pg_backend_pid() AS pid", record=False)[0]["pid"])
+
+
+def pooler_check(params: dict, backup_id: str, session: Any, first_pid: int, connect_function: Optional[Callable] = None) -> Optional[str]:
+    """Refuse a session a pooler does not keep on one server process (see backup_api.pooled_session_problem).
+
+    A second connection that is refused (a role's CONNECTION LIMIT 1, max_connections reached) leaves only the check
+    that the session's own server process does not change."""
+    try:
+        with connect(keeper_params(params), application_name=application_name(backup_id), connect_function=connect_function) as second:
+            second_pid: Optional[int] = backend_pid(second)
+    except PgBackupError:
+        second_pid = None
+    return backup_api.pooled_session_problem(session.target, first_pid, second_pid, backend_pid(session))
+
+
 def check_only(params: dict, backup_id: str) -> dict:
     """Check mode: connect, check settings and privileges, start nothing."""
     with open_session(params, backup_id) as session:
         snapshot = backup_api.server_snapshot(session.query)
         problems = backup_api.preflight(session.query, snapshot)
+        pooled = pooler_check(params, backup_id, session, int(snapshot["backend_pid"]))
+        if pooled:
+            problems.append(pooled)
     if problems:
         raise PgBackupError("the backup cannot start: " + "; ".join(problems), problems=problems)
     return {
@@ -94,6 +114,9 @@ def _keeper_main(directory: str, params: dict, *, backup_id: str, label: str, fa
             scrub_environment()
             before = backup_api.server_snapshot(session.query)
             problems = backup_api.preflight(session.query, before)
+            pooled = pooler_check(params, backup_id, session, int(before["backend_pid"]))
+            if pooled:
+                problems.append(pooled)
             if problems:
                 raise PgBackupError("the backup cannot start: " + "; ".join(problems), problems=problems)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -105,6 +128,9 @@ def _keeper_main(directory: str, params: dict, *, backup_id: str, label: str, fa
             in_recovery = bool(before["in_recovery"])
             started = backup_api.start(session.query, label=label, fast=fast, version_num=version, in_recovery=in_recovery, target=session.target)
             after = backup_api.server_snapshot(session.query)
+            moved = backup_api.moved_session_problem(session.target, int(before["backend_pid"]), int(after["backend_pid"]))
+            if moved:
+                raise PgBackupError(f"the backup cannot be held: {moved}")
             position = backup_api.start_position(before, after, started["start_lsn"], int(before["wal_segment_size"]))
         except PgBackupError as exc:
             keeper_files.log_line(directory, f"start failed: {exc.message}")

@@ -181,6 +181,12 @@ class Keeper:
         connection = self.session.connection
         del connection.notices[:]
         try:
+            (row,) = self.session.query("SELECT pg_backend_pid() AS pid", record=False)
+            moved = backup_api.moved_session_problem(self.session.target, int(self.started["backend_pid"]), int(row["pid"]))
+            if moved:
+                self.session.close()
+                self.record_aborted(moved)
+                return {"ok": False, "state": self.state, "error": f"{moved}. Discard every file copied under this backup and take a new one"}
             wait = request.get("wait_for_archive", True)
             answer = backup_api.stop(self.session.query, wait_for_archive=wait, version_num=self.started["server_version_num"])
             timeline = backup_api.stop_timeline(self.session.query, self.started["server_role"] == "standby")

@@ -72,7 +72,10 @@ notes:
   - The role needs EXECUTE on the start and stop functions (a superuser has it); check mode tells.
   - The keeper must survive the task. Do not run the module under C(async) with a short C(poll) cleanup, and on hosts
     where systemd-logind kills a user's processes at logout (C(KillUserProcesses=yes)) enable lingering for that user.
-  - Connection poolers in transaction mode break the one-session rule; connect to the server or a session-mode pooler.
+  - Connection poolers in transaction or statement mode break the one-session rule. The start refuses them before
+    anything starts (a second connection served by the same server process, or the session changing server process),
+    and the stop refuses a session that moved; connect to the server, or through a pool in session mode (pgbouncer
+    then needs C(ignore_startup_parameters = options)).
 seealso:
   - module: pgbackup.lowlevel.backup_stop
   - name: Making a non-exclusive low-level backup

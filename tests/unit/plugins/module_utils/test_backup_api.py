@@ -215,3 +215,26 @@ def test_start_is_not_retried_on_a_primary_nor_for_other_errors(in_recovery, sql
     with pytest.raises(PgBackupError, match="conflict with recovery"):
         backup_api.start(query, label="l", fast=True, version_num=180004, in_recovery=in_recovery, target="t")
     assert len(calls) == 1
+
+
+def test_one_server_process_for_the_whole_session_is_no_pooler_problem():
+    assert backup_api.pooled_session_problem("db1:6432", 101, 102, 101) is None
+
+
+def test_transaction_pooling_is_refused_with_what_was_seen():
+    shared = backup_api.pooled_session_problem("db1:6432", 101, 101, 101)
+    assert shared.startswith("the connection to db1:6432 goes through a connection pooler in transaction or statement pooling mode")
+    assert "two connections were both served by server process 101" in shared and "pool_mode = session" in shared
+    moved = backup_api.pooled_session_problem("db1:6432", 101, 102, 103)
+    assert "one connection was served by server process 101, then by 103" in moved
+
+
+def test_the_stop_recheck_names_both_server_processes():
+    assert backup_api.moved_session_problem("db1:6432", 7, 7) is None
+    message = backup_api.moved_session_problem("db1:6432", 7, 9)
+    assert "now runs in server process 9, but the backup started in process 7" in message and "pg_terminate_backend(7)" in message
+
+
+def test_a_refused_second_connection_leaves_the_own_process_check():
+    assert backup_api.pooled_session_problem("db1:6432", 101, None, 101) is None
+    assert "then by 102" in backup_api.pooled_session_problem("db1:6432", 101, None, 102)

@@ -193,10 +193,12 @@ class FakeConnection:
 class FakeSession:
     """Answers the keeper's statements; ``fail`` maps a SQL fragment to the server message it fails with."""
 
-    def __init__(self, fail=None, stop_delay=0.0):
+    def __init__(self, fail=None, stop_delay=0.0, backend_pid=4242):
         self.connection = FakeConnection()
         self.fail = dict(fail or {})
         self.stop_delay = stop_delay
+        self.backend_pid = backend_pid
+        self.target = "db1:5432"
         self.statements = []
 
     def query(self, sql, params=None, *, record=True):
@@ -212,13 +214,22 @@ class FakeSession:
             return [{"system_identifier": "1", "timeline": 1}]
         if "timeline_id AS tli" in sql:
             return [{"tli": 1}]
+        if "pg_backend_pid() AS pid" in sql:
+            return [{"pid": self.backend_pid}]
         return [{"?column?": 1}]
 
     def close(self):
         self.connection.closed = True
 
 
-STARTED = {"backup_id": "b", "server_version_num": 160000, "server_role": "primary", "wal_segment_size": 16 << 20, "start_lsn": "0/2000028"}
+STARTED = {
+    "backup_id": "b",
+    "backend_pid": 4242,
+    "server_version_num": 160000,
+    "server_role": "primary",
+    "wal_segment_size": 16 << 20,
+    "start_lsn": "0/2000028",
+}
 
 
 def run_keeper(tmp_path, session, *, max_duration=0.0, clock=time.monotonic):
@@ -468,3 +479,15 @@ def test_request_to_a_keeper_closing_under_us(tmp_path, monkeypatch):
     monkeypatch.setattr(keeper_protocol.socket, "socket", ClosingSocket)
     with pytest.raises(keeper_protocol.KeeperUnreachable, match="went away before answering"):
         keeper_protocol.request(str(tmp_path), keeper_files.SOCKET, {"op": "stop"}, timeout=5)
+
+
+def test_a_session_a_pooler_moved_to_another_server_process_is_not_stopped_there(tmp_path):
+    """Transaction pooling: the stop would run in another server process, where no backup is in progress."""
+    session = FakeSession(backend_pid=5151)
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    answer = ask(directory, {"op": "stop", "wait_for_archive": True})
+    thread.join(5)
+    assert not answer["ok"] and outcome["state"] == "aborted"
+    assert "now runs in server process 5151, but the backup started in process 4242" in answer["error"]
+    assert "pg_terminate_backend(4242)" in answer["error"] and "pool_mode = session" in answer["error"]
+    assert not any("pg_backup_stop" in sql for sql in session.statements), "no stop in a session the backup is not in"
