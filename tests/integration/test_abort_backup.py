@@ -15,7 +15,7 @@ import pytest
 
 from .harness.pgbins import selected_majors
 from .test_cluster_info import ANSIBLE_PLAYBOOK, ROOT
-from .test_copy_wait import KEEPERS, _copy_processes, _throttle, _unthrottle
+from .test_copy_wait import KEEPERS, _throttle, _unthrottle
 from .test_recovery_config import _wait
 from .test_standby_backup_role import SSH_OPTIONS, backup_vars
 
@@ -43,13 +43,42 @@ def _changed(output: str, host: str) -> int:
     return int(match.group(1))
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _copy_job(dest) -> dict:
+    """pid -> command line of every process in the sessions of the processes naming ``dest`` (rsync does): the async
+    job of this test's copy, and nothing of another test's."""
+    pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    sessions = set()
+    for pid in pids:
+        if str(dest) in _cmdline(pid):
+            try:
+                sessions.add(os.getsid(pid))
+            except OSError:
+                pass
+    sessions.discard(os.getsid(0))
+    job = {}
+    for pid in pids:
+        try:
+            if os.getsid(pid) in sessions and _alive(pid):
+                job[pid] = _cmdline(pid)
+        except OSError:
+            pass
+    return job
+
+
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
         return False
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major):
@@ -83,13 +112,16 @@ def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ans
         assert primary.sql(KEEPERS) == [(1,)], "the backup session is open on the primary"
         assert primary.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)) == [(1,)]
         assert standby.sql(OUR_SLOTS) == [(1,)], "the slot pins WAL on the standby"
-        assert _copy_processes(dest), "the async copy goes on"
+        job = _copy_job(dest)
+        commands = " ".join(job.values())
+        assert "async_wrapper" in commands and "datadir_copy" in commands and "rsync" in commands, f"the async copy goes on: {job}"
 
         # --check lists it and ends nothing.
         rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra, "--check")
         assert rc == 0, output[-3000:]
         assert "Would end" in output and backup_id in output and str(dest) in output, output[-3000:]
-        assert _alive(keeper_pid) and primary.sql(KEEPERS) == [(1,)] and standby.sql(OUR_SLOTS) == [(1,)] and _copy_processes(dest)
+        assert _alive(keeper_pid) and primary.sql(KEEPERS) == [(1,)] and standby.sql(OUR_SLOTS) == [(1,)]
+        assert all(_alive(pid) for pid in job), "--check stopped no copy process"
 
         rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra)
         assert rc == 0, output[-3000:]
@@ -103,7 +135,7 @@ def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ans
             assert primary.sql("SELECT pg_is_in_backup()") == [(False,)]
         assert not _alive(keeper_pid), "the keeper ended"
         assert standby.sql(OUR_SLOTS) == [(0,)], "the slot is dropped"
-        assert _copy_processes(dest) == [], "no copy process is left"
+        assert [pid for pid in job if _alive(pid)] == [] and _copy_job(dest) == {}, "no copy process is left"
         assert (dest / ".pgbackup-incomplete").exists(), "the destination is marked incomplete"
         assert not progress.exists() and not list(scratch.glob(".pgbackup-files-*")), "the copy's progress file and file lists are removed"
         aborted = json.loads((keepers / backup_id / "aborted.json").read_text())
