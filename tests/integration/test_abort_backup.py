@@ -1,0 +1,160 @@
+"""playbooks/abort_backup.yml across namespace hosts: a standby_backup run whose controller is SIGKILLed mid-copy (the
+whole ansible-playbook process group, ssh connections included: neither rescue nor always runs) leaves the keeper, the
+slot and the async copy behind; the abort ends them, marks the destination incomplete, a second abort finds nothing, and
+a new backup into a fresh destination succeeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from .harness.pgbins import selected_majors
+from .test_cluster_info import ANSIBLE_PLAYBOOK, ROOT
+from .test_copy_wait import KEEPERS, _throttle, _unthrottle
+from .test_recovery_config import _wait
+from .test_standby_backup_role import SSH_OPTIONS, backup_vars
+
+pytestmark = [pytest.mark.integration, pytest.mark.netns]
+OUR_SLOTS = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgbackup\\_%'"
+
+
+def _playbook(env: dict, inventory, name: str, extra: dict, *args: str, **kwargs) -> subprocess.Popen:
+    extra_file = inventory.parent / f"extra-{name}.json"
+    extra_file.write_text(json.dumps(extra))
+    extra_file.chmod(0o600)
+    argv = [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(ROOT / "playbooks" / name), "-e", f"@{extra_file}", *args]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _run(env: dict, inventory, name: str, extra: dict, *args: str) -> tuple:
+    proc = _playbook(env, inventory, name, extra, *args)
+    output, _err = proc.communicate(timeout=600)
+    return proc.returncode, output
+
+
+def _changed(output: str, host: str) -> int:
+    match = re.search(rf"^{host}\s*:.*changed=(\d+)", output, re.M)
+    assert match, output[-3000:]
+    return int(match.group(1))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _copy_job(dest) -> dict:
+    """pid -> command line of every process in the sessions of the processes naming ``dest`` (rsync does): the async
+    job of this test's copy, and nothing of another test's."""
+    pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    sessions = set()
+    for pid in pids:
+        if str(dest) in _cmdline(pid):
+            try:
+                sessions.add(os.getsid(pid))
+            except OSError:
+                pass
+    sessions.discard(os.getsid(0))
+    job = {}
+    for pid in pids:
+        try:
+            if os.getsid(pid) in sessions and _alive(pid):
+                job[pid] = _cmdline(pid)
+        except OSError:
+            pass
+    return job
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major):
+    if pg_major != selected_majors()[-1] and pg_major != 13:
+        pytest.skip("the abort is the same on every version: 13 (pg_stop_backup) and the newest (pg_backup_stop) show it")
+    bed = netns_testbed
+    primary, standby = netns_pair
+    primary.pgbench_init()
+    db3 = bed.host("db3")
+    scratch = bed.scratch_dir(f"abort-{pg_major}")
+    dest = scratch / "copy"
+    keepers = tmp_path / "keepers"
+    inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
+                        standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS,
+                        standby_backup_progress_interval=0.5)  # fmt: skip
+    _throttle(standby.node)
+    try:
+        # The controller dies: SIGKILL to ansible-playbook's whole process group (its workers and ssh connections).
+        proc = _playbook(ansible_env, inventory, "standby_backup.yml", extra, start_new_session=True)
+        progress = dest.parent / ".copy.progress.json"
+        _wait(lambda: progress.exists() and b'"bytes_done": 0,' not in progress.read_bytes(), "the copy moving")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        keeper_pid = int(next(keepers.glob("*/keeper.pid")).read_text())
+        backup_id = next(keepers.glob("*/keeper.pid")).parent.name
+        backend = json.loads((keepers / backup_id / "started.json").read_text())["backend_pid"]
+
+        # Negative control: what the abort must end is there.
+        assert _alive(keeper_pid), "the keeper outlived the controller"
+        assert primary.sql(KEEPERS) == [(1,)], "the backup session is open on the primary"
+        assert primary.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)) == [(1,)]
+        assert standby.sql(OUR_SLOTS) == [(1,)], "the slot pins WAL on the standby"
+        job = _copy_job(dest)
+        commands = " ".join(job.values())
+        assert "async_wrapper" in commands and "datadir_copy" in commands and "rsync" in commands, f"the async copy goes on: {job}"
+
+        # --check lists it and ends nothing.
+        rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra, "--check")
+        assert rc == 0, output[-3000:]
+        assert "Would end" in output and backup_id in output and str(dest) in output, output[-3000:]
+        assert _alive(keeper_pid) and primary.sql(KEEPERS) == [(1,)] and standby.sql(OUR_SLOTS) == [(1,)]
+        assert all(_alive(pid) for pid in job), "--check stopped no copy process"
+
+        rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra)
+        assert rc == 0, output[-3000:]
+        print(output[-2500:])
+        assert "Ended on" in output and backup_id in output, output[-3000:]
+        _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the backup session ending on the primary")
+        # The very session that ran the start is gone: on 15+ that is the only state pg_backup_start has; on 13/14 a
+        # non-exclusive backup also ends with its session (and no exclusive one was ever started).
+        assert primary.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)) == [(0,)], "the backup's backend ended"
+        if pg_major < 15:
+            assert primary.sql("SELECT pg_is_in_backup()") == [(False,)]
+        assert not _alive(keeper_pid), "the keeper ended"
+        assert standby.sql(OUR_SLOTS) == [(0,)], "the slot is dropped"
+        assert [pid for pid in job if _alive(pid)] == [] and _copy_job(dest) == {}, "no copy process is left"
+        assert (dest / ".pgbackup-incomplete").exists(), "the destination is marked incomplete"
+        assert not progress.exists() and not list(scratch.glob(".pgbackup-files-*")), "the copy's progress file and file lists are removed"
+        aborted = json.loads((keepers / backup_id / "aborted.json").read_text())
+        assert "abort" in aborted["reason"], aborted
+
+        # Idempotent: a second run finds nothing and says so.
+        rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra)
+        assert rc == 0, output[-3000:]
+        assert "Nothing to end" in output, output[-3000:]
+        assert _changed(output, db3.name) == 0, output[-3000:]
+    finally:
+        _unthrottle(standby.node)
+        for pid_file in keepers.glob("*/keeper.pid"):  # a failed test leaves no backup open for the next one
+            pid = int(pid_file.read_text())
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+
+    # The source is healthy: a new backup into a fresh destination succeeds.
+    fresh = dict(extra, standby_backup_dest=str(scratch / "again"))
+    rc, output = _run(ansible_env, inventory, "standby_backup.yml", fresh)
+    assert rc == 0, output[-3000:]
+    assert not (scratch / "again" / ".pgbackup-incomplete").exists()
