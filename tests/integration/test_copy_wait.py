@@ -15,6 +15,7 @@ import pytest
 
 from .conftest import role_majors
 from .harness.pgbins import selected_majors
+from .test_abort_backup import _alive, _copy_job
 from .test_cluster_info import ANSIBLE_PLAYBOOK, PLAYBOOKS
 from .test_recovery_config import _wait
 from .test_standby_backup_role import SSH_OPTIONS, _start_playbook, backup_vars
@@ -31,11 +32,6 @@ def _throttle(host, rate: str = "4mbit") -> None:
 
 def _unthrottle(host) -> None:
     subprocess.run(["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
-
-
-def _copy_processes(dest) -> list:
-    out = subprocess.run(["pgrep", "-af", "rsync|datadir_copy|async_wrapper"], capture_output=True, text=True, check=False).stdout
-    return [line for line in out.splitlines() if str(dest) in line or "datadir_copy" in line or "async_wrapper" in line]
 
 
 @pytest.mark.parametrize("fault", ["keeper_killed", "backend_terminated"])
@@ -59,6 +55,8 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
         _wait(lambda: progress.exists() and b'"bytes_done": 0,' not in progress.read_bytes(), "the copy moving")
         assert stat.S_IMODE(progress.stat().st_mode) == 0o600, "the progress file is private"
         pid = int(next(keepers.glob("*/keeper.pid")).read_text())
+        job = _copy_job(dest)  # this test's async copy (its sessions), not another test's or a concurrent tool's
+        assert any("datadir_copy" in line for line in job.values()), job
         if fault == "keeper_killed":
             os.kill(pid, signal.SIGKILL)
         else:
@@ -80,7 +78,7 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
     last = json.loads(progress.read_text())
     assert last["bytes_done"] < last["bytes_total"], last
     assert (dest / ".pgbackup-incomplete").exists(), "the stopped copy is marked incomplete"
-    assert _copy_processes(dest) == [], "no copy process is left"
+    assert [line for p, line in job.items() if _alive(p)] == [], "no process of the copy's job is left"
     _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the keeper's session ending")
     assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
     assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
