@@ -64,6 +64,14 @@ def pg_major(request) -> int:
             bed.discard(cluster)
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`make integration` runs two workers with --dist loadgroup), all tests of one major go to one
+    worker, so that worker makes that major's clusters once; the tests without a major form a group of their own."""
+    for item in items:
+        major = getattr(getattr(item, "callspec", None), "params", {}).get("pg_major")
+        item.add_marker(pytest.mark.xdist_group(f"pg{major}" if major else "hosts"))
+
+
 _MADE_BY_TEST = pytest.StashKey[list]()
 
 

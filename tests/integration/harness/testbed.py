@@ -108,7 +108,10 @@ class Testbed:
         self.shared_scratch: set[Path] = set()
         self._torn_down = False
         self._serial = 0  # default cluster names; never reused, even after a cluster is dropped from .clusters
-        self._next_local_port = 20000 + int(self.run_id, 16) % 1000 * 20
+        # Each pytest-xdist worker (PYTEST_XDIST_WORKER gw0, gw1, ...) has a band of its own 15000 ports wide: two
+        # workers never pick the same free port at once. Within it, the run id spreads test beds of one worker.
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+        self._next_local_port = 20000 + worker % 3 * 15000 + int(self.run_id, 16) % 500 * 20
         atexit.register(self.teardown)
         try:
             write_private(self.passfile, f"*:*:*:postgres:{self.password}\n")
