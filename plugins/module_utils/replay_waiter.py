@@ -81,6 +81,13 @@ OBSERVE_SQL = (
     "LEFT JOIN pg_catalog.pg_stat_wal_receiver w ON true"
 )
 CHECKPOINT_SQL = "CHECKPOINT"
+# CHECKPOINT fails with this when the checkpointer's restartpoint raised an error (seen on loaded 17 and 18 standbys);
+# the checkpointer's own reason is only in the server log. Asking again is safe (a restartpoint is idempotent), so the
+# wait asks again at its next look, up to CHECKPOINT_RETRIES failures in a row.
+CHECKPOINT_FAILED = "checkpoint request failed"
+CHECKPOINT_RETRIES = 5
+# The checkpointer's reason: ERROR/PANIC lines from the end of the server's current log (superuser, logging_collector).
+LOG_TAIL_SQL = "SELECT pg_read_file(f, greatest(0, (pg_stat_file(f)).size - 16384), 16384) AS tail FROM pg_current_logfile() AS f WHERE f IS NOT NULL"
 RESUME_SQL = "SELECT pg_catalog.pg_wal_replay_resume()"
 RECOVERY_TARGETS_SQL = (
     "SELECT name, setting FROM pg_catalog.pg_settings "
@@ -283,6 +290,7 @@ class ReplayWaiter:
         self.best_replay: Optional[int] = None
         self.observations = 0
         self.checkpoints = 0
+        self.checkpoint_failures = 0  # in a row; reset by a CHECKPOINT that succeeds
         self.checkpoint_at_replay: Optional[int] = None
         self.resumed = False
         self.refusals = 0
@@ -544,9 +552,32 @@ class ReplayWaiter:
                     "the connected role may not run CHECKPOINT for the restartpoint: connect as a superuser, or (15 and later) GRANT pg_checkpoint to it",
                     self.clock(),
                 ) from None
-            raise
+            server = exc.details.get("server_message") or exc.message
+            if CHECKPOINT_FAILED not in server:
+                raise
+            self.checkpoint_failures += 1
+            if self.checkpoint_failures >= CHECKPOINT_RETRIES:
+                raise self._failure(
+                    "restartpoint_failed",
+                    f"the standby's checkpointer failed the restartpoint {self.checkpoint_failures} times in a row ({server}){self._log_reason()}; "
+                    "fix what the standby's server log names (disk space, permissions, an fsync error), then run the backup again",
+                    self.clock(),
+                ) from None
+            return  # checkpoint_at_replay stays: the next look asks again
+        self.checkpoint_failures = 0
         self.checkpoints += 1
         self.checkpoint_at_replay = obs.replay_lsn
+
+    def _log_reason(self) -> str:
+        """The server log's last ERROR/PANIC lines, when this session may read them; else where to look."""
+        try:
+            rows = self.query(LOG_TAIL_SQL)
+        except Exception:  # noqa: BLE001 - not a superuser, no logging collector: say where to look instead
+            rows = []
+        lines = [" ".join(line.split()) for row in rows for line in str(row.get("tail") or "").splitlines() if "ERROR" in line or "PANIC" in line]
+        if lines:
+            return "; the server log says: " + " | ".join(lines[-3:])
+        return "; its reason is in the standby's server log, not in this error"
 
     @staticmethod
     def _lag(obs: Observation) -> Optional[int]:

@@ -10,6 +10,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import Pg
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter import (
     CHECKPOINT_SQL,
+    LOG_TAIL_SQL,
     OBSERVE_SQL,
     RECOVERY_TARGETS_SQL,
     RESUME_SQL,
@@ -80,6 +81,8 @@ class Standby:
         self.targets: list = []
         self.events: dict = {}  # clock time -> callable(standby), run once when the clock passes it
         self.fail_checkpoint: Optional[PgBackupError] = None
+        self.checkpoint_failures_left = 0  # CHECKPOINTs that fail with "checkpoint request failed" before one succeeds
+        self.log_tail: Optional[str] = None  # what LOG_TAIL_SQL returns (None: not permitted)
         self.observe_error: Optional[PgBackupError] = None
 
     @property
@@ -121,6 +124,9 @@ class Standby:
         if sql == CHECKPOINT_SQL:
             if self.fail_checkpoint is not None:
                 raise self.fail_checkpoint
+            if self.checkpoint_failures_left:
+                self.checkpoint_failures_left -= 1
+                raise PgBackupError("query failed on db2:5432: checkpoint request failed", server_message="checkpoint request failed")
             replayed = [record for record in self.records if record[0] < self.replay]
             if replayed and max(replayed) > self.checkpoint:
                 self.checkpoint = max(replayed)
@@ -132,6 +138,10 @@ class Standby:
             return [{"pg_wal_replay_resume": None}]
         if sql == RECOVERY_TARGETS_SQL:
             return self.targets
+        if sql == LOG_TAIL_SQL:
+            if self.log_tail is None:
+                raise PgBackupError("query failed: permission denied for function pg_read_file", sqlstate="42501")
+            return [{"tail": self.log_tail}]
         raise AssertionError(f"unexpected statement {sql}")
 
 
@@ -399,6 +409,33 @@ def test_restartpoint_checkpoint_not_permitted():
     standby.fail_checkpoint = PgBackupError("query failed: must be superuser", sqlstate="42501")
     exc = fails(waiter(standby, clock, restartpoint=True), "privilege")
     assert "pg_checkpoint" in exc.message
+
+
+def test_a_failed_restartpoint_request_is_asked_again():
+    clock = Clock()
+    standby = Standby(clock, replay=0x6000100)
+    standby.checkpoint_failures_left = 2
+    result = waiter(standby, clock, restartpoint=True).wait()
+    assert result["reached"] and result["redo_lsn"] == TARGET_TEXT and result["checkpoints_requested"] == 1
+    assert standby.statements.count(CHECKPOINT_SQL) == 3
+
+
+def test_a_restartpoint_that_keeps_failing_names_the_server_logs_reason():
+    clock = Clock()
+    standby = Standby(clock, replay=0x6000100)
+    standby.checkpoint_failures_left = 99
+    standby.log_tail = (
+        "2026-12-02 01:00:00 UTC [77] LOG:  restartpoint starting: immediate\n"
+        "2026-12-02 01:00:00 UTC [77] ERROR:  could not write to file: No space left on device\n"
+    )
+    exc = fails(waiter(standby, clock, restartpoint=True), "restartpoint_failed")
+    assert "failed the restartpoint 5 times in a row (checkpoint request failed)" in exc.message
+    assert "the server log says: 2026-12-02 01:00:00 UTC [77] ERROR: could not write to file: No space left on device" in exc.message
+    assert standby.statements.count(CHECKPOINT_SQL) == 5
+    standby = Standby(clock, replay=0x6000100)
+    standby.checkpoint_failures_left = 99
+    exc = fails(waiter(standby, clock, restartpoint=True), "restartpoint_failed")  # no permission to read the log
+    assert "its reason is in the standby's server log" in exc.message
 
 
 def test_restartpoint_stall_explains_the_missing_checkpoint_record():
