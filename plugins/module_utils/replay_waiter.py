@@ -86,7 +86,7 @@ CHECKPOINT_SQL = "CHECKPOINT"
 # wait asks again at its next look, up to CHECKPOINT_RETRIES failures in a row.
 CHECKPOINT_FAILED = "checkpoint request failed"
 CHECKPOINT_RETRIES = 5
-# The checkpointer's reason: ERROR/PANIC lines from the end of the server's current log (superuser, logging_collector).
+# The checkpointer's reason: ERROR/PANIC/WARNING lines from the end of the server's current log (superuser, logging_collector).
 LOG_TAIL_SQL = "SELECT pg_read_file(f, greatest(0, (pg_stat_file(f)).size - 16384), 16384) AS tail FROM pg_current_logfile() AS f WHERE f IS NOT NULL"
 RESUME_SQL = "SELECT pg_catalog.pg_wal_replay_resume()"
 RECOVERY_TARGETS_SQL = (
@@ -559,7 +559,7 @@ class ReplayWaiter:
             if self.checkpoint_failures >= CHECKPOINT_RETRIES:
                 raise self._failure(
                     "restartpoint_failed",
-                    f"the standby's checkpointer failed the restartpoint {self.checkpoint_failures} times in a row ({server}){self._log_reason()}; "
+                    f"the standby's checkpointer failed the restartpoint {self.checkpoint_failures} times in a row ({CHECKPOINT_FAILED}){self._log_reason()}; "
                     "fix what the standby's server log names (disk space, permissions, an fsync error), then run the backup again",
                     self.clock(),
                 ) from None
@@ -569,12 +569,17 @@ class ReplayWaiter:
         self.checkpoint_at_replay = obs.replay_lsn
 
     def _log_reason(self) -> str:
-        """The server log's last ERROR/PANIC lines, when this session may read them; else where to look."""
+        """The server log's last ERROR/PANIC/WARNING lines (the checkpointer's, not our request's), when this session may read them; else where to look."""
         try:
             rows = self.query(LOG_TAIL_SQL)
         except Exception:  # noqa: BLE001 - not a superuser, no logging collector: say where to look instead
             rows = []
-        lines = [" ".join(line.split()) for row in rows for line in str(row.get("tail") or "").splitlines() if "ERROR" in line or "PANIC" in line]
+        lines = [
+            " ".join(line.split())
+            for row in rows
+            for line in str(row.get("tail") or "").splitlines()
+            if any(level in line for level in ("ERROR:", "PANIC:", "WARNING:")) and CHECKPOINT_FAILED not in line  # not our own request's
+        ]
         if lines:
             return "; the server log says: " + " | ".join(lines[-3:])
         return "; its reason is in the standby's server log, not in this error"
