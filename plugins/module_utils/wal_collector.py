@@ -358,13 +358,19 @@ class Collector:
     def _collect_old_timeline(self, plan: WalPlan) -> None:
         """Collect what WAL-Ranges promise beyond recovery's segments (``plan.old_timeline``), or fail naming it.
 
-        Why the extra file never changes a restore: recovery opens a segment with ``XLogFileReadAnyTLI``
-        (xlogrecovery.c, xlog.c before 15), which walks the expected timelines newest first, skips a timeline whose
-        first segment is after the wanted one (``segno < beginseg``), and for each remaining one tries the archive and
-        then pg_wal under that timeline's name, returning the first file it opens. For the switch segment the new
-        timeline (which began inside it) comes first, and its file is in the copy (``plan.segments``, checked before
-        this runs), so the old timeline's file is never opened; it holds only the WAL before the switchpoint anyway,
-        byte for byte what the new timeline's file starts with (XLogInitNewTimeline copies it there).
+        Why the extra file does not change what a restore replays: recovery opens a segment with
+        ``XLogFileReadAnyTLI`` (xlogrecovery.c; xlog.c before 15), which walks the expected timelines (the history of
+        ``recoveryTargetTLI``) newest first, skips a timeline whose first segment is after the wanted one
+        (``segno < beginseg``), and for each remaining one tries the archive (restore_command) and then pg_wal under
+        that timeline's name, returning the first file it opens. For the switch segment the new timeline, which began
+        inside it, comes first, and its file is in the copy (``plan.segments``, collected before this runs), so the
+        old timeline's file is never opened. That holds for archive recovery (recovery.signal or standby.signal, as
+        recovery_config and the restore test write them) with recovery_target_timeline ``latest`` (the default) or
+        the stop timeline. Only a start that stays on the old timeline (no signal file: crash recovery from the label
+        keeps pg_control's timeline; or recovery_target_timeline ``current``) opens it, and then it finds the WAL up to
+        the switchpoint, byte for byte what the new timeline's file starts with (XLogInitNewTimeline copies it there),
+        instead of no file; such a start never reaches a stop on the new timeline either way. pg_basebackup's own WAL
+        streaming leaves the same file in its backups.
         """
         sources = [s for s in (self.source, self.partial_from) if s is not None]
         for name, switchpoint in plan.old_timeline:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -177,3 +178,26 @@ def test_standby_only_backup_across_a_timeline_switch(testbed, pg_major, tmp_pat
     assert again.old_timeline_segments == [old] and (dest / "pg_wal" / old).read_bytes()[:keep] == placed[:keep]
     _verifier, healed = verify(str(dest), stop_lsn=format_lsn(stop), stop_timeline=2)
     assert healed["problems"] == [], healed["problems"]
+
+    # the extra file does not change what a restore replays: archive recovery (recovery_target_timeline latest) takes
+    # the switch segment from timeline 2's file, follows timeline 2 and has its rows; at the end it promotes to 3
+    restored = testbed.empty_cluster(pg_major)
+    subprocess.run(["cp", "-a", f"{dest}/.", str(restored.datadir)], check=True)
+    for name in ("standby.signal", "backup_manifest"):
+        if (restored.datadir / name).exists():
+            os.unlink(restored.datadir / name)
+    restored.write_settings()
+    with open(restored.datadir / "postgresql.auto.conf", "a") as conf:
+        conf.write("restore_command = 'false'\n")  # pg_wal only: what the copy holds
+    (restored.datadir / "recovery.signal").write_text("")
+    shutil.chown(restored.datadir / "recovery.signal", "postgres", "postgres")
+    restored.start()
+    _wait("the restored copy to finish recovery", lambda: restored.sql("SELECT pg_is_in_recovery()") == [(False,)])
+    assert restored.sql("SELECT at, count(*) FROM tl_switch GROUP BY at ORDER BY at") == [
+        ("after copy", 1000),
+        ("before", 1000),
+        ("last on timeline 1", 100),
+        ("timeline 2", 1000),
+    ]
+    log = restored.log_file.read_text()
+    assert "selected new timeline ID: 3" in log, restored.log_tail()
