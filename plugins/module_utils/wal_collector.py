@@ -372,7 +372,9 @@ class Collector:
         instead of no file; such a start never reaches a stop on the new timeline either way. pg_basebackup's own WAL
         streaming leaves the same file in its backups.
         """
-        sources = [s for s in (self.source, self.partial_from) if s is not None]
+        sources = [self.source]
+        if self.partial_from is not None and self.partial_from.describe() != self.source.describe():
+            sources.append(self.partial_from)  # the role's standby_pg_wal passes the same directory twice
         for name, switchpoint in plan.old_timeline:
             dest_path = os.path.join(self.target.dest, name)
             if os.path.isfile(dest_path) and self._check_old(dest_path, name, switchpoint, plan) is None:

@@ -219,6 +219,8 @@ def test_a_missing_old_timeline_file_is_refused_naming_it_and_where_it_looked(wo
     assert f"Looked for {name(7)} and {name(7)}.partial in {world.archive}" in err.message
     assert f'could not find file "{name(7)}"' in err.message and err.details["problems"][0]["file"] == name(7)
     assert not (world.dest / name(7)).exists()
+    err = refused(collector(world, timeout=0, partial_from=world.archive), 7 * MB + 0x28, 1, 7 * MB + 0x300, 2, MB)
+    assert f"in {world.archive} for 0 s" in err.message  # the same directory named (and searched) once
 
 
 def test_an_old_timeline_file_without_records_through_the_switchpoint_is_refused(world):
