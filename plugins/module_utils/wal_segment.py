@@ -587,6 +587,9 @@ class _RecordWalk:
     def record(self, pos: int, prev: Optional[int]) -> Optional[int]:
         """Decode the record at ``pos``; returns the offset just past its last byte, or None (a problem is recorded)."""
         where = f"the record at {self.lsn(pos)}"
+        if pos + 4 > self.end:
+            self.problems.append(f"{where} runs past {self.lsn(self.end)}: that LSN is not a record's end")
+            return None
         tot_len = struct.unpack_from("<I", self.data, pos)[0]
         if tot_len == 0:
             self.problems.append(f"no record at {self.lsn(pos)} (length 0): the WAL ends before {self.lsn(self.end)}")

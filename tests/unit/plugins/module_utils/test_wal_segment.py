@@ -458,6 +458,7 @@ def test_real_old_timeline_partial_holds_records_through_the_switchpoint(major):
 def test_real_old_timeline_partial_refused_when_not_a_record_end_or_damaged(major):
     seg, data, sysid, switchpoint = _partial(major)
     assert "is not a record's end" in records_refused(data, seg["name"], sysid, switchpoint - 8, major)
+    assert "is not a record's end" in records_refused(data, seg["name"], sysid, switchpoint + 2, major)  # not even aligned
     # the .partial goes on after the switchpoint (what the old primary still sent, or a recycled file's bytes)
     assert f"the record at {format_lsn(switchpoint)}" in records_refused(data, seg["name"], sysid, switchpoint + 8, major)
     base = (switchpoint // MB) * MB
