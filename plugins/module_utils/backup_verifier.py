@@ -27,8 +27,8 @@ from .page_audit import audit, page_problems, relation_segment
 from .page_checksum import BLCKSZ
 from .pg_control import PG_CONTROL_FILE_SIZE, is_guarded, parse_control_file
 from .tablespace_map import parse_tablespace_map
-from .wal import classify_wal_file, history_file_name, history_files_needed, parse_history, segments_between
-from .wal_segment import validate_segment
+from .wal import classify_wal_file, history_file_name, history_files_needed, old_timeline_files, parse_history, segments_between
+from .wal_segment import check_records_through, validate_segment
 
 # pg_verifybackup ignores these too: recovery_config may change them after the manifest was written.
 MANIFEST_IGNORED = ("backup_manifest", "postgresql.auto.conf", "recovery.signal", "standby.signal")
@@ -422,6 +422,34 @@ class Verifier:
                 f"{len(report['missing'])} WAL segment(s) recovery needs from {format_lsn(self.label.start_lsn)} to {format_lsn(stop)} "
                 f"are missing from {self.wal_dir}: {_few(report['missing'])}"
             )
+        self.check_old_timeline_wal(stop, stop_tli, history, report)
+
+    def check_old_timeline_wal(self, stop: int, stop_tli: int, history: list, report: dict) -> None:
+        """The old timeline's file of a segment holding a switch, which WAL-Ranges promise and pg_verifybackup reads."""
+        c = self.control
+        try:
+            extra = old_timeline_files(self.label.start_lsn, self.label.start_timeline, stop, stop_tli, history, c.xlog_seg_size)
+        except PgBackupError as exc:
+            self.problem(f"the WAL ranges per timeline cannot be computed: {exc.message}")
+            return
+        for name, switchpoint in extra:
+            path = os.path.join(self.wal_dir, name)
+            if not os.path.isfile(path):
+                report["missing"].append(name)
+                self.problem(
+                    f"WAL file {name} is missing from {self.wal_dir}: timeline {int(name[:8], 16)} switched at {format_lsn(switchpoint)} inside "
+                    f"this segment, backup_manifest's WAL-Ranges list that timeline up to the switch, and pg_verifybackup (parsing WAL) reads "
+                    f'it from {name} (could not find file "{name}"); recovery does not need it. Collect it again with wal_collect '
+                    f"(it takes {name} or {name}.partial from the promoted server's archive or a standby's pg_wal)"
+                )
+                continue
+            try:
+                check_records_through(path, file_name=name, system_identifier=c.system_identifier, seg_size=c.xlog_seg_size,
+                                      through_lsn=switchpoint, major_version=c.major_version)  # fmt: skip
+                report["checked"].append(name)
+            except PgBackupError as exc:
+                report["invalid"].append(name)
+                self.problem(f"{exc.message} (the old timeline's file of the switch segment, which pg_verifybackup reads)")
 
     # --- files: exclusions, owners, modes -----------------------------------------------------------------------
     def walk(self) -> list:

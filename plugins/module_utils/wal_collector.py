@@ -11,7 +11,14 @@
 4. The last segment of a backup on an idle primary may never be complete: ``switch_wal`` (once) asks the
    primary to switch, ``partial_from`` takes it from a standby's pg_wal checked only through the stop LSN.
    A ``.partial`` file never stands in for a segment otherwise.
-5. Fails listing every missing or invalid segment and why.
+5. A timeline switch inside a segment (``old_timeline_files``): the manifest's WAL-Ranges entry of the old timeline
+   ends at the switchpoint inside a segment recovery reads from the new timeline, and pg_verifybackup parses that
+   range on the old timeline's file names. So the old timeline's file of that segment is collected too (the source's
+   ``<old><seg>``, else ``<old><seg>.partial``, in the source and then in ``partial_from``), its records checked
+   through the switchpoint, and placed as ``<old><seg>``: the WAL up to the switchpoint, zeros after it (what
+   pg_basebackup's WAL streaming leaves for a timeline it left mid-segment). It never changes what a restore
+   replays: see ``Collector._collect_old_timeline``.
+6. Fails listing every missing or invalid segment and why.
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ from .wal import (
     check_timeline,
     history_file_name,
     history_files_needed,
+    old_timeline_files,
     parse_history,
     segments_between,
     timeline_ranges,
 )
-from .wal_segment import validate_segment
+from .wal_segment import check_records_through, validate_segment
 from .wal_source import WalSource, fsync_file
 
 STAGING_DIR = ".pgbackup-wal-staging"
@@ -97,6 +105,8 @@ class WalPlan:
     required_history: list  # the stop timeline's own file (recovery reads it)
     stop_lsn: int
     seg_size: int
+    # (file name, switchpoint): the old timeline's file of a segment holding a switch, needed through the switchpoint
+    old_timeline: list = field(default_factory=list)
 
     @property
     def last(self) -> str:
@@ -115,7 +125,17 @@ def plan_wal(start_lsn: int, start_tli: int, stop_lsn: int, stop_tli: int, seg_s
     history = parse_history(history_text, stop_tli) if stop_tli > 1 else []
     timeline_ranges(start_lsn, start_tli, stop_lsn, stop_tli, history)
     segments = segments_between(start_lsn, stop_lsn, stop_tli, history, seg_size)
-    return WalPlan(segments, history_files_needed(stop_tli, history), history_files_needed(stop_tli, history, required_only=True), stop_lsn, seg_size)
+    old = old_timeline_files(start_lsn, start_tli, stop_lsn, stop_tli, history, seg_size)
+    return WalPlan(segments, history_files_needed(stop_tli, history), history_files_needed(stop_tli, history, required_only=True), stop_lsn, seg_size, old)
+
+
+def check_old_timeline_file(path: str, name: str, switchpoint: int, target_sysid: int, seg_size: int, major: Optional[int]) -> Optional[str]:
+    """None if ``path`` holds valid WAL records of the old timeline's segment ``name`` up to exactly ``switchpoint``."""
+    try:
+        check_records_through(path, file_name=name, system_identifier=target_sysid, seg_size=seg_size, through_lsn=switchpoint, major_version=major)
+    except PgBackupError as exc:
+        return exc.message
+    return None
 
 
 def check_segment(path: str, name: str, target_sysid: int, plan: WalPlan, major: Optional[int], *, partial: bool = False) -> Optional[str]:
@@ -141,6 +161,7 @@ class Outcome:
     history_files: list = field(default_factory=list)
     present: list = field(default_factory=list)  # already in place and valid
     partial_segment: Optional[str] = None
+    old_timeline_segments: list = field(default_factory=list)  # old-timeline files of switch segments written
     wal_switched: bool = False
     bytes: int = 0
     warnings: list = field(default_factory=list)
@@ -177,7 +198,9 @@ class Collector:
             plan = plan_wal(start_lsn, start_tli, stop_lsn, stop_tli, seg_size, history_text)
             self._collect_history(plan, stop_tli)
             todo = [n for n in plan.segments if not self._in_place(n, plan)]
+            self._deadline = self.clock() + self.timeout
             self._collect_segments(plan, todo)
+            self._collect_old_timeline(plan)
         finally:
             if self.staging is not None:
                 shutil.rmtree(self.staging, ignore_errors=True)
@@ -259,7 +282,7 @@ class Collector:
         return check_segment(path, name, self.target.system_identifier, plan, self.target.major, partial=partial)
 
     def _collect_segments(self, plan: WalPlan, todo: list) -> None:
-        deadline = self.clock() + self.timeout
+        deadline = self._deadline
         switched = False
         while True:
             listing = self.source.listing()
@@ -329,6 +352,91 @@ class Collector:
                 return True
             self.outcome.warnings.append(f"{candidate} in {self.partial_from.describe()} is not usable through the stop LSN: {why}")
         return False
+
+    # --- the old timeline's file of a segment holding a switch --------------------------------------------------
+
+    def _collect_old_timeline(self, plan: WalPlan) -> None:
+        """Collect what WAL-Ranges promise beyond recovery's segments (``plan.old_timeline``), or fail naming it.
+
+        Why the extra file does not change what a restore replays: recovery opens a segment with
+        ``XLogFileReadAnyTLI`` (xlogrecovery.c; xlog.c before 15), which walks the expected timelines (the history of
+        ``recoveryTargetTLI``) newest first, skips a timeline whose first segment is after the wanted one
+        (``segno < beginseg``), and for each remaining one tries the archive (restore_command) and then pg_wal under
+        that timeline's name, returning the first file it opens. For the switch segment the new timeline, which began
+        inside it, comes first, and its file is in the copy (``plan.segments``, collected before this runs), so the
+        old timeline's file is never opened. That holds for archive recovery (recovery.signal or standby.signal, as
+        recovery_config and the restore test write them) with recovery_target_timeline ``latest`` (the default) or
+        the stop timeline. Only a start that stays on the old timeline (no signal file: crash recovery from the label
+        keeps pg_control's timeline; or recovery_target_timeline ``current``) opens it, and then it finds the WAL up to
+        the switchpoint, byte for byte what the new timeline's file starts with (XLogInitNewTimeline copies it there),
+        instead of no file; such a start never reaches a stop on the new timeline either way. pg_basebackup's own WAL
+        streaming leaves the same file in its backups.
+        """
+        sources = [self.source]
+        if self.partial_from is not None and self.partial_from.describe() != self.source.describe():
+            sources.append(self.partial_from)  # the role's standby_pg_wal passes the same directory twice
+        for name, switchpoint in plan.old_timeline:
+            dest_path = os.path.join(self.target.dest, name)
+            if os.path.isfile(dest_path) and self._check_old(dest_path, name, switchpoint, plan) is None:
+                self.outcome.present.append(name)
+                continue
+            while True:
+                tried = []
+                if self._take_old(name, switchpoint, plan, sources, tried):
+                    break
+                if self.clock() >= self._deadline:
+                    raise self._old_failure(name, switchpoint, plan, sources, tried)
+                self.sleep(min(self.poll_interval, max(0.0, self._deadline - self.clock())))
+
+    def _check_old(self, path: str, name: str, switchpoint: int, plan: WalPlan) -> Optional[str]:
+        return check_old_timeline_file(path, name, switchpoint, self.target.system_identifier, plan.seg_size, self.target.major)
+
+    def _take_old(self, name: str, switchpoint: int, plan: WalPlan, sources: list, tried: list) -> bool:
+        for source in sources:
+            listing = source.listing()
+            for candidate in (name, name + ".partial"):
+                if candidate not in listing:
+                    continue
+                staged = self._stage(source, [candidate])
+                if candidate not in staged:
+                    continue
+                why = self._check_old(staged[candidate], candidate, switchpoint, plan)
+                if why is not None:
+                    tried.append(f"{candidate} in {source.describe()}: {why}")
+                    if staged[candidate].startswith(self.staging or "\0"):
+                        os.unlink(staged[candidate])
+                    continue
+                self._install_old(staged[candidate], name, switchpoint % plan.seg_size, plan.seg_size)
+                self.outcome.old_timeline_segments.append(name)
+                self.outcome.segments.append(name)
+                self.outcome.bytes += switchpoint % plan.seg_size
+                return True
+        return False
+
+    def _install_old(self, staged: str, name: str, keep: int, seg_size: int) -> None:
+        """``name`` holding the first ``keep`` bytes of ``staged`` (the WAL up to the switchpoint), zeros after."""
+        if self.check_mode:
+            return
+        tmp = os.path.join(self.staging or self.target.dest, name + ".old-timeline" + TMP_SUFFIX)
+        with open(staged, "rb") as fin, open(tmp, "wb") as fout:
+            fout.write(fin.read(keep))
+        os.truncate(tmp, seg_size)
+        self._install(tmp, name, pad_to=None)
+
+    def _old_failure(self, name: str, switchpoint: int, plan: WalPlan, sources: list, tried: list) -> PgBackupError:
+        where = " and ".join(s.describe() for s in sources)
+        found = "; ".join(tried) if tried else "neither file is there"
+        old_tli = int(name[:8], 16)
+        message = (
+            f"{name}, timeline {old_tli}'s file of the segment where the timeline switched at {format_lsn(switchpoint)}, is needed "
+            f"through {format_lsn(switchpoint)}: backup_manifest's WAL-Ranges list timeline {old_tli} up to that switchpoint and "
+            f"pg_verifybackup (parsing WAL) reads it from {name}, so without it the copy would be refused "
+            f'(could not find file "{name}"); recovery itself does not read it. Looked for {name} and {name}.partial in {where} '
+            f"for {self.timeout:g} s: {found}. Point partial_from (or source_path) at the WAL archive of the server that was "
+            f"promoted, which archives {name}.partial at promotion, or at the pg_wal of a standby that streamed timeline {old_tli} "
+            "up to the switch"
+        )
+        return PgBackupError(message, problems=[{"file": name, "problem": found}], segments_collected=self.outcome.segments)
 
     def _failure(self, plan: WalPlan, problems: dict) -> PgBackupError:
         items = [{"file": n, "problem": problems[n]} for n in plan.segments if n in problems]

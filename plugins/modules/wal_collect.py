@@ -20,6 +20,12 @@ description:
     the page address of every page (a recycled file renamed to a later name is refused), timelines; the last segment
     must hold valid WAL through O(stop_lsn). A C(.partial) file never stands in for a complete segment, except through
     O(partial_from).
+  - Across a timeline switch inside a segment, also collects the old timeline's file of that segment, which recovery
+    never reads (it takes the new timeline's) but C(backup_manifest)'s WAL-Ranges promise and C(pg_verifybackup) with
+    WAL parsing reads (it fails with C(could not find file) otherwise) - from the source under its own name, else as
+    C(.partial) (what a server archives at promotion), then the same from O(partial_from); its page headers and WAL
+    records are checked through the switchpoint, and it is written under the segment's name holding the WAL up to the
+    switchpoint and zeros after it. Fails naming the file and where it looked when neither has it.
   - Writes each segment into O(dest) through a temporary name, fsync, rename and fsync of the directory, owned like
     O(data_dir) and with mode C(0600) (C(0640) when O(data_dir) is C(0750)).
   - Fails listing every missing or invalid segment and why, not only the first one; with a connection to the
@@ -90,6 +96,8 @@ options:
       - A standby's C(pg_wal) directory (on O(source_host) or this host). When the last needed segment is missing from
         the source, it is taken from there (named as the segment or with C(.partial)) and checked only through
         O(stop_lsn); it is written padded to the full segment size under the segment's name.
+      - Also searched, after the source, for the old timeline's file of a segment holding a timeline switch (the
+        promoted server's WAL archive holds it as C(.partial)).
     type: path
 attributes:
   check_mode:
@@ -138,6 +146,18 @@ present:
   returned: always
   type: list
   elements: str
+old_timeline_segments:
+  description:
+    - The old timeline's files of segments holding a timeline switch that were written (also in RV(segments)), each
+      holding that timeline's WAL up to the switchpoint, for C(pg_verifybackup); recovery does not read them.
+  returned: always
+  type: list
+  elements: str
+old_timeline_needed:
+  description: The old timeline's files the WAL-Ranges of the copy's manifest promise, each with C(file) and C(through) (the switchpoint).
+  returned: always
+  type: list
+  elements: dict
 needed:
   description: Every segment the copy needs, oldest first.
   returned: always
@@ -190,7 +210,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connect, connection_secrets, with_connection_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import Collector, open_target
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_source import WalSource
@@ -297,6 +317,8 @@ def run_module(module: AnsibleModule, server: Server) -> dict:
         "needed": plan.segments,
         "history_needed": plan.history_files,
         "partial_segment": outcome.partial_segment,
+        "old_timeline_segments": outcome.old_timeline_segments,
+        "old_timeline_needed": [{"file": name, "through": format_lsn(lsn)} for name, lsn in plan.old_timeline],
         "wal_switched": outcome.wal_switched,
         "bytes": outcome.bytes,
         "seconds": round(time.monotonic() - began, 3),

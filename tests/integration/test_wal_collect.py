@@ -345,8 +345,16 @@ def test_across_a_promotion_with_its_history_over_ssh(netns_testbed, ansible_env
     _playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", db2.name)
     results = {r["item"]["name"]: r for r in json.loads(result_file.read_text())}
     across = _ok(results["across"])
-    assert across["segments"] == expected and across["history_files"] == ["00000002.history"]
-    assert _wal_files(good / "pg_wal") == sorted([*expected, "00000002.history"])
+    # and timeline 1's file of the switch segment, for pg_verifybackup (the manifest's timeline 1 range ends inside it):
+    # from the .partial the promoted standby archived, the WAL up to the switchpoint, zeros after
+    keep = switchpoint % SEG
+    old = [f"00000001{(switchpoint // SEG) // 0x100:08X}{(switchpoint // SEG) % 0x100:08X}"] if keep else []
+    assert across["segments"] == [*expected, *old] and across["old_timeline_segments"] == old
+    assert across["history_files"] == ["00000002.history"]
+    assert _wal_files(good / "pg_wal") == sorted([*expected, *old, "00000002.history"])
     for n in [*expected, "00000002.history"]:
         assert (good / "pg_wal" / n).read_bytes() == (shared / n).read_bytes(), n
+    for n in old:
+        placed = (good / "pg_wal" / n).read_bytes()
+        assert placed[:keep] == (shared / f"{n}.partial").read_bytes()[:keep] and len(placed) == SEG and not any(placed[keep:])
     assert list(_failed(results["no history"])) == ["00000002.history"]

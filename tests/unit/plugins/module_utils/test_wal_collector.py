@@ -37,6 +37,14 @@ def name(segno: int, tli: int = 1) -> str:
 HISTORY_2 = format_history([TimelineHistoryEntry(1, 7 * MB + 0x100, "no recovery target specified")])
 
 
+def old_timeline_7(**kw) -> bytes:
+    """Timeline 1's file of segment 7 as the promoted server left it: one record from 7MB+0x28 ending at the switchpoint
+    7MB+0x100 (24 + 192 bytes), then stale bytes of a record the old primary was still sending."""
+    data = bytearray(build_segment([record(192)], segno=7, **kw))
+    data[0x100:0x180] = b"\x77" * 0x80
+    return bytes(data)
+
+
 class Clock:
     """A fake clock for the poll loop: sleep advances it and runs a hook (the archiver at work)."""
 
@@ -176,15 +184,62 @@ def test_an_invalid_file_in_place_is_replaced(world):
 def test_collects_across_a_timeline_switch_with_history(world):
     for segno in (5, 6):
         put(world.archive, name(segno), full_segment(segno=segno))
-    put(world.archive, name(7), full_segment(segno=7))  # the old timeline's copy of the switch segment: not needed
+    # the old timeline's file of the switch segment: recovery reads timeline 2's, but WAL-Ranges list timeline 1 up to
+    # the switchpoint 7MB+0x100 and pg_verifybackup reads that from 000000010000000000000007
+    put(world.archive, name(7) + ".partial", old_timeline_7())
     put(world.archive, name(7, 2), full_segment(segno=7, tli=2, page_tlis={0: 1}))
     put(world.archive, name(8, 2), full_segment(segno=8, tli=2))
     put(world.archive, "00000002.history", HISTORY_2.encode())
-    _plan, out = collector(world).run(5 * MB + 0x28, 1, 8 * MB + 0x10, 2, MB)
-    assert out.segments == [name(5), name(6), name(7, 2), name(8, 2)]
+    plan, out = collector(world).run(5 * MB + 0x28, 1, 8 * MB + 0x10, 2, MB)
+    assert plan.segments == [name(5), name(6), name(7, 2), name(8, 2)] and plan.old_timeline == [(name(7), 7 * MB + 0x100)]
+    assert out.segments == [name(5), name(6), name(7, 2), name(8, 2), name(7)] and out.old_timeline_segments == [name(7)]
     assert out.history_files == ["00000002.history"]
     assert (world.dest / "00000002.history").read_text() == HISTORY_2
+    # placed under the name pg_waldump reads, the WAL up to the switchpoint and zeros after it (the stale bytes gone)
+    placed = (world.dest / name(7)).read_bytes()
+    assert len(placed) == MB and placed[:0x100] == old_timeline_7()[:0x100] and not any(placed[0x100:])
+    assert not (world.dest / (name(7) + ".partial")).exists()
+    _plan, again = collector(world).run(5 * MB + 0x28, 1, 8 * MB + 0x10, 2, MB)
+    assert again.segments == [] and name(7) in again.present
+
+
+def test_the_old_timeline_file_is_taken_from_partial_from_when_the_source_lacks_it(world):
+    put(world.archive, name(7, 2), full_segment(segno=7, tli=2, page_tlis={0: 1}))
+    put(world.archive, "00000002.history", HISTORY_2.encode())
+    put(world.standby, name(7), old_timeline_7())  # a standby's pg_wal: the file under its own name
+    _plan, out = collector(world, partial_from=world.standby).run(7 * MB + 0x28, 1, 7 * MB + 0x300, 2, MB)
+    assert out.old_timeline_segments == [name(7)] and (world.dest / name(7)).read_bytes()[:0x100] == old_timeline_7()[:0x100]
+
+
+def test_a_missing_old_timeline_file_is_refused_naming_it_and_where_it_looked(world):
+    put(world.archive, name(7, 2), full_segment(segno=7, tli=2, page_tlis={0: 1}))
+    put(world.archive, "00000002.history", HISTORY_2.encode())
+    err = refused(collector(world, timeout=0), 7 * MB + 0x28, 1, 7 * MB + 0x300, 2, MB)
+    assert err.message.startswith(f"{name(7)}, timeline 1's file of the segment where the timeline switched at 0/700100")
+    assert f"Looked for {name(7)} and {name(7)}.partial in {world.archive}" in err.message
+    assert f'could not find file "{name(7)}"' in err.message and err.details["problems"][0]["file"] == name(7)
     assert not (world.dest / name(7)).exists()
+    err = refused(collector(world, timeout=0, partial_from=world.archive), 7 * MB + 0x28, 1, 7 * MB + 0x300, 2, MB)
+    assert f"in {world.archive} for 0 s" in err.message  # the same directory named (and searched) once
+
+
+def test_an_old_timeline_file_without_records_through_the_switchpoint_is_refused(world):
+    put(world.archive, name(7, 2), full_segment(segno=7, tli=2, page_tlis={0: 1}))
+    put(world.archive, "00000002.history", HISTORY_2.encode())
+    put(world.archive, name(7) + ".partial", full_segment(segno=7))  # 1000-byte records: none ends at 0x100
+    put(world.archive, name(7), old_timeline_7(sysid=SYSID + 1))  # another cluster's
+    err = refused(collector(world, timeout=0), 7 * MB + 0x28, 1, 7 * MB + 0x300, 2, MB)
+    assert f"{name(7)}.partial in {world.archive}: WAL segment {name(7)}.partial does not hold valid records through 0/700100" in err.message
+    assert "runs past 0/700100" in err.message
+    assert "another cluster" in err.message
+
+
+def test_the_old_timeline_file_is_waited_for(world):
+    put(world.archive, name(7, 2), full_segment(segno=7, tli=2, page_tlis={0: 1}))
+    put(world.archive, "00000002.history", HISTORY_2.encode())
+    clock = Clock(on_sleep=lambda n: n == 2 and put(world.archive, name(7) + ".partial", old_timeline_7()))
+    _plan, out = collector(world, clock=clock, timeout=30).run(7 * MB + 0x28, 1, 7 * MB + 0x300, 2, MB)
+    assert out.old_timeline_segments == [name(7)] and clock.sleeps == 2
 
 
 def test_a_missing_history_file_of_the_stop_timeline_is_named(world):
@@ -459,7 +514,11 @@ def test_real_segments_of_every_major(major, tmp_path):
     switch_seg = int(segs[2]["name"][16:], 16)
     stop_d = parse_lsn(segs[2]["switch_end_lsn"])
     _plan, out = Collector(target, WalSource(str(archive))).run(switch_seg * MB + 0x28, 1, stop_d, 2, MB)
-    assert out.segments == [segs[2]["name"]] and out.history_files == ["00000002.history"]
+    old = segs[3]["name"][: -len(".partial")]  # timeline 1's .partial, archived at the promotion, placed as the segment
+    assert out.segments == [segs[2]["name"], old] and out.history_files == ["00000002.history"] and out.old_timeline_segments == [old]
+    keep = parse_lsn(segs[3]["through_lsn"]) % MB
+    placed = (copy / "pg_wal" / old).read_bytes()
+    assert placed[:keep] == core_vectors.read(major, segs[3]["file"])[:keep] and not any(placed[keep:]) and len(placed) == MB
     # a real segment renamed to a later name; the old timeline's .partial does not stand in for its segment
     renamed = name(first + 2)
     shutil.copy(archive / segs[0]["name"], archive / renamed)
@@ -490,11 +549,12 @@ def test_check_mode_with_partial_from_writes_nothing(world):
 def test_history_in_place_is_not_written_again(world):
     put(world.archive, "00000002.history", HISTORY_2.encode())
     put(world.archive, name(7, 2), full_segment(segno=7, tli=2, page_tlis={0: 1}))
+    put(world.archive, name(7) + ".partial", old_timeline_7())
     args = (7 * MB + 0x28, 1, 7 * MB + 0x300, 2, MB)
     _plan, out = collector(world).run(*args)
-    assert out.history_files == ["00000002.history"] and out.segments == [name(7, 2)]
+    assert out.history_files == ["00000002.history"] and out.segments == [name(7, 2), name(7)]
     _plan, again = collector(world).run(*args)
-    assert again.history_files == [] and again.segments == [] and again.present == [name(7, 2)]
+    assert again.history_files == [] and again.segments == [] and again.present == [name(7, 2), name(7)]
 
 
 def test_the_current_segment_of_pg_wal_is_taken_with_partial_from_the_same_directory(world):

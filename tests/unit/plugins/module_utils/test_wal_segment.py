@@ -7,7 +7,7 @@ import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import parse_wal_file_name, wal_file_name
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_segment import WAL_PAGE_MAGIC, validate_segment
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_segment import WAL_PAGE_MAGIC, check_records_through, validate_segment
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -421,3 +421,86 @@ def test_any_wal_ending_in_a_switch_is_complete_and_any_other_is_not(lengths, wi
         assert "without a WAL switch record" in refused(data)
     else:
         assert "page 0 is all zeros" in refused(data)
+
+
+# --- records through an LSN (the old timeline's file of a switch segment) -------------------------------------------
+
+
+def _partial(major: int) -> tuple:
+    expected = core_vectors.expected(major)
+    seg = next(s for s in expected["segments"] if s.get("partial"))
+    return seg, core_vectors.read(major, seg["file"]), int(expected["system_identifier"]), parse_lsn(seg["through_lsn"])
+
+
+def records(data, name, sysid, through, major, seg_size=MB):
+    return check_records_through(data, file_name=name, system_identifier=sysid, seg_size=seg_size, through_lsn=through, major_version=major)
+
+
+def records_refused(*args, **kw) -> str:
+    with pytest.raises(PgBackupError) as err:
+        records(*args, **kw)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("major", core_vectors.MAJORS, ids=[f"pg{m}" for m in core_vectors.MAJORS])
+def test_real_old_timeline_partial_holds_records_through_the_switchpoint(major):
+    seg, data, sysid, switchpoint = _partial(major)
+    history = core_vectors.expected(major)["history"]["text"]
+    assert format_lsn(switchpoint) in history  # the vector's switchpoint is the history file's
+    found = records(data, seg["name"], sysid, switchpoint, major)
+    assert found.records >= 1 and found.end_lsn == switchpoint and found.first_record_lsn == (switchpoint // MB) * MB + 40
+    # the new timeline's file begins with the same WAL (copied at promotion): it too holds records through the switchpoint
+    new = next(s for s in core_vectors.expected(major)["segments"] if s["name"].startswith("00000002"))
+    assert records(core_vectors.read(major, new["file"]), new["name"], sysid, switchpoint, major).end_lsn == switchpoint
+
+
+@pytest.mark.parametrize("major", core_vectors.MAJORS, ids=[f"pg{m}" for m in core_vectors.MAJORS])
+def test_real_old_timeline_partial_refused_when_not_a_record_end_or_damaged(major):
+    seg, data, sysid, switchpoint = _partial(major)
+    assert "is not a record's end" in records_refused(data, seg["name"], sysid, switchpoint - 8, major)
+    assert "is not a record's end" in records_refused(data, seg["name"], sysid, switchpoint + 2, major)  # not even aligned
+    # the .partial goes on after the switchpoint (what the old primary still sent, or a recycled file's bytes)
+    assert f"the record at {format_lsn(switchpoint)}" in records_refused(data, seg["name"], sysid, switchpoint + 8, major)
+    base = (switchpoint // MB) * MB
+    first = 40
+    second = first + ((int.from_bytes(data[first : first + 4], "little") + 7) & ~7)
+    flipped = bytearray(data)
+    flipped[second + 30] ^= 0xFF
+    assert f"the record at {format_lsn(base + second)} has a wrong CRC" in records_refused(bytes(flipped), seg["name"], sysid, switchpoint, major)
+    chained = patch(data, second + 8, "<Q", base + 0x1000)
+    assert f"points back to {format_lsn(base + 0x1000)}, expected the previous record {format_lsn(base + first)}" in records_refused(
+        chained, seg["name"], sysid, switchpoint, major
+    )
+    # another segment's pages are refused by the header check first
+    assert "recycled or renamed" in records_refused(data, wal_file_name(1, switchpoint // MB + 1, MB), sysid, switchpoint + MB, major)
+
+
+@pytest.mark.parametrize("major", core_vectors.MAJORS, ids=[f"pg{m}" for m in core_vectors.MAJORS])
+def test_real_segment_continued_from_the_previous_one_and_ending_in_a_switch(major):
+    expected = core_vectors.expected(major)
+    seg = next(s for s in expected["segments"] if s["why"].startswith("a 1.5 MB record") and s["switch_end_lsn"])
+    data = core_vectors.read(major, seg["file"])
+    sysid = int(expected["system_identifier"])
+    switch_end = parse_lsn(seg["switch_end_lsn"])
+    found = records(data, seg["name"], sysid, switch_end, major)  # the 1.5 MB record's tail skipped, the switch record last
+    assert found.first_record_lsn > parse_wal_file_name(seg["name"], MB)[1] * MB + 40 * 8 and found.end_lsn == switch_end
+    assert records(data, seg["name"], sysid, switch_end - 24, major).records == found.records - 1
+
+
+def test_a_record_over_several_pages_and_a_wrong_continuation():
+    data = build_segment([record(20000)])
+    end = BASE + 2 * PAGE + 24 + (20024 - (PAGE - 40) - (PAGE - 24))
+    assert records(data, NAME, SYSID, end, 15).records == 1
+    broken = patch(data, PAGE + 16, "<I", 5)  # page 1's xlp_rem_len
+    assert "page 1 (LSN 0/502000) does not continue the record at 0/500028" in records_refused(broken, NAME, SYSID, end, 15)
+    assert "runs past" in records_refused(data, NAME, SYSID, end - PAGE, 15)
+
+
+def test_the_lsn_inside_a_record_continued_from_the_previous_segment():
+    data = build_segment([record(100)], continued=3 * PAGE)
+    assert "inside a record continued from the previous segment" in records_refused(data, NAME, SYSID, BASE + PAGE, 15)
+
+
+def test_no_record_at_all_before_the_lsn():
+    data = build_segment([record(100)])
+    assert "the WAL ends before 0/500200" in records_refused(data, NAME, SYSID, BASE + 0x200, 15)
