@@ -51,7 +51,7 @@ def native_crc32c() -> Optional[Callable]:
     try:
         import google_crc32c as gmod  # type: ignore[import-not-found]
 
-        return gmod.extend
+        return lambda data, crc: gmod.extend(crc, data)  # google_crc32c.extend takes (crc, data)
     except ImportError:
         return None
 
