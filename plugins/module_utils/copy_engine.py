@@ -354,7 +354,8 @@ def check_delta_destination(source: Source, plan: Plan, dest: str) -> None:
         return
     doomed = _delta_remove(plan, dest, dry_run=True)
     shown = ", ".join(doomed[:5]) + (f" and {len(doomed) - 5} more" if len(doomed) > 5 else "")
-    would = f"; delta would remove {len(doomed)} entries there that the source does not have ({shown})" if doomed else ""
+    n = len(doomed)
+    would = f"; delta would remove {n} {'entry' if n == 1 else 'entries'} there that the source does not have ({shown})" if doomed else ""
     if sysid is None:
         found = f"it has no global/pg_control, no {copy_state.PENDING_CONTROL} and no {copy_state.INCOMPLETE_MARKER} naming a system identifier"
     else:
