@@ -16,6 +16,9 @@ import subprocess
 
 import pytest
 import yaml
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, delta_removals, execute, make_plan
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 
 from .conftest import role_majors
 from .harness.pgbins import ROOT, selected_majors
@@ -230,3 +233,40 @@ def test_replica_clone_refuses_before_it_stops_the_replica_it_would_reseed(netns
         assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)] and primary.sql(KEEPERS) == [(0,)]
     finally:
         replica.stop("immediate")
+
+
+def test_delta_on_real_data_directories(primary_standby, testbed, pg_major):
+    """delta on a real standby's data directory: an earlier copy of it is brought in line (the stale file listed first,
+    then removed); a copy of another real cluster (its own initdb, its own system identifier) is refused untouched."""
+    if pg_major != max(selected_majors()):
+        pytest.skip("delta's identity check reads pg_control's first 8 bytes, the same on every version: the newest major shows it")
+    _primary, standby = primary_standby
+    src = Source(str(standby.datadir))
+    sysid = int(standby.sql("SELECT system_identifier FROM pg_control_system()")[0][0])
+
+    earlier = testbed.scratch_dir(f"delta-earlier-{pg_major}")
+    plan = make_plan(src, str(earlier), {}, [])
+    assert plan.system_identifier == sysid
+    execute(src, plan, str(earlier), owner="postgres")
+    (earlier / "base" / "stale_file").write_text("old")
+    plan = make_plan(src, str(earlier), {}, [])
+    check_destination(src, plan, str(earlier), True)
+    assert "base/stale_file" in delta_removals(plan, str(earlier)) and (earlier / "base" / "stale_file").exists()
+    res = execute(src, plan, str(earlier), delta=True, owner="postgres")
+    assert "base/stale_file" in res["removed"] and not (earlier / "base" / "stale_file").exists()
+    assert copy_state.copy_identity(str(earlier)) == (sysid, copy_state.PENDING_CONTROL)
+
+    other = testbed.new_primary(pg_major, name=f"pg{pg_major}-delta-other")
+    try:
+        other_sysid = int(other.sql("SELECT system_identifier FROM pg_control_system()")[0][0])
+        foreign = testbed.scratch_dir(f"delta-foreign-{pg_major}")
+        execute(Source(str(other.datadir)), make_plan(Source(str(other.datadir)), str(foreign), {}, []), str(foreign), owner="postgres")
+        before = _listing(foreign)
+        plan = make_plan(src, str(foreign), {}, [])
+        with pytest.raises(PgBackupError) as info:
+            check_destination(src, plan, str(foreign), True)
+        msg = info.value.message
+        assert f"its {copy_state.PENDING_CONTROL} has system identifier {other_sysid}, the source's is {sysid}" in msg, msg
+        assert _listing(foreign) == before, "refused before anything was removed"
+    finally:
+        other.stop("immediate")
