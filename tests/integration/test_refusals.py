@@ -184,8 +184,9 @@ def test_standby_backup_refuses_before_any_change(netns_testbed, netns_pair, ans
 
 
 def test_replica_clone_refuses_before_it_stops_the_replica_it_would_reseed(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major):
-    """replica_clone_force stops a replica to re-seed it: standby_backup's refusals (here: the key is refused over ssh)
-    come before that stop, with --check and for real, and the replica goes on streaming."""
+    """replica_clone_force stops a replica to re-seed it: standby_backup's refusals (here: the key is refused over ssh) and
+    the refusal of a data directory of another cluster (a delta copy would not take it) come before that stop, with
+    --check and for real, and the server there goes on running."""
     ours = [m for m in selected_majors() if m in role_majors()]
     if pg_major != max(ours):
         pytest.skip("the refusals are the role's, the same on every version: the newest selected major shows them")
@@ -193,46 +194,53 @@ def test_replica_clone_refuses_before_it_stops_the_replica_it_would_reseed(netns
     primary, _standby = netns_pair
     db3 = bed.host("db3")
     replica = primary.make_standby(f"pg{pg_major}-refuse-replica", host=db3)
+    other = bed.new_primary(pg_major, host=db3, name=f"pg{pg_major}-refuse-other")
     stranger = tmp_path / "stranger_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    extra = {
-        "replica_clone_hosts": db3.name,
-        "replica_clone_upstream_host": primary.host,
-        "replica_clone_upstream_port": primary.port,
-        "replica_clone_upstream_data_dir": str(primary.datadir),
-        "replica_clone_login_password": primary.password,
-        "replica_clone_upstream_ssh_host": primary.node.address,
-        "replica_clone_ssh_key": str(stranger),
-        "replica_clone_ssh_options": SSH_OPTIONS,
-        "replica_clone_data_dir": str(replica.datadir),
-        "replica_clone_state_dir": str(tmp_path / "keepers"),
-        "replica_clone_pg_bindir": str(replica.pg.bindir),
-        "replica_clone_address": replica.host,
-        "replica_clone_port": replica.port,
-        "replica_clone_force": True,
-    }
-    extra_file = tmp_path / "extra-clone.json"
-    extra_file.write_text(json.dumps(extra))
-    extra_file.chmod(0o600)
-    pid = replica.postmaster_pid()
+    cases = [
+        (replica, str(stranger), "Refuse ssh that does not work between the hosts", ["Permission denied", "replica_clone_ssh_key"]),
+        (other, str(bed.run_dir / "ssh" / "id_ed25519"), "Refuse to re-seed a data directory of another cluster", ["is a data directory of another cluster"]),
+    ]
     try:
-        for check in (True, False):
-            argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "clone_replica.yml")]
-            argv += ["-e", f"@{extra_file}"] + (["--check"] if check else [])
-            proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=600, check=False)
-            output = proc.stdout + proc.stderr
-            assert proc.returncode != 0, output[-4000:]
-            failures = _results(output)
-            task, result = failures[db3.name]
-            assert task.endswith("Refuse ssh that does not work between the hosts"), (task, result)
-            assert "Permission denied" in result["msg"] and "replica_clone_ssh_key" in result["msg"], result["msg"]
-            assert "Stop the replica before re-seeding it" not in output.split("Refuse ssh that does not work")[0], "refused before the stop"
-            assert replica.is_running() and replica.postmaster_pid() == pid, f"the replica was not stopped (check={check})"
+        for server, key, expected_task, needles in cases:
+            extra = {
+                "replica_clone_hosts": db3.name,
+                "replica_clone_upstream_host": primary.host,
+                "replica_clone_upstream_port": primary.port,
+                "replica_clone_upstream_data_dir": str(primary.datadir),
+                "replica_clone_login_password": primary.password,
+                "replica_clone_upstream_ssh_host": primary.node.address,
+                "replica_clone_ssh_key": key,
+                "replica_clone_ssh_options": SSH_OPTIONS,
+                "replica_clone_data_dir": str(server.datadir),
+                "replica_clone_state_dir": str(tmp_path / "keepers"),
+                "replica_clone_pg_bindir": str(server.pg.bindir),
+                "replica_clone_address": server.host,
+                "replica_clone_port": server.port,
+                "replica_clone_force": True,
+            }
+            extra_file = tmp_path / "extra-clone.json"
+            extra_file.write_text(json.dumps(extra))
+            extra_file.chmod(0o600)
+            pid = server.postmaster_pid()
+            for check in (True, False):
+                argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "clone_replica.yml")]
+                argv += ["-e", f"@{extra_file}"] + (["--check"] if check else [])
+                proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=600, check=False)
+                output = proc.stdout + proc.stderr
+                assert proc.returncode != 0, output[-4000:]
+                task, result = _results(output)[db3.name]
+                assert task.endswith(expected_task), (task, result)
+                for needle in needles:
+                    assert needle in result["msg"], (needle, result["msg"])
+                assert "Stop the replica before re-seeding it" not in output.split(expected_task)[0], "refused before the stop"
+                assert server.is_running() and server.postmaster_pid() == pid, f"{server.name} was not stopped (check={check})"
         replica.wait_streaming()
         assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)] and primary.sql(KEEPERS) == [(0,)]
     finally:
         replica.stop("immediate")
+        other.stop("immediate")
 
 
 def test_delta_on_real_data_directories(primary_standby, testbed, pg_major):
