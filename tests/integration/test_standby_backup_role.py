@@ -155,6 +155,6 @@ def test_role_failure_after_the_copy_marks_it_incomplete(primary_standby, testbe
     )
     assert code != 0
     assert 'failed in "Collect the WAL from the start to the stop"' in output, output[-3000:]
-    assert "The backup was aborted on " in output and f"{restored.datadir} is marked incomplete" in output, output[-3000:]
+    assert "The backup had been stopped on " in output and f"{restored.datadir} is marked incomplete" in output, output[-3000:]
     assert (restored.datadir / ".pgbackup-incomplete").exists(), "a finished copy of a failed backup is marked incomplete"
     _clean_after_failure(primary, standby, tmp_path)

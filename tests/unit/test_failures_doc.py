@@ -12,6 +12,7 @@ ROLES = ("standby_backup", "replica_clone")
 RESCUE_ENDINGS = (
     "No backup had been started on",
     "The backup was aborted on",
+    "The backup had been stopped on",
     "Aborting the backup on",
     "is marked incomplete (",
     "Nothing was written to",
