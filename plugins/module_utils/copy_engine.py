@@ -32,6 +32,7 @@ import os
 import pwd
 import re
 import shlex
+import socket
 import stat
 import subprocess
 import threading
@@ -86,13 +87,37 @@ class Source:
         else:
             full = argv
         proc = subprocess.run(full, capture_output=True, check=False)
+        if proc.returncode == 255 and self.remote:
+            raise PgBackupError(self.ssh_failure(proc.stderr.decode(errors="replace").strip()), source_host=self.host)
         if proc.returncode != 0:
             where = f"on {self.host}" if self.remote else "locally"
             raise PgBackupError(f"{argv[0]} {where} failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()}")
         return proc.stdout
 
+    def ssh_failure(self, stderr: str) -> str:
+        """What a failed ssh login to the source means, between which hosts, and what to do."""
+        who = f"{self.user}@{self.host}" if self.user else self.host
+        port = self.port or 22
+        return f"ssh from this host ({socket.gethostname()}) to {who} port {port} failed: {stderr}. {ssh_hint(stderr, self.host, port, self.user)}"
+
     def rsync_spec(self, path: str) -> str:
         return f"{self.host}:{path}" if self.remote else path
+
+
+def ssh_hint(stderr: str, host: str, port: int, user: Optional[str]) -> str:
+    """What to do about an ssh error (module option names; the roles say their own variables)."""
+    user = user or "the user"
+    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return (
+            f"This host does not know {host}'s host key: add it to the known_hosts of the user that runs the copy here "
+            f"(ssh-keyscan -p {port} {host} >> ~/.ssh/known_hosts, after checking its fingerprint), or pass ssh_options "
+            "(e.g. ['-o', 'StrictHostKeyChecking=accept-new'])"
+        )
+    if "Permission denied" in stderr:
+        return f"{host} refused the key: add this host's public key to {user}'s ~/.ssh/authorized_keys on {host}, or give ssh_key (and source_user)"
+    if "Could not resolve" in stderr or "Name or service not known" in stderr:
+        return f"{host} is not a known host name here: give an address or a resolvable name"
+    return f"check that sshd listens on {host} port {port} and that this host can reach it (source_port, ssh_options)"
 
 
 class Entry:
@@ -161,6 +186,7 @@ class Plan:
         self.tablespaces: list = []  # dicts: oid, source, dest, in_place
         self.excluded: list = []
         self.control: Optional[Entry] = None
+        self.system_identifier: Optional[int] = None
 
     @property
     def files(self) -> int:
@@ -174,6 +200,13 @@ class Plan:
 def _inside(a: str, b: str) -> bool:
     a, b = os.path.realpath(a), os.path.realpath(b)
     return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def _read_head(source: Source, path: str, size: int) -> bytes:
+    if source.remote:
+        return source.run(["head", "-c", str(size), path])
+    with open(path, "rb") as f:
+        return f.read(size)
 
 
 def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: list) -> Plan:
@@ -190,6 +223,7 @@ def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: lis
     if not 13 <= plan.major <= 18:
         raise PgBackupError(f"{source.path} is PostgreSQL {plan.major}; this collection supports 13 to 18")
     rules = Exclusions(plan.major, excludes)
+    plan.system_identifier = copy_state.system_identifier_of(_read_head(source, os.path.join(source.path, "global", "pg_control"), 8))
 
     main: list = []
     for e in entries:
@@ -270,6 +304,8 @@ def check_destination(source: Source, plan: Plan, dest: str, delta: bool) -> Non
         for sroot, droot, _es in plan.roots:
             if _inside(droot, sroot) or _inside(sroot, droot):
                 raise PgBackupError(f"destination {droot} and source {sroot} are nested on the same host", dest=droot, source=sroot)
+    if delta:
+        check_delta_destination(source, plan, dest)
     # free space, per destination filesystem
     need: dict = {}
     for _src, droot, es in plan.roots:
@@ -294,6 +330,44 @@ def check_destination(source: Source, plan: Plan, dest: str, delta: bool) -> Non
                 needed=size,
                 free=free,
             )
+
+
+def _non_empty(path: str) -> bool:
+    return os.path.isdir(path) and bool(os.listdir(path))
+
+
+def check_delta_destination(source: Source, plan: Plan, dest: str) -> None:
+    """Delta removes what the source does not have: refuse a destination that is not a copy of the source's cluster
+    (see ``copy_state.copy_identity``), naming what would have been removed."""
+    src = f"{source.host}:{source.path}" if source.remote else source.path
+    if not _non_empty(dest):
+        for _src, droot, _es in plan.roots[1:]:
+            if _non_empty(droot):
+                raise PgBackupError(
+                    f"delta refuses the tablespace destination {droot}: it is not empty, and {dest} (empty) is no copy of {src} that "
+                    f"it could belong to, so what it holds is not ours to remove; empty it or map the tablespace to an empty directory",
+                    dest=droot,
+                )
+        return
+    sysid, evidence = copy_state.copy_identity(dest)
+    if sysid is not None and sysid == plan.system_identifier:
+        return
+    doomed = _delta_remove(plan, dest, dry_run=True)
+    shown = ", ".join(doomed[:5]) + (f" and {len(doomed) - 5} more" if len(doomed) > 5 else "")
+    n = len(doomed)
+    would = f"; delta would remove {n} {'entry' if n == 1 else 'entries'} there that the source does not have ({shown})" if doomed else ""
+    if sysid is None:
+        found = f"it has no global/pg_control, no {copy_state.PENDING_CONTROL} and no {copy_state.INCOMPLETE_MARKER} naming a system identifier"
+    else:
+        found = f"its {evidence} has system identifier {sysid}, the source's is {plan.system_identifier}"
+    raise PgBackupError(
+        f"delta refuses the destination {dest}: it is not a copy of the cluster at {src} ({found}){would}. delta only brings an earlier "
+        "copy of the same cluster in line; choose an empty destination, or empty this one yourself if nothing in it is needed",
+        dest=dest,
+        dest_system_identifier=sysid,
+        source_system_identifier=plan.system_identifier,
+        would_remove=doomed,
+    )
 
 
 def balance(entries: list, n: int) -> list:
@@ -481,11 +555,20 @@ def owner_ids(owner: Optional[str]) -> tuple:
     return pw.pw_uid, pw.pw_gid
 
 
-def _delta_remove(plan: Plan, dest: str) -> list:
-    """Remove what the destination has beyond the plan (delta mode); returns the removed relative paths."""
+def delta_removals(plan: Plan, dest: str) -> list:
+    """What a delta copy into ``dest`` would remove (check mode); nothing is touched."""
+    return _delta_remove(plan, dest, dry_run=True)
+
+
+def _delta_remove(plan: Plan, dest: str, dry_run: bool = False) -> list:
+    """Remove what the destination has beyond the plan (delta mode); returns the removed relative paths (those it
+    would remove with ``dry_run``). At a tablespace's destination only the directories the plan copies there
+    (``PG_<major>_<catversion>``) are touched: another major's directory or a file beside them is not ours."""
     removed = []
     for _src, droot, es in plan.roots:
         wanted = {e.rel for e in es}
+        ours = None if droot == dest else {e.rel.split("/")[0] for e in es if e.rel}
+        prefix = "" if droot == dest else f"{droot}/"
         if droot == dest:
             wanted |= set(copy_state.OWN_FILES) | {copy_state.PENDING_CONTROL}
         if not os.path.isdir(droot):
@@ -495,13 +578,18 @@ def _delta_remove(plan: Plan, dest: str) -> list:
                 continue
             if droot == dest and e.rel.split("/")[0] == "pg_tblspc" and len(e.rel.split("/")) > 1:
                 continue  # tablespace roots are handled by their own plan
+            if ours is not None and e.rel.split("/")[0] not in ours:
+                continue
             path = os.path.join(droot, e.rel)
+            if dry_run:
+                removed.append(prefix + e.rel)
+                continue
             if e.kind == "d" and not os.path.islink(path):
                 if not os.listdir(path):
                     os.rmdir(path)
             else:
                 os.unlink(path)
-            removed.append(e.rel)
+            removed.append(prefix + e.rel)
     return removed
 
 
@@ -510,7 +598,7 @@ def execute(source: Source, plan: Plan, dest: str, *, parallel: int = 1, delta: 
     uid, gid = owner_ids(owner)
     start = time.monotonic()
     os.makedirs(dest, mode=0o700, exist_ok=True)
-    copy_state.write_marker(dest, f"datadir_copy from {source.host or 'localhost'}:{source.path} started {time.time():.0f}\n")
+    copy_state.write_marker(dest, copy_state.marker_text(f"{source.host or 'localhost'}:{source.path}", plan.system_identifier, time.time()))
     try:
         return _copy(source, plan, dest, parallel, delta, uid, gid, progress_file, tmpdir, start)
     except (PgBackupError, OSError) as exc:

@@ -10,12 +10,21 @@
   label-placement step renames it into place next to its backup_label.
 - ``CHECKSUMS_FILE`` (``.pgbackup-checksums.json`` in the copy's root): size, mtime and SHA-256 of every
   copied file, read (and removed) by backup_manifest.
+
+What says a destination is a copy of a given cluster (``copy_identity``), which delta requires before it removes
+anything: the system identifier (the first 8 bytes of pg_control, in the host's byte order) of its
+``global/pg_control`` (a finished, placed copy or a data directory), of ``PENDING_CONTROL`` (a copy whose label
+was not placed yet), or the ``system identifier N`` line datadir_copy writes into ``INCOMPLETE_MARKER`` (a copy
+interrupted before pg_control).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+from typing import Optional
 
 from .errors import PgBackupError
 
@@ -23,6 +32,44 @@ INCOMPLETE_MARKER = ".pgbackup-incomplete"
 PENDING_CONTROL = "global/pg_control.pgbackup-pending"
 CHECKSUMS_FILE = ".pgbackup-checksums.json"
 OWN_FILES = (INCOMPLETE_MARKER, CHECKSUMS_FILE)
+_MARKER_SYSID = re.compile(r"^system identifier (\d+)$", re.M)
+
+
+def system_identifier_of(control_head: bytes) -> Optional[int]:
+    """The system identifier in the first 8 bytes of a pg_control file (host byte order), or None when shorter."""
+    if len(control_head) < 8:
+        return None
+    return int.from_bytes(control_head[:8], sys.byteorder)
+
+
+def marker_text(source: str, system_identifier: Optional[int], started: float) -> str:
+    """What datadir_copy writes into the incomplete marker: where from, when, and the source's system identifier."""
+    text = f"datadir_copy from {source} started {started:.0f}\n"
+    if system_identifier is not None:
+        text += f"system identifier {system_identifier}\n"
+    return text
+
+
+def copy_identity(data_dir: str) -> tuple:
+    """``(system identifier, relative path that says so)`` of an earlier copy (or data directory) at ``data_dir``,
+    or ``(None, None)`` when nothing there names a cluster (see the module docstring)."""
+    for rel in ("global/pg_control", PENDING_CONTROL):
+        path = os.path.join(data_dir, rel)
+        try:
+            with open(path, "rb") as f:
+                sysid = system_identifier_of(f.read(8))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            continue
+        if sysid is not None:
+            return sysid, rel
+    try:
+        with open(os.path.join(data_dir, INCOMPLETE_MARKER), encoding="utf-8", errors="replace") as f:
+            m = _MARKER_SYSID.search(f.read(4096))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        m = None
+    if m:
+        return int(m.group(1)), INCOMPLETE_MARKER
+    return None, None
 
 
 def is_incomplete(data_dir: str) -> bool:

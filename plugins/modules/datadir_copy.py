@@ -64,6 +64,12 @@ options:
     description:
       - Bring an existing copy in line with the source - files are compared by checksum (never by size and
         modification time alone) and files the source no longer has are removed.
+      - Only an earlier copy of the same cluster is taken - the system identifier of the destination's
+        C(global/pg_control), of its C(global/pg_control.pgbackup-pending), or the one datadir_copy wrote into its
+        C(.pgbackup-incomplete) must be the source's; any other non-empty destination is refused before anything is
+        removed, naming what would have been. At a tablespace's destination only the source's
+        C(PG_<major>_<catversion>) directory is brought in line; nothing else there is removed.
+      - In check mode RV(would_remove) lists what a run would remove.
     type: bool
     default: false
   owner:
@@ -155,12 +161,26 @@ removed:
   returned: success
   type: list
   elements: str
+would_remove:
+  description:
+    - What a run would remove from the destination because the source does not have it (O(delta), check mode),
+      relative to O(dest), or absolute for a tablespace's destination.
+  returned: check mode with O(delta)
+  type: list
+  elements: str
+  version_added: 0.2.0
+system_identifier:
+  description: The source's system identifier (from its C(global/pg_control)).
+  returned: always
+  type: str
+  sample: "7301234567890123456"
+  version_added: 0.2.0
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, delta_removals, execute, make_plan
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_state import PENDING_CONTROL
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
@@ -198,8 +218,11 @@ def run_module(module: AnsibleModule) -> dict:
         "tablespaces": plan.tablespaces,
         "excluded": len(plan.excluded),
         "pending_control": PENDING_CONTROL,
+        "system_identifier": str(plan.system_identifier),
     }
     if module.check_mode:
+        if p["delta"]:
+            result["would_remove"] = delta_removals(plan, dest)
         return result
     result.update(execute(source, plan, dest, parallel=p["parallel"], delta=p["delta"], owner=p["owner"], progress_file=p["progress_file"]))
     return result

@@ -121,7 +121,7 @@ def _clean_after_failure(primary, standby, tmp_path) -> None:
         assert (started.parent / "aborted.json").exists() or (started.parent / "stopped.json").exists()
 
 
-def test_role_failure_before_the_stop_aborts_and_leaves_the_destination_alone(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+def test_role_refuses_a_busy_destination_before_the_start(primary_standby, testbed, ansible_env, tmp_path, pg_major):
     if pg_major not in role_majors():
         pytest.skip("the cleanup path is the role's, the same on every version: the oldest and newest show it")
     primary, standby = primary_standby
@@ -129,10 +129,11 @@ def test_role_failure_before_the_stop_aborts_and_leaves_the_destination_alone(pr
     (dest / "somebody_elses_file").write_text("keep me")
     code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
     assert code != 0
-    assert 'failed in "Finish copying the standby' in output and "is not empty" in output and "The backup was aborted" in output, output[-3000:]
+    assert "Refuse the destination" in output and "is not empty" in output and "Nothing was started (no slot, no backup)" in output, output[-3000:]
+    assert "marked incomplete" not in output, "nothing was written there, so nothing is said to be marked"
     assert sorted(p.name for p in dest.iterdir()) == ["somebody_elses_file"], "a destination the copy refused is left as it was"
     _clean_after_failure(primary, standby, tmp_path)
-    assert list((tmp_path / "keepers").glob("*/aborted.json")), "the backup was aborted, not left running"
+    assert not list((tmp_path / "keepers").glob("*/started.json")), "the preflight refused it: no backup was started"
 
 
 def test_role_failure_after_the_copy_marks_it_incomplete(primary_standby, testbed, ansible_env, tmp_path, pg_major):
@@ -154,5 +155,6 @@ def test_role_failure_after_the_copy_marks_it_incomplete(primary_standby, testbe
     )
     assert code != 0
     assert 'failed in "Collect the WAL from the start to the stop"' in output, output[-3000:]
+    assert "The backup had been stopped on " in output and f"{restored.datadir} is marked incomplete" in output, output[-3000:]
     assert (restored.datadir / ".pgbackup-incomplete").exists(), "a finished copy of a failed backup is marked incomplete"
     _clean_after_failure(primary, standby, tmp_path)
