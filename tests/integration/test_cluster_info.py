@@ -192,8 +192,7 @@ def test_two_namespace_hosts_over_ssh(netns_testbed, ansible_env, tmp_path):
             assert facts["system_identifier"] == sysid and facts["running"] is True
     finally:
         for cluster in (standby, primary):
-            cluster.stop()
-            bed.clusters.remove(cluster)
+            bed.discard(cluster)
 
 
 def test_a_role_without_privileges_gets_warnings_not_failures(primary_standby):
@@ -237,6 +236,4 @@ def test_timeline_right_after_a_promotion(primary_standby, testbed, pg_major):
         assert stopped["timeline"] == 2 and stopped["state"] == "shut down" and stopped["running"] is False
         assert stopped["system_identifier"] == _truth(primary)["system_identifier"]
     finally:
-        if promoted.is_running():
-            promoted.stop()
-        testbed.clusters.remove(promoted)  # out of later inventories; the ledger still knows it for teardown
+        testbed.discard(promoted)  # out of later inventories, and off the disk

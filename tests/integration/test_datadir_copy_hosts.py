@@ -191,5 +191,4 @@ def test_copy_across_hosts_matches_pg_basebackup(netns_testbed, ansible_env, tmp
         assert (st.st_uid, oct(st.st_mode & 0o777)) == (ids("postgres")[0], "0o600")
     finally:
         temp_conn.close()
-        primary.stop()
-        bed.clusters.remove(primary)
+        bed.discard(primary)
