@@ -291,6 +291,7 @@ class ReplayWaiter:
         self.observations = 0
         self.checkpoints = 0
         self.checkpoint_failures = 0  # in a row; reset by a CHECKPOINT that succeeds
+        self.checkpoint_retries = 0  # every failed request, for the result
         self.checkpoint_at_replay: Optional[int] = None
         self.resumed = False
         self.refusals = 0
@@ -556,6 +557,7 @@ class ReplayWaiter:
             if CHECKPOINT_FAILED not in server:
                 raise
             self.checkpoint_failures += 1
+            self.checkpoint_retries += 1
             if self.checkpoint_failures >= CHECKPOINT_RETRIES:
                 raise self._failure(
                     "restartpoint_failed",
@@ -661,6 +663,7 @@ class ReplayWaiter:
             "replay_progress_bytes": 0,
             "observations": self.observations,
             "checkpoints_requested": self.checkpoints,
+            "checkpoint_requests_failed": self.checkpoint_retries,
             "resumed_replay": self.resumed,
             "refused_connections": self.refusals,
             "accepting_connections": obs is not None,

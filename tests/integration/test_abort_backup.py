@@ -14,6 +14,8 @@ import subprocess
 import pytest
 
 from .harness.pgbins import selected_majors
+from .jobs import alive as _alive
+from .jobs import copy_job as _copy_job
 from .test_cluster_info import ANSIBLE_PLAYBOOK, ROOT
 from .test_copy_wait import KEEPERS, _throttle, _unthrottle
 from .test_recovery_config import _wait
@@ -41,44 +43,6 @@ def _changed(output: str, host: str) -> int:
     match = re.search(rf"^{host}\s*:.*changed=(\d+)", output, re.M)
     assert match, output[-3000:]
     return int(match.group(1))
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _copy_job(dest) -> dict:
-    """pid -> command line of every process in the sessions of the processes naming ``dest`` (rsync does): the async
-    job of this test's copy, and nothing of another test's."""
-    pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    sessions = set()
-    for pid in pids:
-        if str(dest) in _cmdline(pid):
-            try:
-                sessions.add(os.getsid(pid))
-            except OSError:
-                pass
-    sessions.discard(os.getsid(0))
-    job = {}
-    for pid in pids:
-        try:
-            if os.getsid(pid) in sessions and _alive(pid):
-                job[pid] = _cmdline(pid)
-        except OSError:
-            pass
-    return job
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major):

@@ -15,7 +15,8 @@ import pytest
 
 from .conftest import role_majors
 from .harness.pgbins import selected_majors
-from .test_abort_backup import _alive, _copy_job
+from .jobs import alive as _alive
+from .jobs import copy_job as _copy_job
 from .test_cluster_info import ANSIBLE_PLAYBOOK, PLAYBOOKS
 from .test_recovery_config import _wait
 from .test_standby_backup_role import SSH_OPTIONS, _start_playbook, backup_vars

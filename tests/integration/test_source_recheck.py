@@ -24,17 +24,23 @@ def _oldest_and_newest(pg_major: int) -> None:
         pytest.skip("the role's checks are the same on every version: the oldest and newest show them")
 
 
-def _copy_module_pid():
-    """The process of the datadir_copy module that copies the files (AnsiballZ runs the module in its own process)."""
+def _copy_module_pid(datadir):
+    """The datadir_copy process copying ``datadir``: it has a file under it open (the preflight's check-mode run of the
+    module opens none, and another test's copy has other files open)."""
+    prefix = str(datadir) + "/"
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as handle:
                     cmdline = handle.read()
+                if b"AnsiballZ_datadir_copy" not in cmdline or b"/bin/sh" in cmdline.split(b"\0")[0]:
+                    continue
+                for fd in os.listdir(f"/proc/{entry}/fd"):
+                    target = os.readlink(f"/proc/{entry}/fd/{fd}")
+                    if target.startswith(prefix) and not target.endswith("/global/pg_control"):  # the preflight reads that
+                        return int(entry)
             except OSError:
                 continue
-            if b"AnsiballZ_datadir_copy" in cmdline and b"/bin/sh" not in cmdline.split(b"\0")[0]:
-                return int(entry)
     return None
 
 
@@ -42,7 +48,7 @@ def _promote_during_the_copy(standby, seen: dict) -> None:
     """Freeze the copy as soon as it runs, promote the standby, let the copy go on: a promotion in the middle of the copy."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not seen.get("done"):
-        pid = _copy_module_pid()
+        pid = _copy_module_pid(standby.datadir)
         if pid is not None:
             try:
                 os.kill(pid, signal.SIGSTOP)
@@ -56,7 +62,7 @@ def _promote_during_the_copy(standby, seen: dict) -> None:
                 if seen.get("frozen"):
                     os.kill(pid, signal.SIGCONT)
             return
-        time.sleep(0.01)
+        time.sleep(0.002)
 
 
 @pytest.mark.parametrize("wal_source", ["standby_pg_wal", "archive"])

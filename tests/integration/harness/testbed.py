@@ -242,8 +242,21 @@ class Testbed:
         return set(scratch.iterdir()) - self.shared_scratch if scratch.is_dir() else set()
 
     def remove_scratch(self, paths: set[Path]) -> None:
-        """Remove scratch directories (stopping any server the code under test started in one, e.g. a restore)."""
+        """Remove scratch directories (stopping any server the code under test started in one, e.g. a restore).
+
+        A directory that holds a tablespace of a cluster still in use (a test made one on the shared primary, and its
+        standby replayed it) is kept: removing it broke that standby's restartpoints and its next start.
+        """
+        in_use = set()
+        for cluster in self.clusters:
+            links = cluster.datadir / "pg_tblspc"
+            if links.is_dir():
+                in_use.update(os.path.realpath(link) for link in links.iterdir())
         for path in paths:
+            real = os.path.realpath(path)
+            if any(target == real or target.startswith(real + os.sep) for target in in_use):
+                self.shared_scratch.add(path)
+                continue
             for pid_file in path.rglob("postmaster.pid"):
                 ledger.stop_cluster({"datadir": str(pid_file.parent), "pg_ctl": None})
             shutil.rmtree(path, ignore_errors=True)
