@@ -10,7 +10,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_stat
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, delta_removals, execute, make_plan, ssh_hint
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 
-from .test_copy_engine import datadir, write  # noqa: F401 (the fixture)
+from .test_copy_engine import datadir, write  # noqa: F401  # pylint: disable=unused-import  # datadir is the fixture
 
 SYSID = int.from_bytes(b"cccccccc", sys.byteorder)  # the fixture's pg_control is b"c" * 8192
 
