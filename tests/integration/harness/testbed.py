@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -254,7 +255,7 @@ class Testbed:
                 in_use.update(os.path.realpath(link) for link in links.iterdir())
         for path in paths:
             real = os.path.realpath(path)
-            if any(target == real or target.startswith(real + os.sep) for target in in_use):
+            if any(target == real or target.startswith(real + os.sep) for target in in_use) or _maybe_tablespace(path):
                 self.shared_scratch.add(path)
                 continue
             for pid_file in path.rglob("postmaster.pid"):
@@ -292,6 +293,17 @@ class Testbed:
 
     def leftovers(self) -> list[str]:
         return leftovers(self.run_dir, self.prefix)
+
+
+def _maybe_tablespace(path: Path) -> bool:
+    """A directory that is, or was, a tablespace's location: it holds a PG_<major>_<catversion> directory, or it is empty
+    (what DROP TABLESPACE leaves). A standby that restarts replays CREATE TABLESPACE from its last restartpoint and
+    refuses to start without the directory, so it stays until the test bed's teardown (an empty one costs nothing)."""
+    try:
+        entries = [entry.name for entry in path.iterdir()]
+    except OSError:
+        return False
+    return not entries or any(re.fullmatch(r"PG_\d+_\d+", name) for name in entries)
 
 
 def _new_run_dir(run_dir: Optional[Path], strict_modes: bool) -> tuple[str, Path]:
