@@ -60,6 +60,9 @@ def keeper_lost(state_dir: str, backup_id: str) -> Optional[str]:
     except keeper_protocol.KeeperUnreachable:
         if keeper_files.read_json(directory, keeper_files.STOPPED) is not None:
             return None
+        aborted = keeper_files.read_json(directory, keeper_files.ABORTED)
+        if aborted is not None:  # written between the first look and the request: the keeper's own cause is the truth
+            return aborted.get("reason") or "the keeper recorded that the backup was aborted"
         pid = keeper_files.read_pid(directory)
         return f"the keeper of backup {backup_id} (pid {pid}) is gone, so its session closed and PostgreSQL aborted the backup"
     if answer.get("state") == "aborted":
