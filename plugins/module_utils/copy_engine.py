@@ -252,6 +252,8 @@ def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: lis
             continue  # sent as a directory
         main.append(e)
 
+    main, inner = _skip_tablespaces_inside(main, plan.tablespaces, source)
+    plan.excluded.extend(inner)
     kept, dropped = rules.filter([(e.rel, e.kind) for e in main])
     plan.excluded.extend(dropped)
     keep = {rel for rel, _k in kept}
@@ -274,6 +276,34 @@ def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: lis
         plan.excluded.extend(td)
         plan.roots.append((ts["source"], ts["dest"], [e for e in tentries if (prefix + e.rel if e.rel else prefix.rstrip("/")) in tkeep]))
     return plan
+
+
+def _skip_tablespaces_inside(main: list, tablespaces: list, source: Source) -> tuple[list, list]:
+    """A tablespace located inside the data directory (PostgreSQL warns, but allows it) is copied once, as the
+    tablespace: the data directory's copy keeps its directory, empty, like pg_basebackup (basebackup.c sendDir skips a
+    directory that is a tablespace's ``rpath``). Without this its files were copied twice, once as plain files."""
+    root = os.path.normpath(source.path)
+    inner = {}
+    for ts in tablespaces:
+        if ts["in_place"]:
+            continue
+        target = os.path.normpath(ts["source"] if os.path.isabs(ts["source"]) else os.path.join(root, "pg_tblspc", ts["source"]))
+        if not source.remote:
+            target, root_real = os.path.realpath(target), os.path.realpath(root)
+        else:
+            root_real = root
+        if target.startswith(root_real.rstrip("/") + "/"):
+            inner[os.path.relpath(target, root_real)] = ts["oid"]
+    if not inner:
+        return main, []
+    kept, skipped = [], []
+    for e in main:
+        location = next((rel for rel in inner if e.rel.startswith(rel + "/")), None)
+        if location is None:
+            kept.append(e)
+        else:
+            skipped.append((e.rel, f"inside the location of tablespace {inner[location]}: copied once, as that tablespace"))
+    return kept, skipped
 
 
 def check_destination(source: Source, plan: Plan, dest: str, delta: bool) -> None:

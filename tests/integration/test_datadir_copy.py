@@ -18,6 +18,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import write_manifest
 
+from .conftest import spot_check
 from .harness.pgbins import ROOT, client_bindir
 
 pytestmark = pytest.mark.integration
@@ -179,6 +180,40 @@ def test_copy_manifest_verify(primary_standby, testbed, pg_major, tmp_path):
             tmpfile.unlink()
         primary.sql("DROP TABLE IF EXISTS dc_unlogged, dc_unlogged_ts, dc_canary_t")
         primary.sql("DROP TABLESPACE IF EXISTS dc_canary")
+
+
+def test_a_tablespace_inside_the_data_directory_is_copied_once(testbed, pg_major, tmp_path):
+    """A tablespace located inside PGDATA (PostgreSQL warns but allows it) is copied once, as the tablespace, with its
+    directory left empty in the copy: the same file list as pg_basebackup -T."""
+    spot_check(pg_major, (15,), "pg_basebackup of the same major is Debian's 15; the copy's rule is the same on every version")
+    primary = testbed.new_primary(pg_major, name=f"pg{pg_major}-dc-inner")  # of its own: no standby replays the location
+    inner = primary.datadir / "inner"
+    inner.mkdir(mode=0o700)
+    shutil.chown(inner, "postgres", "postgres")
+    primary.sql(f"CREATE TABLESPACE dc_inner LOCATION '{inner}'")
+    primary.sql("CREATE TABLE dc_inner_t TABLESPACE dc_inner AS SELECT g, repeat('i', 200) AS pad FROM generate_series(1, 20000) g")
+    primary.sql("CHECKPOINT")
+    (oid,) = primary.sql("SELECT oid::text FROM pg_tablespace WHERE spcname = 'dc_inner'")[0]
+    dest, ts_dst = testbed.scratch_dir(f"dc-inner-copy-{pg_major}"), testbed.scratch_dir(f"dc-inner-ts-{pg_major}")
+    source = Source(str(primary.datadir))
+    conn = primary.connect()
+    try:
+        start_backup(conn, pg_major)
+        plan = make_plan(source, str(dest), {oid: str(ts_dst)}, [])
+        execute(source, plan, str(dest), parallel=2, owner="postgres", progress_file=str(tmp_path / "progress.json"))
+        stop_backup(conn, pg_major)
+    finally:
+        conn.close()
+    assert (dest / "inner").is_dir() and not any((dest / "inner").iterdir()), sorted(os.listdir(dest / "inner"))
+    relation = primary.sql("SELECT pg_relation_filepath('dc_inner_t')")[0][0]  # pg_tblspc/<oid>/PG_.../<db>/<rel>
+    assert (ts_dst / relation.split("/", 2)[2]).stat().st_size == (primary.datadir / relation).stat().st_size
+    bb, ts_bb = testbed.scratch_dir(f"dc-inner-bb-{pg_major}", owner="root"), testbed.scratch_dir(f"dc-inner-bb-ts-{pg_major}", owner="root")
+    bbp = primary.client("pg_basebackup", "-D", str(bb), "-Fp", "-X", "none", "--no-sync", "-c", "fast", "-T", f"{inner}={ts_bb}", check=False)
+    assert bbp.returncode == 0, bbp.stderr
+    ours = (tree(dest) - {copy_state.CHECKSUMS_FILE, copy_state.PENDING_CONTROL}) | {"global/pg_control"}
+    theirs = tree(bb) - {"backup_label", "backup_manifest"}
+    assert ours == theirs, (sorted(ours - theirs)[:20], sorted(theirs - ours)[:20])
+    primary.stop()
 
 
 KILL_SCRIPT = """

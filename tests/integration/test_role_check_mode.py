@@ -111,3 +111,28 @@ def test_replica_clone_check_is_a_plan(primary_standby, testbed, ansible_env, tm
     assert plan["action"] == "copy into an empty directory"
     assert not clone_dir.exists()
     _nothing_happened(primary, standby, state_dir)
+
+
+def test_login_db_lets_a_role_without_a_database_of_its_name_connect(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    """libpq's default database is the login role's name: a role with no database of that name could not connect at all.
+    standby_backup_login_db (default postgres) is the database every connection of the role uses; a wrong one is refused
+    in the preflight, naming it."""
+    _oldest_and_newest(pg_major)
+    primary, standby = primary_standby
+    user = "pgbk_no_db_of_its_name"
+    primary.sql(f"DROP ROLE IF EXISTS {user}")
+    primary.sql(f"CREATE ROLE {user} LOGIN SUPERUSER REPLICATION PASSWORD %s", (primary.password,))
+    standby.wait_replayed(primary.current_lsn())
+    state_dir = tmp_path / "keepers"
+    dest = testbed.scratch_dir(f"check-login-db-{pg_major}") / "backup"
+    try:
+        passes = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir, standby_backup_login_user=user))
+        assert passes.returncode == 0, passes.stdout[-4000:]
+        wrong = _backup_vars(primary, standby, dest, state_dir, standby_backup_login_user=user, standby_backup_login_db="no_such_database")
+        refused = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", wrong)
+        assert refused.returncode != 0
+        assert 'database "no_such_database" does not exist' in refused.stdout, refused.stdout[-3000:]
+        assert f"host={standby.host}, port={standby.port}" in refused.stdout, "the refusal names the server"
+        _nothing_happened(primary, standby, state_dir)
+    finally:
+        primary.sql(f"DROP ROLE IF EXISTS {user}")

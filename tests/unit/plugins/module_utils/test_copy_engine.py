@@ -233,3 +233,21 @@ def test_rsync_progress_within_a_file(tmp_path):
     assert done == ["big"]
     assert any(0 < s["bytes_done"] < 24 << 20 and s["files_done"] == 0 for s in seen), seen
     assert seen[-1]["bytes_done"] == 24 << 20 and seen[-1]["files_done"] == 1
+
+
+def test_a_tablespace_inside_the_data_directory_is_copied_once(datadir, tmp_path):
+    """CREATE TABLESPACE ... LOCATION '<PGDATA>/inner' (PostgreSQL warns, but allows it): its files are copied as the
+    tablespace only; the data directory's copy keeps the directory, empty, as pg_basebackup does."""
+    inner = datadir / "inner"
+    write(inner / "PG_15_202209061" / "5" / "16700", b"n" * 500)
+    (datadir / "pg_tblspc" / "16699").symlink_to(inner)
+    dest = tmp_path / "dst"
+    mapping = {"16499": str(tmp_path / "ts_dst"), "16699": str(tmp_path / "inner_dst")}
+    plan = make_plan(Source(str(datadir)), str(dest), mapping, [])
+    assert ("inner/PG_15_202209061/5/16700", "inside the location of tablespace 16699: copied once, as that tablespace") in plan.excluded
+    execute(Source(str(datadir)), plan, str(dest), parallel=2, owner=None, progress_file=str(tmp_path / "progress.json"))
+    assert (dest / "inner").is_dir() and not any((dest / "inner").iterdir()), "the directory stays, empty"
+    assert (tmp_path / "inner_dst" / "PG_15_202209061" / "5" / "16700").read_bytes() == b"n" * 500
+    assert os.readlink(dest / "pg_tblspc" / "16699") == str(tmp_path / "inner_dst")
+    _algo, sums = copy_state.read_checksums(str(dest))
+    assert "pg_tblspc/16699/PG_15_202209061/5/16700" in sums and not any(k.startswith("inner/") for k in sums)
