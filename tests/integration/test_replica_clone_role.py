@@ -84,6 +84,14 @@ def test_clone_reaches_streaming_and_is_idempotent(netns_testbed, netns_pair, an
         clone.wait_replayed(lsn)
         assert _fingerprints(clone, TABLES) == _fingerprints(primary, TABLES)
         _amcheck(clone, pg_major)
+        if upstream_role == "primary":
+            # replica_clone_force re-seeds a replica whose server is stopped already (pg_ctl stop used to fail there)
+            clone.stop()
+            reseeded = _run(ansible_env, inventory, {**extra, "replica_clone_force": True})
+            assert reseeded.returncode == 0, reseeded.stdout[-6000:] + reseeded.stderr[-3000:]
+            assert "Ask pg_ctl whether the replica runs" in reseeded.stdout
+            clone.wait_replayed(primary.current_lsn())
+            assert _fingerprints(clone, TABLES) == _fingerprints(primary, TABLES)
     finally:
         if clone.is_running():
             clone.stop("immediate")
