@@ -126,7 +126,8 @@ def test_login_db_lets_a_role_without_a_database_of_its_name_connect(primary_sta
     state_dir = tmp_path / "keepers"
     dest = testbed.scratch_dir(f"check-login-db-{pg_major}") / "backup"
     try:
-        passes = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir, standby_backup_login_user=user))
+        plain = _backup_vars(primary, standby, dest, state_dir, standby_backup_login_user=user)
+        passes = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", plain)
         assert passes.returncode == 0, passes.stdout[-4000:]
         wrong = _backup_vars(primary, standby, dest, state_dir, standby_backup_login_user=user, standby_backup_login_db="no_such_database")
         refused = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", wrong)
