@@ -88,6 +88,25 @@ def pooler_check(params: dict, backup_id: str, session: Any, first_pid: int, con
     return backup_api.pooled_session_problem(session.target, first_pid, second_pid, backend_pid(session))
 
 
+STOP_WAIT_SQL = (
+    "SELECT a.wait_event_type, a.wait_event, ar.archived_count, ar.last_archived_wal, ar.failed_count, ar.last_failed_wal, "
+    "ar.last_failed_time::text AS last_failed_time, current_setting('archive_mode') AS archive_mode "
+    "FROM pg_catalog.pg_stat_archiver ar LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = %s"
+)
+
+
+def stop_wait_probe(params: dict, backup_id: str, pid: int, connect_function: Optional[Callable] = None) -> Callable[[], dict]:
+    """A look, on a connection of its own, at what the stopping backend ``pid`` waits for and at the archiver."""
+
+    def probe() -> dict:
+        name = f"pgbackup.lowlevel stop watch {backup_id}"[:63]  # not the keeper's name: tools count keeper sessions
+        with connect(keeper_params(params), application_name=name, connect_function=connect_function) as second:
+            (row,) = second.query(STOP_WAIT_SQL, (pid,), record=False)
+            return {"server": second.target, **row}
+
+    return probe
+
+
 def check_only(params: dict, backup_id: str) -> dict:
     """Check mode: connect, check settings and privileges, start nothing."""
     with open_session(params, backup_id) as session:
@@ -159,7 +178,8 @@ def _keeper_main(directory: str, params: dict, *, backup_id: str, label: str, fa
         keeper_files.log_line(directory, f"started at {result['start_lsn']} on the {result['server_role']}, backend pid {result['backend_pid']}")
         holder: list = []
         keeper.install_sigterm_handler(holder)
-        running = keeper.Keeper(directory, session, result, max_duration=max_duration, server_started_at=started["_started"])
+        probe = stop_wait_probe(params, backup_id, int(result["backend_pid"]))
+        running = keeper.Keeper(directory, session, result, max_duration=max_duration, server_started_at=started["_started"], stop_probe=probe)
         holder.append(running)
         report({"ok": True, "result": result})
         try:
@@ -257,6 +277,28 @@ def _stopped(directory: str, started: dict, stored: dict, changed: bool) -> dict
     return result
 
 
+def describe_stop_wait(seen: Optional[dict], started: dict) -> str:
+    """What a stop that has not answered is waiting for, from the keeper's last look (stop_wait.json), in words."""
+    where = f"on {seen['server']}" if seen and seen.get("server") else f"in backend {started.get('backend_pid')}"
+    if not seen:
+        return f"It is most likely waiting for WAL archiving (wait_for_archive): check archive_command and the server log {where}."
+    if seen.get("error"):
+        return f"What it waits for could not be read ({seen['error']}): check archive_command and the server log {where}."
+    text = f"It has run {seen.get('stopping_for_seconds', '?')} s {where}"
+    event = seen.get("wait_event")
+    if event:
+        text += f", its backend waiting on {seen.get('wait_event_type')}/{event}"
+        if event == "BackupWaitWalArchive":
+            text += " (WAL archiving: wait_for_archive)"
+    text += (
+        f"; archive_mode={seen.get('archive_mode')}, pg_stat_archiver: {seen.get('archived_count')} archived, last "
+        f"{seen.get('last_archived_wal') or 'none'}, {seen.get('failed_count')} failures"
+    )
+    if seen.get("last_failed_wal"):
+        text += f", last failed {seen['last_failed_wal']} at {seen.get('last_failed_time')}: archive_command fails, its error is in the server log"
+    return text + "."
+
+
 def stop_backup(
     *,
     backup_id: str,
@@ -300,11 +342,12 @@ def stop_backup(
     try:
         answer = _ask(directory, request, timeout=timeout)
     except (socket.timeout, TimeoutError):
+        waiting = keeper_files.read_json(directory, keeper_files.STOP_WAIT) if state != "aborted" else None
         raise PgBackupError(
             f"the keeper of backup {backup_id} did not answer within {timeout:g} seconds; the stop goes on and is never cancelled "
-            "(a cancelled stop loses the label). It is most likely waiting for WAL archiving (wait_for_archive): check archive_command "
-            "and the server log, then run backup_stop again to collect the result",
+            f"(a cancelled stop loses the label). {describe_stop_wait(waiting, started)} Run backup_stop again to collect the result",
             session_dir=directory,
+            waiting=waiting,
         ) from None
     if answer is None:
         # The keeper may have finished between our reads (the answer to an earlier, abandoned request).

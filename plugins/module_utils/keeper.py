@@ -32,6 +32,8 @@ from .errors import PgBackupError
 
 ACCEPT_READ_TIMEOUT = 5.0
 IDLE_WAKEUP = 30.0
+STOP_WATCH_FIRST = 1.5  # seconds into a stop before the first look at what it waits for (most stops are done by then)
+STOP_WATCH_EVERY = 5.0  # seconds between two looks at what a running stop waits for
 
 
 class _Terminate(Exception):
@@ -42,7 +44,15 @@ class Keeper:
     """The loop of a running backup. ``session`` is a connection.Session whose backup has started."""
 
     def __init__(
-        self, directory: str, session: Any, started: dict, *, max_duration: float, server_started_at: Any = None, clock: Callable[[], float] = time.monotonic
+        self,
+        directory: str,
+        session: Any,
+        started: dict,
+        *,
+        max_duration: float,
+        server_started_at: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        stop_probe: Optional[Callable[[], dict]] = None,
     ) -> None:
         self.directory = directory
         self.session = session
@@ -56,6 +66,7 @@ class Keeper:
         self.waiters: list = []
         self.stop_answer: dict = {}
         self.wake_write = -1
+        self.stop_probe = stop_probe  # a second connection's look at the stopping backend and the archiver
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -155,7 +166,28 @@ class Keeper:
         self.waiters.append((conn, False))
         worker = threading.Thread(target=self.stop_in_worker, args=(request,), daemon=True)
         worker.start()
+        if self.stop_probe is not None:
+            threading.Thread(target=self.watch_stop, daemon=True).start()
         return None
+
+    def watch_stop(self) -> None:
+        """While the stop runs, record what it waits for (stop_wait.json): the stopping backend's wait event and
+        pg_stat_archiver, read on a second connection, so that backup_stop can show a stop waiting on a failing
+        archive_command instead of staying silent for its whole timeout. Never touches the stopping session."""
+        began = time.monotonic()
+        pause = STOP_WATCH_FIRST
+        while self.state == "stopping":
+            time.sleep(pause)
+            pause = STOP_WATCH_EVERY
+            if self.state != "stopping":
+                break
+            try:
+                seen = dict(self.stop_probe())
+            except Exception as exc:  # noqa: BLE001 - a failed look is recorded, never fatal to the stop
+                seen = {"error": str(getattr(exc, "message", exc))}
+            seen["stopping_for_seconds"] = round(time.monotonic() - began)
+            if self.state == "stopping":
+                keeper_files.write_json(self.directory, keeper_files.STOP_WAIT, seen)
 
     def stop_in_worker(self, request: dict) -> None:
         try:

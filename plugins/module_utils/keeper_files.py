@@ -32,6 +32,7 @@ PID_FILE = "keeper.pid"
 STARTED = "started.json"
 STOPPED = "stopped.json"
 ABORTED = "aborted.json"
+STOP_WAIT = "stop_wait.json"  # what a long stop waits for (the keeper's watch, every few seconds)
 SOCKET = "keeper.sock"
 LOG = "keeper.log"
 

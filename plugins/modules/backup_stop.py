@@ -46,6 +46,13 @@ options:
     description: Seconds to wait for the keeper's answer (the stop itself goes on past it).
     type: int
     default: 3600
+  report_interval:
+    description:
+      - Seconds between two lines, shown on the controller while the stop runs, that say what it waits for (the stopping
+        backend's wait event and C(pg_stat_archiver), read by the keeper on a second connection), so that a stop waiting
+        on a failing C(archive_command) is not silent for its whole O(timeout).
+    type: int
+    default: 30
   expect_system_identifier:
     description:
       - With a backup started on the primary and files copied from a standby - the standby's system identifier. Checked
@@ -60,6 +67,9 @@ options:
 attributes:
   check_mode:
     description: Reports whether the keeper is alive and what would happen; stops nothing.
+    support: full
+  action:
+    description: An action plugin waits in rounds of O(report_interval) on the controller and shows what the stop waits for.
     support: full
   diff_mode:
     description: Nothing to diff.
@@ -148,6 +158,18 @@ reason:
   returned: state is aborted
   type: str
   sample: backup_stop was called with state=aborted
+waiting:
+  description:
+    - What a stop that did not answer within O(timeout) was waiting for, from the keeper's last look - the stopping
+      backend's C(wait_event_type) and C(wait_event), C(archive_mode), C(pg_stat_archiver)'s counts and last failure,
+      C(stopping_for_seconds) (or C(error) when the look failed).
+  returned: when the stop did not answer in time and the keeper had looked
+  type: dict
+rounds:
+  description: How many rounds of O(report_interval) the controller waited.
+  returned: always
+  type: int
+  sample: 1
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -160,6 +182,7 @@ ARGS = {
     "state": {"type": "str", "choices": ["stopped", "aborted"], "default": "stopped"},
     "wait_for_archive": {"type": "bool", "default": True},
     "timeout": {"type": "int", "default": 3600},
+    "report_interval": {"type": "int", "default": 30},
     "expect_system_identifier": {"type": "str"},
     "expect_timeline": {"type": "int"},
     "state_dir": {"type": "path"},

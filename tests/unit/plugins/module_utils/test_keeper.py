@@ -396,7 +396,7 @@ def test_stop_that_does_not_answer_in_time_is_never_cancelled(tmp_path):
     directory = session_dir(tmp_path)
     release = threading.Event()
     serve_once(directory, lambda conn: release.wait(5))
-    with pytest.raises(PgBackupError, match=r"never cancelled.*run backup_stop again"):
+    with pytest.raises(PgBackupError, match=r"never cancelled.*Run backup_stop again"):
         stop(tmp_path, timeout=0.3)
     release.set()
 
@@ -491,3 +491,61 @@ def test_a_session_a_pooler_moved_to_another_server_process_is_not_stopped_there
     assert "now runs in server process 5151, but the backup started in process 4242" in answer["error"]
     assert "pg_terminate_backend(4242)" in answer["error"] and "pool_mode = session" in answer["error"]
     assert not any("pg_backup_stop" in sql for sql in session.statements), "no stop in a session the backup is not in"
+
+
+def test_a_long_stop_is_watched_and_described(tmp_path, monkeypatch):
+    """While the stop runs, the keeper records what a second connection sees (never on the stopping session); a
+    stop that answers fast records nothing. A look that fails is recorded as such, and the stop goes on."""
+    monkeypatch.setattr(keeper, "STOP_WATCH_FIRST", 0.1)
+    monkeypatch.setattr(keeper, "STOP_WATCH_EVERY", 0.1)
+    looks = []
+
+    def probe():
+        looks.append(1)
+        if len(looks) == 1:
+            raise PgBackupError("cannot connect: too many connections")
+        return {"server": "db1:5432", "wait_event_type": "IPC", "wait_event": "BackupWaitWalArchive", "archive_mode": "on",
+                "archived_count": 3, "last_archived_wal": "000000010000000000000002", "failed_count": 7,
+                "last_failed_wal": "000000010000000000000003", "last_failed_time": "2026-12-02 10:00:00+00"}  # fmt: skip
+
+    session = FakeSession(stop_delay=0.8)
+    directory = tmp_path / "b"
+    directory.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(directory / keeper_files.SOCKET))
+    listener.listen(4)
+    running = keeper.Keeper(str(directory), session, dict(STARTED), max_duration=0, stop_probe=probe)
+    seen = []
+    thread = threading.Thread(target=lambda: running.serve(listener), daemon=True)
+    thread.start()
+    first = threading.Thread(target=lambda: ask(directory, {"op": "stop"}), daemon=True)
+    first.start()
+    time.sleep(0.5)
+    seen.append(keeper_files.read_json(str(directory), keeper_files.STOP_WAIT))
+    first.join(5)
+    thread.join(5)
+    assert len(looks) >= 2 and seen[0]["wait_event"] == "BackupWaitWalArchive", seen
+    assert all("pg_stat_archiver" not in s for s in session.statements), "the stopping session is never used for a look"
+    text = backup_session.describe_stop_wait(seen[0], STARTED)
+    assert "IPC/BackupWaitWalArchive (WAL archiving: wait_for_archive)" in text and "on db1:5432" in text
+    assert "7 failures, last failed 000000010000000000000003" in text and "archive_command fails" in text
+    failed = backup_session.describe_stop_wait({"error": "cannot connect: too many connections", "stopping_for_seconds": 1}, STARTED)
+    assert "could not be read (cannot connect: too many connections)" in failed
+    assert "most likely waiting for WAL archiving" in backup_session.describe_stop_wait(None, STARTED)
+    assert "in backend 4242" in backup_session.describe_stop_wait(None, STARTED)
+
+
+def test_a_fast_stop_records_no_wait(tmp_path):
+    session = FakeSession()
+    directory = tmp_path / "b"
+    directory.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(directory / keeper_files.SOCKET))
+    listener.listen(4)
+    running = keeper.Keeper(str(directory), session, dict(STARTED), max_duration=0, stop_probe=lambda: {"server": "x"})
+    thread = threading.Thread(target=lambda: running.serve(listener), daemon=True)
+    thread.start()
+    assert ask(directory, {"op": "stop"})["ok"]
+    thread.join(5)
+    time.sleep(keeper.STOP_WATCH_FIRST + 0.2)
+    assert keeper_files.read_json(str(directory), keeper_files.STOP_WAIT) is None
