@@ -2,7 +2,7 @@
 archive_command fails on the primary, so pg_backup_stop waits. The role shows, every progress interval, what the stop
 waits for (the keeper's look at the stopping backend and pg_stat_archiver), fails at standby_backup_stop_timeout saying
 the stop goes on, and leaves the destination marked incomplete and no slot; once archiving works the stop ends by
-itself and nothing is left open. With standby_backup_wait_for_archive: false the same run succeeds."""
+itself and nothing is left open. With the default (auto: the WAL comes from the standby's pg_wal) it does not wait."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def test_a_stop_waiting_for_archiving_says_what_it_waits_for(primary_standby, te
     state_dir = tmp_path / "keepers"
     _archiving(primary, "false")
     try:
-        code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_stop_timeout=14)
+        code, output = _role_run(
+            ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_stop_timeout=14, standby_backup_wait_for_archive="always"
+        )
     finally:
         _archiving(primary, "")
     lines = [line for line in output.splitlines() if "the stop has not answered after" in line]
@@ -51,14 +53,14 @@ def test_a_stop_waiting_for_archiving_says_what_it_waits_for(primary_standby, te
     assert_failure_contract(output, returncode=code, cause=cause, **servers, state_dir=state_dir, dest=dest, written=True, refusal=refusal)
 
 
-def test_wait_for_archive_false_does_not_wait(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+def test_by_default_a_backup_with_its_own_wal_does_not_wait(primary_standby, testbed, ansible_env, tmp_path, pg_major):
     if pg_major not in role_majors():
         pytest.skip("the oldest and newest show it")
     primary, standby = primary_standby
     dest = testbed.scratch_dir(f"stop-nowait-{pg_major}") / "copy"
     _archiving(primary, "false")
     try:
-        code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_stop_timeout=30, standby_backup_wait_for_archive=False)
+        code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_stop_timeout=30)
     finally:
         _archiving(primary, "")
     assert code == 0, output[-4000:]
