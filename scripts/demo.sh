@@ -30,6 +30,7 @@ ANSIBLE_RETRY_FILES_ENABLED=false \
 ANSIBLE_STDOUT_CALLBACK=default \
 ANSIBLE_CALLBACK_RESULT_FORMAT=yaml \
 ANSIBLE_DISPLAY_SKIPPED_HOSTS=false \
+ANSIBLE_PIPELINING=True \
   "$venv/bin/ansible-playbook" -i "$dir/inventory.yml" playbooks/demo.yml -e "demo_summary_file=$dir/summary.json" || play=$?
 
 sandbox load --dir "$dir" --stop --output "$dir/pgbench.json" >/dev/null

@@ -124,17 +124,22 @@ def _zombie(pid: int) -> bool:
 
 
 def one_round(*, jid: str, async_dir: str, progress_file: Optional[str], state_dir: Optional[str], backup_id: Optional[str], wait: float) -> dict:
-    """Wait up to ``wait`` seconds for the job to finish or the keeper's backup to be lost, checking twice a second."""
+    """Wait up to ``wait`` seconds for the job to finish (looked at ten times a second: the backup stays open until the
+    wait returns, so it returns the moment the copy ends) or the keeper's backup to be lost (asked twice a second)."""
     deadline = time.monotonic() + wait
+    next_keeper_look = 0.0
     while True:
         job = read_job(async_dir, jid)
-        lost = keeper_lost(state_dir, backup_id) if state_dir and backup_id and not job.get("finished") else None
+        lost = None
+        if state_dir and backup_id and not job.get("finished") and time.monotonic() >= next_keeper_look:
+            lost = keeper_lost(state_dir, backup_id)
+            next_keeper_look = time.monotonic() + 0.5
         if lost:
             killed = kill_job(jid)
             return {"finished": False, "lost": lost, "killed": killed, "progress": read_progress(progress_file)}
         if job.get("finished") or time.monotonic() >= deadline:
             return {"finished": bool(job.get("finished")), "lost": None, "progress": read_progress(progress_file)}
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 def _duration(seconds: float) -> str:
