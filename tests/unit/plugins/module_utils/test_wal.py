@@ -525,3 +525,24 @@ def test_old_timeline_files_a_manifest_promises():
     on_boundary = parse_history("1\t0/1000000\tx\n10\t0/1F000000\tpromoted\n", 11)
     assert old_timeline_files(start, 10, stop, 11, on_boundary, seg) == []
     assert old_timeline_files(0x1000028, 1, 0x2000000, 1, [], seg) == []  # one timeline: nothing extra
+
+
+@pytest.mark.parametrize("seg_size", [MB, 16 * MB, 1024 * MB])
+def test_segments_between_named_run_by_run_equal_each_name_alone(seg_size):
+    """The segment list is built a run of one 4 GB xlogid at a time (a million segments: 14 s one name at a time, well
+    under a second now): it must equal the names made one by one, across xlogid boundaries and timeline switches."""
+    per_id = segments_per_xlogid(seg_size)
+    start = segment_start_lsn(per_id - 3, seg_size) + 40
+    switch = segment_start_lsn(per_id + 2, seg_size) + 4096  # timeline 2 begins inside a segment of the next xlogid
+    stop = segment_start_lsn(2 * per_id + 5, seg_size) + 100
+    history = [TimelineHistoryEntry(1, switch, "promoted")]
+    names = segments_between(start, stop, 2, history, seg_size)
+    first, last = segment_number(start, seg_size), end_segment_number(stop, seg_size)
+    expected = [wal_file_name(1 if n < segment_number(switch, seg_size) else 2, n, seg_size) for n in range(first, last + 1)]
+    assert names == expected
+    assert old_timeline_files(start, 1, stop, 2, history, seg_size) == [(wal_file_name(1, segment_number(switch, seg_size), seg_size), switch)]
+
+
+def test_a_million_segments():
+    names = segments_between(parse_lsn("0/1000028"), parse_lsn("0/1000028") + 1_000_000 * 16 * MB, 1, [], 16 * MB)
+    assert len(names) == 1_000_001 and names[-1] == wal_file_name(1, 1_000_001, 16 * MB) and len(set(names)) == len(names)
