@@ -410,11 +410,22 @@ def balance(entries: list, n: int) -> list:
     return [b[1] for b in buckets if b[1]]
 
 
-def rsync_argv(source: Source, src_root: str, dest_root: str, files_from: str, delta: bool, progress: bool = False) -> list:
+def stream_rate_limit(max_rate: int, streams: int) -> Optional[int]:
+    """rsync's --bwlimit (KiB/s) for each of ``streams`` concurrent streams sharing ``max_rate`` bytes/s (0: none).
+    Rounded down, at least 1 KiB/s: the streams together never exceed max_rate (one that ends early leaves its share)."""
+    if not max_rate:
+        return None
+    return max(1, max_rate // 1024 // max(1, streams))
+
+
+def rsync_argv(source: Source, src_root: str, dest_root: str, files_from: str, delta: bool, progress: bool = False, bwlimit: Optional[int] = None) -> list:
     """rsync pulling ``files_from`` (NUL-separated, relative to ``src_root``) into ``dest_root``. ``progress`` adds
-    ``--progress`` (bytes within each file), only asked for when there is a progress file to keep."""
+    ``--progress`` (bytes within each file), only asked for when there is a progress file to keep; ``bwlimit`` is
+    rsync's --bwlimit in KiB/s."""
     argv = ["rsync", "--protect-args", "--links", "--perms", "--times", "--devices", "--specials", "--from0", f"--files-from={files_from}"]
     argv += ["--ignore-missing-args", OUT_FORMAT, "--no-implied-dirs"]
+    if bwlimit:
+        argv.append(f"--bwlimit={bwlimit}")
     if progress:
         argv.append("--progress")
     argv += ["--checksum"] if delta else ["--whole-file"]
@@ -624,13 +635,13 @@ def _delta_remove(plan: Plan, dest: str, dry_run: bool = False) -> list:
 
 
 def execute(source: Source, plan: Plan, dest: str, *, parallel: int = 1, delta: bool = False, owner: Optional[str] = "postgres",
-            progress_file: Optional[str] = None, tmpdir: Optional[str] = None) -> dict:  # fmt: skip
+            progress_file: Optional[str] = None, tmpdir: Optional[str] = None, max_rate: int = 0) -> dict:  # fmt: skip
     uid, gid = owner_ids(owner)
     start = time.monotonic()
     os.makedirs(dest, mode=0o700, exist_ok=True)
     copy_state.write_marker(dest, copy_state.marker_text(f"{source.host or 'localhost'}:{source.path}", plan.system_identifier, time.time()))
     try:
-        return _copy(source, plan, dest, parallel, delta, uid, gid, progress_file, tmpdir, start)
+        return _copy(source, plan, dest, parallel, delta, uid, gid, progress_file, tmpdir, start, max_rate)
     except (PgBackupError, OSError) as exc:
         if _no_space(exc):
             raise _out_of_space(source, plan, dest, exc) from exc
@@ -669,7 +680,7 @@ def _out_of_space(source: Source, plan: Plan, dest: str, exc: Exception) -> PgBa
 
 
 def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid: int, gid: int,
-          progress_file: Optional[str], tmpdir: Optional[str], start: float) -> dict:  # fmt: skip
+          progress_file: Optional[str], tmpdir: Optional[str], start: float, max_rate: int = 0) -> dict:  # fmt: skip
     progress = Progress(progress_file, plan.bytes, plan.files)
     progress.write(force=True)
     removed: list = []
@@ -692,12 +703,15 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
             os.unlink(link)
         os.symlink(target, link)
 
-    if source.remote or delta:
+    if source.remote or delta or max_rate:
+        # (A rate limit on one host goes through rsync too: its --bwlimit is the limiter.)
         # Without delta, a file rsync has put in place is final: hash and fsync it while the others are copied.
         # (In delta mode rsync does not log the files it leaves as they are, so all wait for the pass after it.)
         with ThreadPoolExecutor(max_workers=max(2, parallel)) as early_pool:
-            early = None if delta else {"pool": early_pool, "files": {}}
-            _rsync_all(source, plan, dest, ts_links, parallel, delta, progress, tmpdir, uid, gid, early)
+            # Only when pulling from another host: there the receiving rsync (ours) logs a file once it is in place. A
+            # local rsync may log it before its receiver renamed it into place (seen: files left owned by root).
+            early = None if delta or not source.remote else {"pool": early_pool, "files": {}}
+            _rsync_all(source, plan, dest, ts_links, parallel, delta, progress, tmpdir, uid, gid, early, max_rate)
             copy_seconds = time.monotonic() - start
             progress.phase = "sync"
             progress.write(force=True)
@@ -755,12 +769,13 @@ def _hash_early(early: dict, droot: str, uid: int, gid: int, rel: str) -> None:
 
 
 def _rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: int, delta: bool, progress: Progress,
-               tmpdir: Optional[str], uid: int = -1, gid: int = -1, early: Optional[dict] = None) -> None:  # fmt: skip
+               tmpdir: Optional[str], uid: int = -1, gid: int = -1, early: Optional[dict] = None, max_rate: int = 0) -> None:  # fmt: skip
     """rsync (over ssh for a remote source; locally in delta mode) with ``parallel`` streams, then pg_control last.
 
     With ``early`` ({"pool": executor, "files": {}}), each file rsync has put in place is hashed, fsynced and chowned
     while the others are still copied; ``early["files"]`` maps its path to that future."""
     jobs = []
+    bwlimit = stream_rate_limit(max_rate, parallel)
     workdir = tmpdir or os.path.dirname(dest.rstrip("/")) or "/"
     lists = []
     try:
@@ -772,7 +787,7 @@ def _rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: 
                     f.write(b"".join(os.fsencode(e.rel) + b"\0" for e in bucket))
                 lists.append(fname)
                 done = None if early is None else functools.partial(_hash_early, early, droot, uid, gid)
-                jobs.append((rsync_argv(source, src, droot, fname, delta, progress.path is not None), done))
+                jobs.append((rsync_argv(source, src, droot, fname, delta, progress.path is not None, bwlimit), done))
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             for fut in [pool.submit(_run_rsync, argv, progress, done) for argv, done in jobs]:
                 fut.result()

@@ -60,6 +60,12 @@ options:
     description: Number of concurrent streams (rsync processes over ssh, threads on one host), over files balanced by size.
     type: int
     default: 1
+  max_rate:
+    description:
+      - Bandwidth limit in bytes per second over all O(parallel) streams together (each rsync gets its share as
+        C(--bwlimit)); V(0) copies as fast as it can. A limited copy on one host also runs through rsync.
+    type: int
+    default: 0
   delta:
     description:
       - Bring an existing copy in line with the source - files are compared by checksum (never by size and
@@ -193,6 +199,7 @@ ARGS = {
     "tablespace_mapping": {"type": "dict", "default": {}},
     "excludes": {"type": "list", "elements": "str", "default": []},
     "parallel": {"type": "int", "default": 1},
+    "max_rate": {"type": "int", "default": 0},
     "delta": {"type": "bool", "default": False},
     "owner": {"type": "str", "default": "postgres"},
     "progress_file": {"type": "path"},
@@ -203,6 +210,9 @@ def run_module(module: AnsibleModule) -> dict:
     p = module.params
     if p["parallel"] < 1:
         raise PgBackupError(f"parallel must be at least 1, not {p['parallel']}")
+    if p["max_rate"] < 0 or 0 < p["max_rate"] < 1024 * p["parallel"]:
+        least = 1024 * p["parallel"]
+        raise PgBackupError(f"max_rate must be 0 (no limit) or at least 1024 bytes/s per stream ({least} for parallel {p['parallel']}), not {p['max_rate']}")
     if not os.path.isabs(p["dest"]):
         raise PgBackupError(f"dest {p['dest']!r} must be an absolute path")
     dest = os.path.normpath(p["dest"])
@@ -224,7 +234,8 @@ def run_module(module: AnsibleModule) -> dict:
         if p["delta"]:
             result["would_remove"] = delta_removals(plan, dest)
         return result
-    result.update(execute(source, plan, dest, parallel=p["parallel"], delta=p["delta"], owner=p["owner"], progress_file=p["progress_file"]))
+    copied = execute(source, plan, dest, parallel=p["parallel"], delta=p["delta"], owner=p["owner"], progress_file=p["progress_file"], max_rate=p["max_rate"])
+    result.update(copied)
     return result
 
 

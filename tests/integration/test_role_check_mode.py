@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import role_majors
 from .harness.pgbins import ROOT
-from .test_standby_backup_role import backup_vars
+from .test_standby_backup_role import _role_run, backup_vars
 
 pytestmark = [pytest.mark.integration]
 
@@ -137,3 +137,20 @@ def test_login_db_lets_a_role_without_a_database_of_its_name_connect(primary_sta
         _nothing_happened(primary, standby, state_dir)
     finally:
         primary.sql(f"DROP ROLE IF EXISTS {user}")
+
+
+def test_max_rate_limits_the_copy_and_a_useless_one_is_refused_first(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    """standby_backup_max_rate reaches the copy (rsync --bwlimit over the streams; the rate is printed, never asserted),
+    and a limit below 1 KiB/s per stream is refused in the preflight, before any slot or backup."""
+    _oldest_and_newest(pg_major)
+    primary, standby = primary_standby
+    state_dir = tmp_path / "keepers"
+    dest = testbed.scratch_dir(f"max-rate-{pg_major}") / "backup"
+    refused = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir, standby_backup_max_rate=1000))
+    assert refused.returncode != 0 and "max_rate must be 0 (no limit) or at least 1024 bytes/s per stream" in refused.stdout, refused.stdout[-3000:]
+    _nothing_happened(primary, standby, state_dir)
+    code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_max_rate=16 * 2**20)
+    assert code == 0, output[-4000:]
+    rate = re.findall(r"copied [^\n]* MiB/s", output)
+    print(f"with standby_backup_max_rate 16 MiB/s: {rate[-1] if rate else '?'}")
+    assert "--bwlimit" not in output

@@ -20,6 +20,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
     make_plan,
     rsync_argv,
     rsync_logged_name,
+    stream_rate_limit,
 )
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 
@@ -251,3 +252,29 @@ def test_a_tablespace_inside_the_data_directory_is_copied_once(datadir, tmp_path
     assert os.readlink(dest / "pg_tblspc" / "16699") == str(tmp_path / "inner_dst")
     _algo, sums = copy_state.read_checksums(str(dest))
     assert "pg_tblspc/16699/PG_15_202209061/5/16700" in sums and not any(k.startswith("inner/") for k in sums)
+
+
+def test_max_rate_is_shared_by_the_streams():
+    assert stream_rate_limit(0, 4) is None, "0 is no limit"
+    assert stream_rate_limit(8 * 1024 * 1024, 4) == 2048, "8 MiB/s over four streams: 2 MiB/s (2048 KiB/s) each"
+    assert stream_rate_limit(3000, 2) == 1, "never below rsync's 1 KiB/s"
+    argv = rsync_argv(Source("/d", "db1"), "/d", "/x", "/l", False, bwlimit=2048)
+    assert "--bwlimit=2048" in argv and argv.index("--bwlimit=2048") < argv.index("--")
+    assert not any(a.startswith("--bwlimit") for a in rsync_argv(Source("/d", "db1"), "/d", "/x", "/l", False))
+
+
+def test_a_limited_copy_on_one_host_goes_through_rsync_with_the_limit(datadir, tmp_path, monkeypatch):
+    seen = []
+    real = _run_rsync
+
+    def spy(argv, *args, **kwargs):
+        seen.append(argv)
+        return real(argv, *args, **kwargs)
+
+    monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine._run_rsync", spy)
+    dest = tmp_path / "dst"
+    plan = make_plan(Source(str(datadir)), str(dest), {"16499": str(tmp_path / "ts_dst")}, [])
+    execute(Source(str(datadir)), plan, str(dest), parallel=2, owner=None, progress_file=str(tmp_path / "p.json"), max_rate=4 * 1024 * 1024)
+    streams = [a for a in seen if "--files-from" in " ".join(a)]
+    assert streams and all("--bwlimit=2048" in a for a in streams), seen
+    assert (dest / "base" / "5" / "16390").read_bytes() == b"l" * 20000
