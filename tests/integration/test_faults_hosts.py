@@ -40,10 +40,10 @@ RECHECK = "Check that the standby is still the backup's source"
 LINK_DOWN_SECONDS = 100
 
 
-def _link(host, state: str) -> None:
+def _link(bed, host, state: str) -> None:
     host.run(["ip", "link", "set", "eth0", state])
     if state == "up":  # the kernel dropped the default route with the link; the bed's hosts route via the controller
-        subprocess.run(["ip", "-n", host.netns, "route", "replace", "default", "via", host.address.rsplit(".", 1)[0] + ".1"], check=True)
+        subprocess.run(["ip", "-n", host.netns, "route", "replace", "default", "via", bed.network.controller_address], check=True)
 
 
 def _only_ends(pg_major: int) -> None:
@@ -112,12 +112,18 @@ def fault_run(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, reques
     primary, standby = netns_pair
     primary.pgbench_init()
     load = netns_testbed.load(primary, seconds=900)
-    run = _Run(netns_testbed, primary, standby, ansible_env, tmp_path, f"faults-{request.node.name[-40:]}", getattr(request, "param", "4mbit"))
+    name = f"faults-{request.node.originalname.removeprefix('test_')}-{pg_major}"
+    run = _Run(netns_testbed, primary, standby, ansible_env, tmp_path, name, getattr(request, "param", "4mbit"))
     try:
         yield run
-    finally:
+    finally:  # the pair is shared and its fixture does not heal it: whatever failed, leave both running and streaming
         run.stop()
         load.stop()
+        _link(netns_testbed, primary.node, "up")
+        for server in (primary, standby):
+            if not server.is_running():
+                server.start()
+        standby.wait_streaming(timeout=120)
 
 
 def test_primary_immediate_shutdown_mid_copy(fault_run, pg_major):
@@ -190,7 +196,7 @@ def test_primary_link_cut_past_the_keepalives(fault_run, pg_major):
     run.start()
     backend = int(run.started["backend_pid"])
     try:
-        _link(db1, "down")
+        _link(run.bed, db1, "down")
         fault = time.monotonic()
         ended = None
         while time.monotonic() - fault < LINK_DOWN_SECONDS:
@@ -199,7 +205,7 @@ def test_primary_link_cut_past_the_keepalives(fault_run, pg_major):
             time.sleep(0.5)
         held = primary.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)) == [(1,)]
     finally:
-        _link(db1, "up")
+        _link(run.bed, db1, "up")
     back = time.monotonic()
     output = run.finish()
     seconds = ended if ended is not None else time.monotonic() - fault
