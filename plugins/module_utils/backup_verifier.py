@@ -91,6 +91,13 @@ class Verifier:
         self.problems.append(text)
 
     def run(self) -> dict:
+        # A copy killed mid-way has its marker but often no PG_VERSION yet (the copy goes largest first): say what it is.
+        if os.path.isdir(self.data_dir) and not os.path.isfile(os.path.join(self.data_dir, "PG_VERSION")) and copy_state.is_incomplete(self.data_dir):
+            raise PgBackupError(
+                f"{self.data_dir} is an unfinished copy ({copy_state.INCOMPLETE_MARKER} is there, and PG_VERSION was not copied yet): "
+                "its copy failed or was killed; it cannot be verified or restored: take the backup again",
+                path=self.data_dir,
+            )
         if not os.path.isdir(self.data_dir) or not os.path.isfile(os.path.join(self.data_dir, "PG_VERSION")):
             raise PgBackupError(f"{self.data_dir} is not a copy of a PostgreSQL data directory (no PG_VERSION)", path=self.data_dir)
         if copy_state.is_incomplete(self.data_dir):

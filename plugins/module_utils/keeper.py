@@ -12,11 +12,15 @@ reports to the module through a pipe, and then waits on its Unix socket and on t
 - ``abort``, SIGTERM or ``max_duration`` reached: closes the session (PostgreSQL then aborts the backup),
   writes aborted.json, exits;
 - the connection breaks (backend terminated, server restarted): writes aborted.json with the server's message,
-  exits. If the keeper itself is killed, the session closes with it and backup_stop finds no keeper.
+  exits. If the keeper itself is killed, the session closes with it and backup_stop finds no keeper;
+- the network fails (the TCP keepalives of the idle session get no answer): writes aborted.json saying so, and that the
+  server still holds the backup until its end of the session ends too (its own keepalives, or a reset once the network
+  is back), exits.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -34,6 +38,10 @@ ACCEPT_READ_TIMEOUT = 5.0
 IDLE_WAKEUP = 30.0
 STOP_WATCH_FIRST = 1.5  # seconds into a stop before the first look at what it waits for (most stops are done by then)
 STOP_WATCH_EVERY = 5.0  # seconds between two looks at what a running stop waits for
+# What the socket says when the keepalives of an idle session got no answer (or the route to the server went away).
+NETWORK_ERRORS = (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN)
+# How the server ends its side of a session it no longer hears from: backup_session.SERVER_KEEPALIVES, for the message.
+SERVER_KEEPALIVES_TEXT = "tcp_keepalives_idle 60 s, then 6 probes 10 s apart: about 2 minutes"
 
 
 class _Terminate(Exception):
@@ -108,11 +116,18 @@ class Keeper:
         return self.state
 
     def check_session(self) -> None:
-        """The idle connection became readable: the server is ending it (or sent a notice); find out which."""
+        """The idle connection became readable: the server is ending it (or sent a notice), or the network failed; find
+        out which. The socket's pending error is read first: libpq's own message after a keepalive timeout is often
+        "server closed the connection unexpectedly", which is not what happened."""
+        error = socket_error(self.session.connection.fileno())
         try:
             self.session.query("SELECT 1", record=False)
         except PgBackupError as exc:
-            self.ended_by_server(exc.details.get("server_message") or exc.message)
+            message = exc.details.get("server_message") or exc.message
+            if error in NETWORK_ERRORS:
+                self.lost_network(os.strerror(error))
+            else:
+                self.ended_by_server(message)
 
     def serve_one(self, listener: socket.socket) -> None:
         try:
@@ -263,6 +278,37 @@ class Keeper:
     def ended_by_server(self, message: str) -> None:
         self.session.close()
         self.record_aborted(f"the server ended the keeper's session ({message}), and PostgreSQL aborted the backup with it")
+
+    def lost_network(self, why: str) -> None:
+        """The server may not know yet: its backend keeps the backup open until its end of the session ends too."""
+        self.session.close()
+        pid = self.started.get("backend_pid")
+        name = self.started.get("application_name") or "pgbackup.lowlevel keeper " + str(self.started.get("backup_id"))
+        self.record_aborted(
+            f"the network to the server failed: the keeper's connection ({self.session.target}) got no answer to its TCP keepalives "
+            f"({why}), so the backup can no longer be stopped and is lost. The server still holds it open until its end of the session "
+            f"ends: at its next keepalive probe once the network is back, or by its own keepalives ({SERVER_KEEPALIVES_TEXT}) if it stays "
+            f"down. If pg_stat_activity there still shows backend {pid} ('{name}') after that, end it with pg_terminate_backend({pid})"
+        )
+
+
+def socket_error(fd: int) -> int:
+    """The pending error (SO_ERROR) of the socket ``fd``; 0 when none or when ``fd`` is no socket. Reading it clears it."""
+    try:
+        copy = os.dup(fd)
+    except OSError:
+        return 0
+    try:
+        sock = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        return 0
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    except OSError:
+        return 0
+    finally:
+        sock.close()
 
 
 # --- the process ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """copy_wait in the standby_backup role across namespace hosts: the copy is throttled with tc on the standby's link so
 it lasts, then the backup is lost mid-copy (the keeper SIGKILLed, or its backend terminated on the primary). The play must fail within seconds naming the
-keeper's loss, with the async copy stopped, the destination marked incomplete and nothing left on the primary."""
+keeper's loss, with the async copy stopped, the destination marked incomplete and nothing left on the primary, and end
+in the shared failure contract (contract.py: verify and restore refuse the copy, a re-run succeeds)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 import pytest
 
 from .conftest import role_majors
+from .contract import assert_failure_contract
 from .harness.pgbins import selected_majors
 from .jobs import alive as _alive
 from .jobs import copy_job as _copy_job
@@ -32,7 +34,7 @@ def _throttle(host, rate: str = "4mbit") -> None:
 
 
 def _unthrottle(host) -> None:
-    subprocess.run(["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+    subprocess.run(["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False, stderr=subprocess.DEVNULL)  # none: fine
 
 
 @pytest.mark.parametrize("fault", ["keeper_killed", "backend_terminated"])
@@ -83,6 +85,15 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
     _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the keeper's session ending")
     assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
     assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+
+    def rerun() -> tuple:  # the same backup, unthrottled, into a fresh destination
+        again = _start_playbook(ansible_env, inventory, dict(extra, standby_backup_dest=str(dest.parent / "again")))
+        out, err = again.communicate(timeout=600)
+        return again.returncode, out + err
+
+    words = (cause, f"{primary.host}:{primary.port}", "Follow the copy")
+    assert_failure_contract(output, returncode=proc.returncode, cause=words, primary=primary, standby=standby, state_dir=keepers, dest=dest,
+                            written=True, refusal=(ansible_env, bed, tmp_path, pg_major), rerun=rerun)  # fmt: skip
 
 
 def test_the_wait_runs_hundreds_of_rounds(testbed, primary_standby, ansible_env, tmp_path, pg_major):

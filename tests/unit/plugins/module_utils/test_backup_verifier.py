@@ -268,6 +268,12 @@ def test_not_a_data_directory(tmp_path):
         verify(str(tmp_path))
 
 
+def test_a_copy_killed_before_pg_version_is_named_unfinished(tmp_path):
+    (tmp_path / ".pgbackup-incomplete").write_text("killed\n")
+    with pytest.raises(PgBackupError, match=r"unfinished copy \(\.pgbackup-incomplete is there, and PG_VERSION was not copied yet\)"):
+        verify(str(tmp_path))
+
+
 def test_pg_verifybackup_of_another_major_is_not_used(tmp_path):
     copy = make_copy(tmp_path, 16)
     _verifier, report = verify(str(copy), pg_bindir=str(tmp_path / "nothing"))

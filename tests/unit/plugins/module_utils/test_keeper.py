@@ -3,6 +3,7 @@ module-side decisions of backup_start/backup_stop on stored state."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -314,6 +315,42 @@ def test_session_ended_by_the_server(tmp_path):
     thread.join(5)
     assert outcome["state"] == "aborted"
     assert "terminating connection due to administrator command" in keeper_files.read_json(str(directory), keeper_files.ABORTED)["reason"]
+
+
+def test_session_lost_to_the_network_says_the_server_still_holds_it(tmp_path, monkeypatch):
+    # A keepalive timeout cannot be made on a socketpair; the socket's pending error is what the keeper reads.
+    monkeypatch.setattr(keeper, "socket_error", lambda fd: errno.ETIMEDOUT)
+    session = FakeSession(fail={"SELECT 1": "server closed the connection unexpectedly"})
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    session.connection.server_end.sendall(b"E")
+    thread.join(5)
+    reason = keeper_files.read_json(str(directory), keeper_files.ABORTED)["reason"]
+    assert outcome["state"] == "aborted" and session.connection.closed
+    assert "the network to the server failed" in reason and "db1:5432" in reason and "Connection timed out" in reason, reason
+    assert "The server still holds it open" in reason and "pg_terminate_backend(4242)" in reason, reason
+    assert "the server ended" not in reason and "closed the connection unexpectedly" not in reason
+
+
+def test_socket_error_reads_a_real_sockets_pending_error():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]  # closed again below: nobody listens there
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        assert sock.connect_ex(("127.0.0.1", port)) == errno.EINPROGRESS  # the refusal arrives as the socket's error
+        time.sleep(0.2)
+        assert keeper.socket_error(sock.fileno()) == errno.ECONNREFUSED
+        assert keeper.socket_error(sock.fileno()) == 0, "reading the error clears it"
+    read, write = os.pipe()
+    assert keeper.socket_error(read) == 0, "not a socket"
+    os.close(read)
+    os.close(write)
+
+
+def test_the_server_keepalives_named_in_the_message_are_the_keepers():
+    settings = backup_session.SERVER_KEEPALIVES
+    idle, interval, count = (settings[f"tcp_keepalives_{k}"] for k in ("idle", "interval", "count"))
+    assert keeper.SERVER_KEEPALIVES_TEXT.startswith(f"tcp_keepalives_idle {idle} s, then {count} probes {interval} s apart")
 
 
 def test_failed_stop_is_an_abort(tmp_path):
