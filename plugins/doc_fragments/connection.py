@@ -58,14 +58,22 @@ options:
       - File of certificate authorities the server's certificate is checked against (libpq's C(sslrootcert)).
       - Only used with O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
     type: path
+  ssl_cert:
+    description:
+      - The client certificate presented to the server (libpq's C(sslcert)), for C(cert) authentication in C(pg_hba.conf).
+    type: path
+  ssl_key:
+    description:
+      - The client certificate's private key (libpq's C(sslkey)); libpq refuses a key file readable by others.
+    type: path
   connect_params:
     description:
-      - Further libpq connection keywords, for example C(sslcert), C(sslkey), C(target_session_attrs),
+      - Further libpq connection keywords, for example C(sslcrl), C(target_session_attrs),
         C(keepalives_idle), C(connect_timeout) or C(passfile).
       - C(connect_timeout) is V(10) seconds unless set here.
       - A C(sslpassword) given here is kept out of output and messages like O(login_password).
       - Keywords that have an option above (C(host), C(port), C(user), C(password), C(dbname), C(sslmode),
-        C(sslrootcert)) are refused, and so are C(application_name), C(options) and C(replication), which the
+        C(sslrootcert), C(sslcert), C(sslkey)) are refused, and so are C(application_name), C(options) and C(replication), which the
         collection sets itself.
     type: dict
     default: {}

@@ -57,6 +57,8 @@ _OWNED_KEYWORDS = {
     "dbname": "login_db",
     "sslmode": "ssl_mode",
     "sslrootcert": "ca_cert",
+    "sslcert": "ssl_cert",
+    "sslkey": "ssl_key",
     "application_name": "nothing: the collection sets it to name the module in pg_stat_activity",
     "fallback_application_name": "nothing: the collection sets application_name",
     "options": "nothing: the collection sets statement_timeout=0 through it, which long backups need",
@@ -77,11 +79,25 @@ def connection_argument_spec() -> dict:
         "login_db": {"type": "str", "fallback": (env_fallback, [ENV_FALLBACKS["login_db"]])},
         "ssl_mode": {"type": "str", "choices": list(SSL_MODES)},
         "ca_cert": {"type": "path"},
+        "ssl_cert": {"type": "path"},
+        "ssl_key": {"type": "path"},
         "connect_params": {"type": "dict", "default": {}},
     }
 
 
-CONNECTION_OPTIONS = ("login_host", "login_port", "login_user", "login_password", "login_unix_socket", "login_db", "ssl_mode", "ca_cert", "connect_params")
+CONNECTION_OPTIONS = (
+    "login_host",
+    "login_port",
+    "login_user",
+    "login_password",
+    "login_unix_socket",
+    "login_db",
+    "ssl_mode",
+    "ca_cert",
+    "ssl_cert",
+    "ssl_key",
+    "connect_params",
+)
 
 
 def with_connection_options(module_spec: Mapping[str, dict], connection_spec: Optional[Mapping[str, dict]] = None) -> dict:
@@ -133,7 +149,16 @@ def connect_kwargs(params: Mapping[str, Any], *, application_name: str, settings
     host = params.get("login_unix_socket") or params.get("login_host")
     if host:
         kwargs["host"] = host
-    for option, keyword in (("login_port", "port"), ("login_user", "user"), ("login_db", "dbname"), ("ssl_mode", "sslmode"), ("ca_cert", "sslrootcert")):
+    keywords = (
+        ("login_port", "port"),
+        ("login_user", "user"),
+        ("login_db", "dbname"),
+        ("ssl_mode", "sslmode"),
+        ("ca_cert", "sslrootcert"),
+        ("ssl_cert", "sslcert"),
+        ("ssl_key", "sslkey"),
+    )
+    for option, keyword in keywords:
         value = params.get(option)
         if value is not None and value != "":
             kwargs[keyword] = value

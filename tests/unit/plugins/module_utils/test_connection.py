@@ -428,3 +428,11 @@ def test_session_close_swallows_a_broken_connection():
 def test_this_file_is_where_the_argspec_lives():
     source = Path(conn_mod.__file__).read_text()
     assert source.count("from ansible") == 1, "only connection_argument_spec() may import Ansible"
+
+
+def test_client_certificate_options():
+    kwargs = connect_kwargs(_params(login_host="db1", ssl_mode="verify-full", ssl_cert="/c/client.crt", ssl_key="/c/client.key"), application_name=APP)
+    assert kwargs["sslcert"] == "/c/client.crt" and kwargs["sslkey"] == "/c/client.key" and kwargs["sslmode"] == "verify-full"
+    for keyword, option in (("sslcert", "ssl_cert"), ("sslkey", "ssl_key")):
+        with pytest.raises(PgBackupError, match=f"may not set '{keyword}': use {option}"):
+            connect_kwargs(_params(connect_params={keyword: "/x"}), application_name=APP)
