@@ -158,7 +158,7 @@ def test_a_standby_promoted_during_a_standby_only_copy_fails_at_once(primary_sta
     primary, standby = primary_standby
     primary.sql("CREATE TABLE IF NOT EXISTS recheck_bulk AS SELECT g, repeat('x', 400) AS pad FROM generate_series(1, 100000) g")
     standby.wait_replayed(primary.current_lsn())
-    dest = testbed.scratch_dir(f"faults-promoted-only-{wal_source.replace('_', '-')}-{pg_major}")
+    dest = testbed.scratch_dir(f"fpromo-{wal_source[:4]}-{pg_major}")  # short: the contract's restore target is named after it
     seen: dict = {}
     promoter = threading.Thread(target=_promote_during_the_copy, args=(standby, seen), daemon=True)
     promoter.start()
