@@ -506,13 +506,15 @@ class Collector:
         )
         if status.get("last_failed_wal"):
             text += f", the last {status['last_failed_wal']} at {status['last_failed_time']}"
-        last = status.get("last_archived_wal") or ""
-        if not status.get("failed_count") and _is_segment_name(last) and _segno(last) >= _segno(missing[-1]):
+        if not status.get("failed_count") and _archived_past(status.get("last_archived_wal") or "", missing[-1]):
             return text + (
                 f": {where} archived past {missing[-1]} without a failure, so its archive_command does not write into "
                 f"{self.source.describe()}, or something removed the file: check archive_command on {where} against the archive directory"
             )
-        return text + f": check archive_command on {where} (its error is in that server's log)"
+        if status.get("failed_count"):
+            return text + f": check archive_command on {where} (its error is in that server's log)"
+        slow = "or raise timeout if it is only slow"
+        return text + f": {where} reports no failure: check that archive_command on {where} archives into {self.source.describe()}, {slow}"
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -540,6 +542,15 @@ def _is_segment_name(name: str) -> bool:
 def _segno(name: str) -> int:
     """A key that orders segment file names by position in the WAL (their log and segment parts), whatever the timeline."""
     return int(name[8:], 16)
+
+
+def _archived_past(last: str, segment: str) -> bool:
+    """Whether an archiver whose last archived file is ``last`` has archived ``segment``: a segment at or after it, or a
+    backup history file (``<seg>.<offset>.backup``) of a later segment. The archiver takes ready files in name order, but
+    ``<seg>.backup`` can be ready (and archived) before ``<seg>`` is complete, so it says nothing of ``<seg>`` itself."""
+    if _is_segment_name(last):
+        return _segno(last) >= _segno(segment)
+    return last.endswith(".backup") and _is_segment_name(last[:24]) and _segno(last[:24]) > _segno(segment)
 
 
 def _names(names: list) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import per_major_cache
+from .conftest import per_major_cache, spot_check
 from .contract import assert_failure_contract
 from .test_source_recheck import RECHECK, _copy_module_pid, _oldest_and_newest, _promote_during_the_copy
 from .test_standby_backup_role import _role_run
@@ -198,4 +198,48 @@ def test_a_standby_promoted_during_a_standby_only_copy_fails_at_once(primary_sta
         written=True,
         refusal=(ansible_env, testbed, tmp_path, pg_major),
         streaming=False,
+    )
+
+
+def test_wal_missing_from_the_archive_names_the_archiver_and_its_server(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    """WAL from an archive directory the primary does not archive into: the message says the segment was not archived
+    there, with the primary's pg_stat_archiver figures and host:port (it archived past the segment without a failure),
+    and nothing of slots or recycling; the re-run with the primary's own archive succeeds."""
+    spot_check(pg_major, (18,), "the archive's wording does not depend on the version")
+    primary, standby = primary_standby
+    dest = testbed.scratch_dir(f"farch-{pg_major}")
+    elsewhere = testbed.scratch_dir(f"farch-elsewhere-{pg_major}")
+    began = time.monotonic()
+    code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_wal_source="archive",
+                             standby_backup_archive_dir=str(elsewhere), standby_backup_wal_timeout=5)  # fmt: skip
+    print(f"the run with the wrong archive failed after {time.monotonic() - began:.1f} s")
+    print(output[output.find("failed in") : output.find("failed in") + 1500])
+    assert f'failed in "{COLLECT}"' in output, output[-3000:]
+    assert "recycled" not in output and "standby_backup_use_slot" not in output
+    # When the archiver's last file is a later segment (the pair is not idle), the message also says the server archived
+    # past it; here the primary is idle, its last file the stop's .backup, which says nothing of its own segment.
+    print("the message says the primary archived past the segment:", f"{primary.host}:{primary.port} archived past" in output)
+
+    def rerun():
+        again = testbed.scratch_dir(f"farch-rerun-{pg_major}")
+        (tmp_path / "rerun").mkdir()
+        return _role_run(ansible_env, testbed, tmp_path / "rerun", primary, standby, again, standby_backup_wal_source="archive",
+                         standby_backup_archive_dir=str(primary.archive_dir), standby_backup_wal_timeout=60)  # fmt: skip
+
+    server = f"{primary.host}:{primary.port}"
+    assert_failure_contract(
+        output,
+        returncode=code,
+        cause=(
+            f"was not archived into {elsewhere} (yet): pg_stat_archiver on {server}",
+            "; 0 failed",
+            f"check that archive_command on {server} archives into {elsewhere}",
+        ),
+        primary=primary,
+        standby=standby,
+        state_dir=tmp_path / "keepers",
+        dest=dest,
+        written=True,
+        refusal=(ansible_env, testbed, tmp_path, pg_major),
+        rerun=rerun,
     )

@@ -82,10 +82,29 @@ def test_archive_missing_with_archiver_failures_names_the_server_to_check(world)
     assert "recycled" not in message and "wal_retain" not in message
 
 
+def test_the_role_names_its_timeout_for_a_slow_archiver(world):
+    quiet = dict(FAILED, failed_count=0, last_failed_wal=None)
+    cause = _role_cause(failure(world, [5, 6, 7], "archive", archiver=lambda: quiet), use_slot=True)
+    assert "or raise standby_backup_wal_timeout if it is only slow" in cause and "raise timeout" not in cause
+
+
 def test_archive_missing_though_the_server_archived_past_it_points_at_the_archive_directory(world):
     archived_past = dict(FAILED, failed_count=0, last_failed_wal=None, last_archived_wal=name(9))
     message = failure(world, [5, 6, 7], "archive", archiver=lambda: archived_past)
     assert f"db1:5432 archived past {name(8)} without a failure, so its archive_command does not write into {world.source}" in message
+
+
+@pytest.mark.parametrize(
+    ("last", "past"),
+    [(name(8), True), (name(9), True), (name(7), False), (f"{name(9)}.00000028.backup", True), (f"{name(8)}.00000028.backup", False),
+     (f"{name(9)}.partial", False), ("00000002.history", False), (None, False)],
+)  # fmt: skip
+def test_archived_past_reads_the_last_archived_file_name(world, last, past):
+    # <seg>.backup is written (and may be archived) before <seg> is complete: only a later segment's says <seg> was archived
+    status = dict(FAILED, failed_count=0, last_failed_wal=None, last_archived_wal=last)
+    message = failure(world, [5, 6, 7], "archive", archiver=lambda: status)
+    assert ("archived past" in message) is past, message
+    assert "db1:5432 reports no failure: check that archive_command on db1:5432 archives into" in message or past, message
 
 
 def test_archive_missing_without_a_connection_or_with_unreadable_figures(world):
