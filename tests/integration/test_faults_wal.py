@@ -8,6 +8,9 @@
   default run with the slot, which succeeds on the same recycling standby.
 - A standby promoted mid-copy in standby_only mode (the backup started on the standby itself), WAL from its pg_wal or
   from the archive: the run fails at once saying the standby was promoted, aborts the backup and leaves nothing open.
+- WAL from an archive directory the primary does not archive into (newest major): the run says the segment was not
+  archived there, with the primary's pg_stat_archiver figures and host:port, and nothing of slots; the re-run with the
+  primary's own archive succeeds.
 """
 
 from __future__ import annotations
