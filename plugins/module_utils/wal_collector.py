@@ -168,7 +168,11 @@ class Outcome:
 
 
 class Collector:
-    """One run of wal_collect. ``switch_wal`` and ``archiver_status`` are callables (None: not available)."""
+    """One run of wal_collect. ``switch_wal`` and ``archiver_status`` are callables (None: not available).
+
+    ``archiver_status`` returns pg_stat_archiver's row as a dict (``server`` naming host:port, ``archived_count``,
+    ``last_archived_wal``, ``failed_count``, ``last_failed_wal``, ``last_failed_time``), or a string saying why it could
+    not be read; a missing segment of an archive is explained with it."""
 
     def __init__(self, target: Target, source: WalSource, *, source_type: str = "archive", partial_from: Optional[WalSource] = None,
                  timeout: float = 0, poll_interval: float = 1.0, check_mode: bool = False,
@@ -445,13 +449,72 @@ class Collector:
             f"{len(items)} of the {len(plan.segments)} WAL segments from {plan.segments[0]} to {plan.last} "
             f"(through {format_lsn(plan.stop_lsn)}) are missing or invalid in {self.source.describe()} after {self.timeout:g} s: {lines}"
         )
+        missing = [n for n in plan.segments if str(problems.get(n, "")).startswith("missing")]
+        if missing:
+            message += "; " + (self._why_missing_from_pg_wal(missing) if self.source_type == "pg_wal" else self._why_missing_from_archive(missing))
         if plan.last in problems and self.switch_wal is None and self.partial_from is None:
             message += "; if the primary is idle, its last segment is not complete yet: use switch_wal or partial_from"
-        if self.archiver_status is not None:
-            archiver = self.archiver_status()
-            if archiver:
-                message += f"; {archiver}"
         return PgBackupError(message, problems=items, segments_collected=self.outcome.segments)
+
+    def _why_missing_from_pg_wal(self, missing: list) -> str:
+        """A server's pg_wal: a segment older than the oldest one there was removed or recycled (nothing held it); one
+        after the newest was not received yet. The archiver's figures say nothing about a pg_wal, so they are left out."""
+        try:
+            present = sorted(n for n in self.source.listing() if _is_segment_name(n))
+        except PgBackupError:
+            present = []
+        oldest = min(present, key=_segno) if present else None
+        newest = max(present, key=_segno) if present else None
+        gone = [n for n in missing if oldest is not None and _segno(n) < _segno(oldest)]
+        ahead = [n for n in missing if newest is not None and _segno(n) > _segno(newest)]
+        parts = []
+        if gone:
+            one = len(gone) == 1
+            parts.append(
+                f"{_names(gone)} {'is' if one else 'are'} older than the oldest segment in {self.source.describe()} ({oldest}): "
+                f"the server removed or recycled {'it' if one else 'them'} at a checkpoint or restartpoint before {'it was' if one else 'they were'} "
+                "collected, as it does with WAL "
+                "that no replication slot and no wal_keep_size holds. Keep the WAL from before the backup's start with a "
+                "replication slot (wal_retain), or collect it from the WAL archive (source_type: archive); take a new backup"
+            )
+        if ahead:
+            parts.append(
+                f"{_names(ahead)} {'is' if len(ahead) == 1 else 'are'} after the newest segment in {self.source.describe()} ({newest}): "
+                "the server has not received or written that WAL yet (a standby lagging or not streaming); raise timeout or "
+                "look at pg_stat_wal_receiver"
+            )
+        rest = [n for n in missing if n not in gone and n not in ahead]
+        if rest:
+            parts.append(
+                f"{_names(rest)} {'is' if len(rest) == 1 else 'are'} not in {self.source.describe()}, though segments before and after "
+                "are there: something other than the server removed it"
+            )
+        return "; ".join(parts)
+
+    def _why_missing_from_archive(self, missing: list) -> str:
+        """A WAL archive: the segment was not archived (yet); the archiver's figures (pg_stat_archiver) say why."""
+        text = f"{_names(missing)} {'was' if len(missing) == 1 else 'were'} not archived into {self.source.describe()} (yet)"
+        status = self.archiver_status() if self.archiver_status is not None else None
+        if status is None:
+            return text + ": check archive_command and pg_stat_archiver on the server that archives there"
+        if isinstance(status, str):  # the figures could not be read: the reason is in the text
+            return f"{text}: {status}"
+        where = status.get("server", "the server")
+        text += (
+            f": pg_stat_archiver on {where}: {status['archived_count']} archived, the last {status['last_archived_wal'] or 'none'}; "
+            f"{status['failed_count']} failed"
+        )
+        if status.get("last_failed_wal"):
+            text += f", the last {status['last_failed_wal']} at {status['last_failed_time']}"
+        if not status.get("failed_count") and _archived_past(status.get("last_archived_wal") or "", missing[-1]):
+            return text + (
+                f": {where} archived past {missing[-1]} without a failure, so its archive_command does not write into "
+                f"{self.source.describe()}, or something removed the file: check archive_command on {where} against the archive directory"
+            )
+        if status.get("failed_count"):
+            return text + f": check archive_command on {where} (its error is in that server's log)"
+        slow = "or raise timeout if it is only slow"
+        return text + f": {where} reports no failure: check that archive_command on {where} archives into {self.source.describe()}, {slow}"
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -470,6 +533,28 @@ class Collector:
         os.chmod(tmp, self.target.mode)
         fsync_file(tmp)
         os.rename(tmp, os.path.join(self.target.dest, name))
+
+
+def _is_segment_name(name: str) -> bool:
+    return len(name) == 24 and all(c in "0123456789ABCDEF" for c in name)
+
+
+def _segno(name: str) -> int:
+    """A key that orders segment file names by position in the WAL (their log and segment parts), whatever the timeline."""
+    return int(name[8:], 16)
+
+
+def _archived_past(last: str, segment: str) -> bool:
+    """Whether an archiver whose last archived file is ``last`` has archived ``segment``: a segment at or after it, or a
+    backup history file (``<seg>.<offset>.backup``) of a later segment. The archiver takes ready files in name order, but
+    ``<seg>.backup`` can be ready (and archived) before ``<seg>`` is complete, so it says nothing of ``<seg>`` itself."""
+    if _is_segment_name(last):
+        return _segno(last) >= _segno(segment)
+    return last.endswith(".backup") and _is_segment_name(last[:24]) and _segno(last[:24]) > _segno(segment)
+
+
+def _names(names: list) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more up to {names[-1]}"
 
 
 def _same_content(path: str, data: bytes) -> bool:

@@ -255,17 +255,17 @@ class Server:
     def switch_wal(self) -> str:
         return self._session().query("SELECT pg_switch_wal()::text AS lsn")[0]["lsn"]
 
-    def archiver_status(self) -> str:
+    def archiver_status(self):
+        """pg_stat_archiver's row and the server it is of (host:port), or why it could not be read."""
+        p = self.params
+        server = f"{p['login_unix_socket'] or p['login_host']}:{p['login_port']}"
         try:
             row = self._session().query(
                 "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, last_failed_time::text AS last_failed_time FROM pg_stat_archiver"
             )[0]
         except PgBackupError as exc:
-            return f"pg_stat_archiver could not be read: {exc.message}"
-        text = f"pg_stat_archiver: last archived {row['last_archived_wal'] or 'nothing'}, {row['failed_count']} failures"
-        if row["last_failed_wal"]:
-            text += f", last failed {row['last_failed_wal']} at {row['last_failed_time']}: see the server's log for archive_command's error"
-        return text
+            return f"pg_stat_archiver on {server} could not be read: {exc.message}"
+        return dict(row, server=server)
 
     def close(self) -> None:
         if self.session is not None:
