@@ -103,7 +103,10 @@ class Method:
         if not run.ok:
             run.note = f"rc={proc.returncode}: " + " ".join(output.strip().splitlines()[-3:])[-300:]
         else:
-            self.post(run, output, last)
+            try:
+                self.post(run, output, last)
+            except (OSError, ValueError, KeyError, IndexError, subprocess.SubprocessError) as exc:  # a figure missing, not a failed copy
+                run.note = f"post-run figures unavailable: {exc}"
         if self.uses_ours and times_file.exists():
             for line in times_file.read_text().splitlines():
                 entry = json.loads(line)

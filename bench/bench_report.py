@@ -128,11 +128,11 @@ def slow_tasks(rows: list, top: int = 6) -> str:
         runs = [r for r in row.runs if r.ok and r.tasks]
         if row.load or not runs:
             continue
-        names = {name for r in runs for name in r.tasks}
+        names = {name for r in runs for name in r.tasks}  # "role : task" as Ansible names them
         medians = {name: statistics.median([r.tasks.get(name, 0.0) for r in runs]) for name in names}
         total = statistics.median([sum(r.tasks.values()) for r in runs])
         slowest = sorted(medians.items(), key=lambda item: -item[1])[:top]
-        listed = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest)
+        listed = ", ".join(f"{name.split(' : ', 1)[-1]} {seconds:.1f} s" for name, seconds in slowest)
         lines.append(f"- {row.method}: {len(names)} tasks, {total:.1f} s in all; slowest: {listed}")
     return "\n".join(lines) + ("\n" if lines else "")
 

@@ -140,10 +140,15 @@ def main() -> int:
     with Testbed("netns", hosts=("db1", "db2", "db3")) as bed:
         t = time.monotonic()
         primary = bed.new_primary(15, host=bed.host("db1"), name="pg15-bench-primary")
-        primary.sql("ALTER SYSTEM SET shared_buffers = '256MB'")  # as the baseline; the test bed's 32 MB is for many clusters
+        # shared_buffers as the baseline (the test bed's 32 MB is for many small clusters); wal_keep_size 0 (the test bed
+        # keeps 256 MB): pg_wal would otherwise be most of a small standby, and cp -a copies it where the others do not
+        settings = ("shared_buffers = '256MB'", "wal_keep_size = 0", "min_wal_size = '32MB'")
+        for setting in settings:
+            primary.sql(f"ALTER SYSTEM SET {setting}")
         primary.restart()
         standby = primary.make_standby("pg15-bench-standby", host=bed.host("db2"))
-        standby.sql("ALTER SYSTEM SET shared_buffers = '256MB'")
+        for setting in settings:
+            standby.sql(f"ALTER SYSTEM SET {setting}")
         standby.restart()
         standby.wait_streaming()
         setup_seconds["primary + standby (test bed, netns)"] = time.monotonic() - t
@@ -180,7 +185,7 @@ def main() -> int:
             primary.pgbench_init(args.scale)
             setup_seconds[f"pgbench -i -s {args.scale}"] = time.monotonic() - t
             same_start(methods_ctx)
-            source = tree_bytes(standby.datadir)
+            source, source_wal = tree_bytes(standby.datadir), tree_bytes(standby.datadir / "pg_wal")
             log(f"main pass: scale {args.scale}, standby data directory {source / 1e6:.0f} MB, reps {args.reps}, load {args.load}")
             rows = one_pass(methods_ctx, methods, names, args.reps, loads, unavailable)
         finally:
@@ -194,8 +199,10 @@ def main() -> int:
         f"- command: `{command}`",
         f"- machine: {before['cores']} cores ({before['cpu']}), kernel {before['kernel']}",
         f"- load average (1, 5, 15 min) before: {' '.join(before['loadavg'])}, after: {' '.join(after['loadavg'])}",
-        f"- standby data directory: {source / 1e6:.0f} MB (MB/s = that / median); PostgreSQL 15, checksums, archiving on, shared_buffers 256MB; "
+        f"- standby data directory: {source / 1e6:.0f} MB, pg_wal {source_wal / 1e6:.0f} MB of it (MB/s = the whole / median)",
+        "- PostgreSQL 15, checksums, archiving on, shared_buffers 256MB, wal_keep_size 0; "
         "primary on db1, standby on db2, db3 the other host (network namespaces of this machine)",
+        f"- load: pgbench -n -c 2 -j 2 (unthrottled) on the primary from {LOAD_WARMUP:.0f} s before each timed run to its end",
         "- set-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in setup_seconds.items()),
         "- ratio: median / median of cp -a + sync under the same load; backup mode: ours from the role's summary, pgBackRest from "
         "its backup info (whole seconds), 0 where the backup is taken on the standby alone; WAL: pg_current_wal_lsn() after - before; "
