@@ -97,7 +97,12 @@ class Method:
             roots = [proc.pid] + [h.sshd_pid for h in (self.ctx.db2, self.ctx.db3) if h.sshd_pid]
             exclude = {h.sshd_pid for h in (self.ctx.db2, self.ctx.db3) if h.sshd_pid}
         with PeakRss(roots, exclude) as rss:
-            output, _ = proc.communicate()
+            try:
+                output, _ = proc.communicate()
+            except BaseException:  # interrupted (SIGTERM reaches only us; Ctrl-C the whole group): end the run first
+                proc.terminate()
+                proc.wait(60)
+                raise
         seconds = time.monotonic() - start
         run = Run(seconds=seconds, ok=self.ok(proc.returncode), rss_bytes=rss.peak if self.uses_ours else None)
         if not run.ok:

@@ -69,8 +69,10 @@ def same_start(ctx: Ctx) -> None:
     os.sync()
 
 
-def one_pass(ctx: Ctx, methods: dict, names: list, reps: int, loads: list, unavailable: dict) -> list:
+def one_pass(ctx: Ctx, methods: dict, names: list, reps: int, loads: list, unavailable: dict, out: list) -> list:
+    """Time every method REPS times per load; ``out`` gets the rows at once, so an interrupted run still reports."""
     rows = {(n, load): Row(methods[n].name, load) for load in loads for n in names}
+    out.extend(rows.values())
     for (name, _load), row in rows.items():
         if name in unavailable:
             row.unavailable = unavailable[name]
@@ -129,7 +131,11 @@ def main() -> int:
     from tests.integration.harness.testbed import Testbed
 
     # SIGTERM as Ctrl-C: the with-block below then tears everything down
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    def on_term(*_args) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the teardown that follows must not be cut short
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     loads = {"0": [False], "1": [True], "both": [False, True]}[args.load]
     knobs = {"SCALE": args.scale, "REPS": args.reps, "LOAD": args.load, "METHODS": args.methods, "SCALE_FIXED": args.scale_fixed}
     command = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in knobs.items())
@@ -175,26 +181,30 @@ def main() -> int:
                         unavailable[n] = f"not available: {exc}"
                 log(f"{short}: not available: {exc}")
             setup_seconds[short] = time.monotonic() - t
+        fixed_rows, rows, source, source_wal = [], [], 0, 0
+        interrupted = False
         try:
-            fixed_rows = []
             if args.scale_fixed:
                 primary.pgbench_init(args.scale_fixed)
                 log(f"fixed-cost pass: scale {args.scale_fixed}, {tree_bytes(standby.datadir) / 1e6:.0f} MB, once each, no load")
-                fixed_rows = one_pass(methods_ctx, methods, names, 1, [False], unavailable)
+                one_pass(methods_ctx, methods, names, 1, [False], unavailable, fixed_rows)
             t = time.monotonic()
             primary.pgbench_init(args.scale)
             setup_seconds[f"pgbench -i -s {args.scale}"] = time.monotonic() - t
             same_start(methods_ctx)
             source, source_wal = tree_bytes(standby.datadir), tree_bytes(standby.datadir / "pg_wal")
             log(f"main pass: scale {args.scale}, standby data directory {source / 1e6:.0f} MB, reps {args.reps}, load {args.load}")
-            rows = one_pass(methods_ctx, methods, names, args.reps, loads, unavailable)
+            one_pass(methods_ctx, methods, names, args.reps, loads, unavailable, rows)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: tear down, then write what was measured, marked as partial
+            interrupted = True
+            log("interrupted: tearing down, then writing the runs measured so far")
         finally:
             for peer in peers:
                 peer.teardown()
     leftovers = bed.leftovers()
     after = machine()
     section = [
-        f"## {started}: SCALE={args.scale} REPS={args.reps} LOAD={args.load}",
+        f"## {started}: SCALE={args.scale} REPS={args.reps} LOAD={args.load}" + (" (INTERRUPTED: partial)" if interrupted else ""),
         "",
         f"- command: `{command}`",
         f"- machine: {before['cores']} cores ({before['cpu']}), kernel {before['kernel']}",
@@ -221,7 +231,7 @@ def main() -> int:
     print("\n" + text)
     prepend_section(args.results, text, "# make bench results")
     log(f"written to {args.results}")
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":
