@@ -15,7 +15,7 @@ TARBALL := $(BUILD)/pgbackup-lowlevel-$(VERSION).tar.gz
 INTEGRATION_WORKERS ?= 2
 export PG_VERSIONS ROLE_MAJORS INTEGRATION_WORKERS
 
-.PHONY: demo test deps system-deps venv build lint sanity units integration molecule clean
+.PHONY: demo test deps system-deps venv build lint sanity units integration molecule clean bench
 
 deps: system-deps venv
 
@@ -78,6 +78,12 @@ integration: deps
 # One scenario per role in extensions/molecule; each makes its own PostgreSQL servers (SCENARIOS="..." for some).
 molecule: deps
 	bash scripts/molecule.sh
+
+# The playbooks against cp -a + sync, pg_basebackup, pgBackRest and Barman (bench/README.md); writes bench/RESULTS.md.
+# Knobs from the environment or the command line: SCALE (50), REPS (3), LOAD (0, 1, both), METHODS, SCALE_FIXED (1).
+bench: deps build
+	@bash scripts/install-bench-deps.sh
+	$(PY) bench/run_bench.py
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .ruff_cache .hypothesis
