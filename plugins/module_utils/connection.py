@@ -131,6 +131,13 @@ def connection_secrets(params: Mapping[str, Any]) -> set:
 # --- building the connection ---------------------------------------------------------------------
 
 
+def server_address(params: Mapping[str, Any]) -> str:
+    """host:port of the server the connection options in ``params`` reach, for messages (the socket directory when
+    ``login_unix_socket`` is set, as libpq uses it; libpq's defaults where an option is unset)."""
+    host = params.get("login_unix_socket") or params.get("login_host") or "localhost"
+    return f"{host}:{params.get('login_port') or 5432}"
+
+
 def connect_kwargs(params: Mapping[str, Any], *, application_name: str, settings: Optional[Mapping[str, object]] = None) -> dict:
     """The psycopg2 keyword arguments for the connection options in ``params`` (a module's params).
 

@@ -248,6 +248,7 @@ class ReplayWaiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         warn: Optional[Callable[[str], None]] = None,
+        server: Optional[str] = None,
     ) -> None:
         if mode not in MODES:
             raise PgBackupError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -283,6 +284,7 @@ class ReplayWaiter:
         self.clock = clock
         self.sleep = sleep
         self.warn = warn or (lambda message: None)
+        self.server = server  # host:port named in every failure: the role waits on more than one server
         # what the wait saw so far
         self.started = 0.0
         self.last: Optional[Observation] = None
@@ -629,7 +631,8 @@ class ReplayWaiter:
         waited = max(0.0, now - self.started)
         replayed = self.last.replay_lsn if self.last is not None else None
         target = self.target_text if self.target_text else "none"
-        message = f"replay_wait ({self.mode}): {what} (target {target}, last replayed {_fmt(replayed)}, waited {waited:.1f} s)"
+        where = f" on {self.server}" if self.server else ""
+        message = f"replay_wait ({self.mode}){where}: {what} (target {target}, last replayed {_fmt(replayed)}, waited {waited:.1f} s)"
         details: dict = {"reason": reason, "target_lsn": self.target_text, "replay_lsn": None if replayed is None else format_lsn(replayed),
                          "waited_seconds": round(waited, 3)}  # fmt: skip
         if self.last is not None:

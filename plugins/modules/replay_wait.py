@@ -310,7 +310,7 @@ queries:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connection_secrets, with_connection_options
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connection_secrets, server_address, with_connection_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter import (
     DEFAULT_MAX_LAG_BYTES,
@@ -365,6 +365,7 @@ def run_module(module: AnsibleModule) -> dict:
         check_mode=module.check_mode,
         probe_files=data_dir_probe(p["data_dir"]) if p["data_dir"] else None,
         warn=module.warn,
+        server=server_address(p),
     )
     try:
         result = waiter.wait()

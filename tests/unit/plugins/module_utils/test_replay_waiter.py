@@ -6,6 +6,7 @@ import re
 from typing import Optional
 
 import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import server_address
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter import (
@@ -253,6 +254,20 @@ def test_paused_fails_at_once():
     exc = fails(waiter(Standby(clock, replay_paused=True), clock), "paused")
     assert clock.sleeps == [] and "pg_wal_replay_resume()" in exc.message and "resume_paused=true" in exc.message
     assert exc.details["replay_paused"] is True
+
+
+def test_a_failure_names_the_server_it_waited_on():
+    clock = Clock()
+    named = fails(waiter(Standby(clock, replay_paused=True), clock, server="db2.example:5433"), "paused")
+    assert named.message.startswith("replay_wait (target_lsn) on db2.example:5433: WAL replay is paused"), named.message
+    unnamed = fails(waiter(Standby(Clock(), replay_paused=True), Clock()), "paused")
+    assert unnamed.message.startswith("replay_wait (target_lsn): "), unnamed.message
+
+
+def test_server_address_is_the_socket_or_host_and_port():
+    assert server_address({"login_host": "db1", "login_port": 5433}) == "db1:5433"
+    assert server_address({"login_host": "db1", "login_unix_socket": "/run/pg", "login_port": 5433}) == "/run/pg:5433"
+    assert server_address({}) == "localhost:5432"
 
 
 def test_paused_after_the_target_does_not_matter():
