@@ -98,7 +98,7 @@ class Method:
             exclude = {h.sshd_pid for h in (self.ctx.db2, self.ctx.db3) if h.sshd_pid}
         with PeakRss(roots, exclude) as rss:
             try:
-                output, _ = proc.communicate()
+                output = proc.communicate()[0]
             except BaseException:  # interrupted (SIGTERM reaches only us; Ctrl-C the whole group): end the run first
                 proc.terminate()
                 proc.wait(60)

@@ -28,6 +28,7 @@ if [ ! -e "$policy" ]; then   # 101 = "action not allowed": no service starts fr
   chmod 0755 "$policy"
   own_policy=1
 fi
+# shellcheck disable=SC2317  # run by the EXIT trap below
 cleanup() { if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 echo "install-bench-deps.sh: installing ${missing[*]}"

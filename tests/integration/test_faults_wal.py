@@ -83,7 +83,7 @@ def _recycle_during_the_copy(primary, standby, state_dir: Path, seen: dict) -> N
             first = started.get("start_wal_file") or primary.sql("SELECT file_name FROM pg_walfile_name_offset(%s::pg_lsn)", (started["start_lsn"],))[0][0]
             seen["first"] = first
             for _round in range(6):
-                for _ in range(3):
+                for _switch in range(3):
                     primary.sql("INSERT INTO recycle_bulk SELECT g, repeat('y', 400) FROM generate_series(1, 2000) g")
                     primary.sql("SELECT pg_switch_wal()")
                 primary.sql("CHECKPOINT")
