@@ -50,7 +50,6 @@ lint: venv build $(LINKED)/ansible_collections/pgbackup/lowlevel
 	$(VENV)/bin/ruff format --check plugins tests scripts $(wildcard bench)
 	ANSIBLE_COLLECTIONS_PATH=$(LINKED) PATH="$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --offline --profile production
 	PATH="$(VENV)/bin:$$PATH" $(PY) scripts/gen_module_docs.py --check
-	$(PY) scripts/draw_sequence.py --check
 	$(PY) scripts/check_role_args.py
 	$(PY) scripts/gen_role_readmes.py --check
 	@! tar tzf $(TARBALL) | grep -E '^playbooks/(demo|sandbox_facts)\.yml$$|^meta/execution-environment\.yml$$' \

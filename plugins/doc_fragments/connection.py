@@ -17,18 +17,21 @@ options:
         without either, libpq connects over its default Unix socket.
       - O(login_unix_socket) takes precedence when both are set.
     type: str
+    aliases: [host]
   login_port:
     description:
       - TCP port of the server, or the number in its Unix socket's name.
       - If not set, the environment variable E(PGPORT) is used, then V(5432).
     type: int
     default: 5432
+    aliases: [port]
   login_user:
     description:
       - Role to connect as.
       - If not set, the environment variable E(PGUSER) is used, then V(postgres).
     type: str
     default: postgres
+    aliases: [login]
   login_password:
     description:
       - Password of O(login_user).
@@ -41,12 +44,14 @@ options:
       - Directory of the server's Unix socket, for example C(/var/run/postgresql).
       - Takes precedence over O(login_host).
     type: path
+    aliases: [unix_socket]
   login_db:
     description:
       - Database to connect to.
       - If not set, the environment variable E(PGDATABASE) is used; without either, libpq uses a
         database named like O(login_user).
     type: str
+    aliases: [db, database]
   ssl_mode:
     description:
       - libpq's C(sslmode) for the connection.
@@ -58,6 +63,7 @@ options:
       - File of certificate authorities the server's certificate is checked against (libpq's C(sslrootcert)).
       - Only used with O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
     type: path
+    aliases: [ssl_rootcert]
   ssl_cert:
     description:
       - The client certificate presented to the server (libpq's C(sslcert)), for C(cert) authentication in C(pg_hba.conf).
@@ -66,6 +72,16 @@ options:
     description:
       - The client certificate's private key (libpq's C(sslkey)); libpq refuses a key file readable by others.
     type: path
+  session_role:
+    description:
+      - A role to switch to with C(SET ROLE) right after connecting, as in community.postgresql - everything the
+        module runs (for P(pgbackup.lowlevel.backup_start#module) the whole backup, in its keeper's session) then runs
+        with that role's privileges, for example a role granted C(pg_monitor) and EXECUTE on the backup functions.
+      - O(login_user) must be a member of it (with the C(SET) option on PostgreSQL 16 and later); otherwise the module
+        fails before anything else, naming both.
+      - C(pg_stat_activity.usename) still shows O(login_user), and O(login_user)'s own settings (C(ALTER ROLE ... SET))
+        are the ones that apply.
+    type: str
   connect_params:
     description:
       - Further libpq connection keywords, for example C(sslcrl), C(target_session_attrs),
@@ -78,6 +94,9 @@ options:
     type: dict
     default: {}
 notes:
+  - The aliases are community.postgresql's names (V(host), V(port), V(login), V(unix_socket), V(db), V(database),
+    V(ssl_rootcert)), so tasks and C(module_defaults) written for it work here; community.postgresql 4 deprecates
+    them in favour of the C(login_*) names, which are the ones to prefer.
   - Connection options can be set once per play for every module of the collection that connects to
     PostgreSQL with C(module_defaults) and the action group C(group/pgbackup.lowlevel.postgres).
   - The connection is made with psycopg2 directly to the server (not through a pooler in transaction

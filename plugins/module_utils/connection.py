@@ -44,6 +44,17 @@ ENV_FALLBACKS = {
     "login_db": "PGDATABASE",
 }
 
+# option name -> the aliases community.postgresql gives it, so a task written for c.p. runs unchanged
+# (c.p. 4 marks them deprecated for its 5.0.0; here they stay plain aliases of the login_* names).
+ALIASES = {
+    "login_host": ["host"],
+    "login_port": ["port"],
+    "login_user": ["login"],
+    "login_unix_socket": ["unix_socket"],
+    "login_db": ["db", "database"],
+    "ca_cert": ["ssl_rootcert"],
+}
+
 # libpq keywords whose values are secrets wherever they come from.
 SECRET_KEYWORDS = ("password", "sslpassword")
 
@@ -70,7 +81,7 @@ def connection_argument_spec() -> dict:
     """A fresh argument spec of the connection options (the only function here that needs Ansible)."""
     from ansible.module_utils.basic import env_fallback
 
-    return {
+    spec = {
         "login_host": {"type": "str", "fallback": (env_fallback, [ENV_FALLBACKS["login_host"]])},
         "login_port": {"type": "int", "default": DEFAULT_PORT, "fallback": (env_fallback, [ENV_FALLBACKS["login_port"]])},
         "login_user": {"type": "str", "default": DEFAULT_USER, "fallback": (env_fallback, [ENV_FALLBACKS["login_user"]])},
@@ -81,8 +92,12 @@ def connection_argument_spec() -> dict:
         "ca_cert": {"type": "path"},
         "ssl_cert": {"type": "path"},
         "ssl_key": {"type": "path"},
+        "session_role": {"type": "str"},
         "connect_params": {"type": "dict", "default": {}},
     }
+    for name, aliases in ALIASES.items():
+        spec[name]["aliases"] = list(aliases)
+    return spec
 
 
 CONNECTION_OPTIONS = (
@@ -96,16 +111,26 @@ CONNECTION_OPTIONS = (
     "ca_cert",
     "ssl_cert",
     "ssl_key",
+    "session_role",
     "connect_params",
 )
 
 
 def with_connection_options(module_spec: Mapping[str, dict], connection_spec: Optional[Mapping[str, dict]] = None) -> dict:
-    """A module's own argument spec plus the connection options, refusing an option defined twice."""
+    """A module's own argument spec plus the connection options, refusing an option defined twice.
+
+    A name counts with its aliases on both sides: Ansible itself would accept a module option ``port`` next to the
+    alias ``port`` of login_port and silently fill both from one value.
+    """
     connection_spec = dict(connection_spec if connection_spec is not None else connection_argument_spec())
     clash = sorted(set(module_spec) & set(connection_spec))
     if clash:
         raise ValueError(f"module options {clash} are connection options already; take them from connection_argument_spec()")
+    taken = {alias: name for name, option in connection_spec.items() for alias in [name, *option.get("aliases", ())]}
+    for name, option in module_spec.items():
+        for alias in [name, *option.get("aliases", ())]:
+            if alias in taken:
+                raise ValueError(f"module option {name!r} (or its alias {alias!r}) clashes with the connection option {taken[alias]!r} or its aliases")
     merged = dict(connection_spec)
     merged.update(module_spec)
     return merged
@@ -350,7 +375,29 @@ def connect(
         connection.autocommit = True
     except Exception as exc:  # noqa: BLE001 - every failure to connect becomes one clear message
         raise connect_error(exc, kwargs) from None
-    return Session(connection, target=describe_target(kwargs))
+    session = Session(connection, target=describe_target(kwargs))
+    role = params.get("session_role")
+    if role:
+        set_session_role(session, role)
+    return session
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (any character allowed; a double quote doubled)."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def set_session_role(session: Session, role: str) -> None:
+    """``SET ROLE`` on a new session (community.postgresql's session_role); closes the session when it fails."""
+    try:
+        session.query(f"SET ROLE {quote_ident(role)}")
+    except PgBackupError as exc:
+        session.close()
+        raise PgBackupError(
+            f"connected to {session.target} but cannot switch to session_role {role!r}: {exc.details.get('server_message') or exc.message}; "
+            f"login_user must be a member of {role!r} (GRANT {quote_ident(role)} TO <login_user>, with SET on 16 and later)",
+            sqlstate=exc.details.get("sqlstate"),
+        ) from None
 
 
 def run_query(session: Session, sql: str, params: Any = None, *, record: bool = True) -> list[dict]:

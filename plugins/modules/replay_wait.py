@@ -109,6 +109,16 @@ options:
       - Seconds between two looks at the server.
     type: float
     default: 1
+attributes:
+  check_mode:
+    description: Looks at the server once and returns where it is, with RV(reached) saying whether the goal is met already.
+    support: partial
+    details:
+      - It does not wait, run C(CHECKPOINT) or resume paused replay, so the only statements it runs read.
+      - C(changed) stays V(false) even where a real run would resume paused replay (O(resume_paused=true)).
+  diff_mode:
+    description: Nothing to diff.
+    support: none
 notes:
   - pgBackRest does the same for its standby backups (C(dbReplayWait) - replay past the start LSN, C(CHECKPOINT),
     checkpoint past the start LSN); this module waits for the restartpoint's redo point rather than its checkpoint

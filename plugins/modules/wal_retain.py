@@ -46,6 +46,15 @@ options:
       - O(state=present) - an LSN the slot must keep WAL from (for example the backup's start LSN when the slot is
         checked again later). A slot whose C(restart_lsn) is after it is refused.
     type: str
+attributes:
+  check_mode:
+    description:
+      - Reads the slot and reports what a real run would do - C(changed=true) when it would create or drop the slot
+        (then RV(created) and RV(dropped) stay V(false)); an existing slot is checked and refused as in a real run.
+    support: full
+  diff_mode:
+    description: Nothing to diff.
+    support: none
 notes:
   - The connected role needs the C(REPLICATION) attribute (or to be a superuser).
   - A slot keeps WAL until it is dropped, even if the play fails - drop it in an C(always) section or with a cleanup play;

@@ -436,3 +436,119 @@ def test_client_certificate_options():
     for keyword, option in (("sslcert", "ssl_cert"), ("sslkey", "ssl_key")):
         with pytest.raises(PgBackupError, match=f"may not set '{keyword}': use {option}"):
             connect_kwargs(_params(connect_params={keyword: "/x"}), application_name=APP)
+
+
+# --- community.postgresql's aliases and session_role ----------------------------------------------------
+
+
+def test_community_postgresql_aliases_map_to_the_login_options(monkeypatch):
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"):
+        monkeypatch.delenv(name, raising=False)
+    given = {"host": "db1", "port": "6543", "login": "backup", "unix_socket": "/run/pg", "db": "app", "ssl_rootcert": "/ca.pem"}
+    result = ArgumentSpecValidator(connection_argument_spec()).validate(given)
+    assert not result.error_messages
+    params = result.validated_parameters
+    assert (params["login_host"], params["login_port"], params["login_user"]) == ("db1", 6543, "backup")
+    assert (params["login_unix_socket"], params["login_db"], params["ca_cert"]) == ("/run/pg", "app", "/ca.pem")
+    kwargs = connect_kwargs(params, application_name=APP)
+    assert (kwargs["host"], kwargs["port"], kwargs["user"], kwargs["dbname"], kwargs["sslrootcert"]) == ("/run/pg", 6543, "backup", "app", "/ca.pem")
+    database = ArgumentSpecValidator(connection_argument_spec()).validate({"database": "other"}).validated_parameters
+    assert database["login_db"] == "other"
+
+
+def test_the_aliases_are_community_postgresqls_and_documented():
+    spec = connection_argument_spec()
+    aliases = {name: option.get("aliases") for name, option in spec.items() if option.get("aliases")}
+    assert aliases == {
+        "login_host": ["host"],
+        "login_port": ["port"],
+        "login_user": ["login"],
+        "login_unix_socket": ["unix_socket"],
+        "login_db": ["db", "database"],
+        "ca_cert": ["ssl_rootcert"],
+    }
+    documented = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]
+    assert {name: doc.get("aliases") for name, doc in documented.items() if doc.get("aliases")} == aliases
+
+
+@pytest.mark.parametrize(
+    ("module_spec", "clash"),
+    [
+        ({"port": {"type": "int"}}, "'port'"),  # a module option named like an alias
+        ({"database": {"type": "str"}}, "'database'"),
+        ({"target_db": {"type": "str", "aliases": ["db"]}}, "'db'"),  # a module alias named like an alias
+        ({"socket": {"type": "path", "aliases": ["login_unix_socket"]}}, "'login_unix_socket'"),  # ... or like a connection option
+    ],
+)
+def test_with_connection_options_refuses_a_clash_with_an_alias(module_spec, clash):
+    with pytest.raises(ValueError, match=f"its alias {clash}\\) clashes with the connection option"):
+        with_connection_options(module_spec)
+
+
+def test_no_module_clashes_with_the_connection_options_or_their_aliases():
+    # each module that connects documents its own options next to the fragment's; none may take a connection name
+    import importlib
+
+    taken = {alias for name, option in connection_argument_spec().items() for alias in [name, *option.get("aliases", ())]}
+    connecting = []
+    for path in sorted((Path(conn_mod.__file__).parent.parent / "modules").glob("*.py")):
+        module = importlib.import_module(f"ansible_collections.pgbackup.lowlevel.plugins.modules.{path.stem}")
+        doc = yaml.safe_load(module.DOCUMENTATION)
+        if "pgbackup.lowlevel.connection" not in doc.get("extends_documentation_fragment", []):
+            continue
+        connecting.append(path.stem)
+        names = {alias for name, option in (doc.get("options") or {}).items() for alias in [name, *(option.get("aliases") or [])]}
+        assert not names & taken, path.stem
+        if hasattr(module, "ARGS"):
+            with_connection_options(module.ARGS)  # raises on a clash
+    assert connecting == ["backup_start", "cluster_info", "replay_wait", "wal_collect", "wal_retain"]
+
+
+class _RoleConnection:
+    """A connection whose SET ROLE fails when the role is not in ``grantable``."""
+
+    def __init__(self, grantable) -> None:
+        self.grantable, self.statements, self.closed = grantable, [], False
+
+    def cursor(self):
+        return _RoleCursor(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _RoleCursor(_Cursor):
+    def __init__(self, connection) -> None:
+        super().__init__([], None)
+        self.connection = connection
+
+    def execute(self, sql, params=None) -> None:
+        self.connection.statements.append(sql)
+        if sql.startswith("SET ROLE") and sql not in {f"SET ROLE {conn_mod.quote_ident(r)}" for r in self.connection.grantable}:
+
+            class Denied(Exception):
+                pgcode = "42501"
+                pgerror = 'ERROR:  permission denied to set role "x"\n'
+
+            raise Denied()
+        super().execute(sql, params)
+
+
+def test_session_role_is_set_after_connecting_and_recorded():
+    connection = _RoleConnection({'pg "backup"'})
+    session = connect(_params(login_host="db1", session_role='pg "backup"'), application_name=APP, connect_function=lambda **kw: connection)
+    assert connection.statements == ['SET ROLE "pg ""backup"""']  # quoted as an identifier: no injection through the name
+    assert session.queries == ['SET ROLE "pg ""backup"""']
+    without = _RoleConnection(set())
+    connect(_params(login_host="db1"), application_name=APP, connect_function=lambda **kw: without)
+    assert without.statements == []
+
+
+def test_session_role_that_cannot_be_set_fails_naming_both_roles_and_closes():
+    connection = _RoleConnection(set())
+    with pytest.raises(PgBackupError) as caught:
+        connect(_params(login_host="db1", login_user="backup", session_role="monitor"), application_name=APP, connect_function=lambda **kw: connection)
+    message = str(caught.value)
+    assert message.startswith("connected to host=db1, port=5432, user=backup, database=backup but cannot switch to session_role 'monitor'")
+    assert "login_user must be a member of 'monitor'" in message and caught.value.details["sqlstate"] == "42501"
+    assert connection.closed
