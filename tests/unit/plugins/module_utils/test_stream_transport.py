@@ -1,6 +1,7 @@
 """stream_transport: the work splitting (pieces of big files, last piece to the end, big files first), the cipher
 choice, and the framing spoken by the real sender program (run here with python3 -c, as ssh runs it on the source):
-ranges, a whole file, a file that grew, a vanished file, a read past the end of a shrunk file, an error, the end."""
+ranges, a whole file, a vanished file, a read past the end of a shrunk file, an odd name, an error, the end; and
+check_transport's refusals (delta, a copy on one host, max_rate, an unknown transport)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import stream_transport as st
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_transport
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 
 MIB = 1 << 20
 
@@ -93,3 +97,19 @@ def test_sender_framing(tmp_path):
 def test_sender_exits_nonzero_when_the_receiver_goes_away_mid_request():
     proc = subprocess.run([sys.executable, "-c", st.SENDER], input=st._LEN.pack(50) + b"{", capture_output=True, check=False)
     assert proc.returncode == 3 and proc.stdout == b""
+
+
+def test_stream_is_refused_where_it_cannot_do_what_was_asked():
+    remote, local = Source("/srv/pg", host="db2"), Source("/srv/pg")
+    check_transport(remote, "stream", False, 0)
+    check_transport(local, "rsync", True, 1 << 20)
+    refusals = {
+        "transport stream makes full copies only: delta copies go through rsync (transport: rsync)": (remote, "stream", True, 0),
+        "transport stream copies from another host (source_host); a copy on one host is made in-process": (local, "stream", False, 0),
+        "transport stream has no bandwidth limit: max_rate needs transport rsync (or max_rate 0)": (remote, "stream", False, 1 << 20),
+        "transport must be rsync or stream, not 'scp'": (remote, "scp", False, 0),
+    }
+    for message, args in refusals.items():
+        with pytest.raises(PgBackupError) as err:
+            check_transport(*args)
+        assert err.value.message == message
