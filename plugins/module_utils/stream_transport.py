@@ -47,10 +47,11 @@ def readn(n):
         out += got
     return out
 def put(*parts):
-    data = b"".join(parts)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view):]
+    done = os.writev(1, parts)
+    if done < sum(len(p) for p in parts):
+        view = memoryview(b"".join(parts))[done:]
+        while view:
+            view = view[os.write(1, view):]
 def header(d):
     b = json.dumps(d).encode()
     put(L.pack(len(b)), b)
@@ -215,10 +216,15 @@ class Receiver:
         stderr = b"".join(err).decode(errors="replace").strip()[-2000:]
         if proc.returncode == 255 and not self.answers.get(id(proc)):
             return StreamFailed(f"stream transport: {self.source.ssh_failure(stderr)}", source_host=self.source.host)
+        rc = proc.returncode
+        if rc == 127:
+            why = f"exit code 127: the sender needs python3 (3.9+) on {self.source.host}"
+        elif rc == 255:
+            why = f"ssh exit code 255: the connection or the sender on {self.source.host} was cut or killed"
+        else:
+            why = f"exit code {rc}"
         return StreamFailed(
-            f"stream transport from {self.source.host}: {what} before the copy was complete (sender exit code "
-            f"{proc.returncode}{'; it needs python3 3.9+ on ' + self.source.host if proc.returncode == 127 else ''}): "
-            f"{stderr or 'no message'}; the copy is incomplete",
+            f"stream transport from {self.source.host}: {what} before the copy was complete ({why}): {stderr or 'no message'}; the copy is incomplete",
             source_host=self.source.host,
         )
 
