@@ -203,8 +203,11 @@ class Receiver:
             if rc != 0 and self.error is None:
                 raise self._broken(proc, err, "the sender exited")
         except (BrokenPipeError, EOFError, ConnectionError):
-            proc.kill()
-            proc.wait()
+            try:  # ssh closes its output before it exits: its exit code says what happened
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             drain.join()
             self._fail(self._broken(proc, err, "the stream ended"))
         except BaseException as exc:  # noqa: BLE001 - disk full, a write error: named by copy_engine
@@ -214,13 +217,15 @@ class Receiver:
 
     def _broken(self, proc, err: list, what: str) -> PgBackupError:
         stderr = b"".join(err).decode(errors="replace").strip()[-2000:]
-        if proc.returncode == 255 and not self.answers.get(id(proc)):
+        if proc.returncode == 255 and stderr and not self.answers.get(id(proc)):  # ssh says why a login fails
             return StreamFailed(f"stream transport: {self.source.ssh_failure(stderr)}", source_host=self.source.host)
         rc = proc.returncode
         if rc == 127:
             why = f"exit code 127: the sender needs python3 (3.9+) on {self.source.host}"
         elif rc == 255:
             why = f"ssh exit code 255: the connection or the sender on {self.source.host} was cut or killed"
+        elif rc < 0:
+            why = f"ssh here was killed by signal {-rc}"
         else:
             why = f"exit code {rc}"
         return StreamFailed(

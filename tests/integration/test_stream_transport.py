@@ -182,7 +182,8 @@ def test_a_killed_stream_fails_the_copy_naming_the_host(netns_testbed, source):
     result = finish(proc)
     print(f"killed stream: {result}")
     assert not result["ok"]
-    assert f"stream transport from {bed.host('db1').address}" in result["msg"] and "the copy is incomplete" in result["msg"], result
+    assert f"stream transport from {bed.host('db1').address}: the stream ended before the copy was complete (ssh exit code 255" in result["msg"], result
+    assert "the copy is incomplete" in result["msg"], result
     assert copy_state.is_incomplete(str(dest)) and not (dest / copy_state.CHECKSUMS_FILE).exists()
     assert not (dest / copy_state.PENDING_CONTROL).exists()
     time.sleep(0.5)

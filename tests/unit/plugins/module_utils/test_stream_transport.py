@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import stream_transport as st
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_transport
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Progress, Source, check_transport
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 
 MIB = 1 << 20
@@ -113,3 +113,15 @@ def test_stream_is_refused_where_it_cannot_do_what_was_asked():
         with pytest.raises(PgBackupError) as err:
             check_transport(*args)
         assert err.value.message == message
+
+
+def test_a_refused_ssh_login_is_named_as_such(tmp_path):
+    """Real ssh to a port nothing listens on: the message is copy_engine's ssh failure, with the hint, not a cut stream."""
+    source = Source("/srv/pg", host="127.0.0.1", port=1, ssh_options=("-o", "ConnectTimeout=5", "-o", "StrictHostKeyChecking=no"))
+    rx = st.Receiver(source, Progress(None, 0, 0))
+    rx.add("/srv/pg/PG_VERSION", str(tmp_path / "PG_VERSION"), 3, 0o600)
+    with pytest.raises(PgBackupError) as err:
+        rx.run(1)
+    assert err.value.message.startswith("stream transport: ssh from this host"), err.value.message
+    assert "to 127.0.0.1 port 1 failed" in err.value.message and "check that sshd listens on 127.0.0.1 port 1" in err.value.message
+    assert not (tmp_path / "PG_VERSION").exists()
