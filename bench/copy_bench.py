@@ -9,7 +9,8 @@ before each run:
 
 - on db1: ``cp -a`` then ``sync``; ``rsync -a`` then ``sync``; ``pg_basebackup -X none`` over the socket (it fsyncs);
   the copy engine (copy_engine.execute, as datadir_copy runs it: rsync, SHA-256, fsync, chown) with each --parallel;
-- on db2 pulling from db1: the copy engine over ssh with each --parallel; ``pg_basebackup -X none`` over TCP.
+- on db2 pulling from db1: the copy engine over ssh with each --parallel (rsync, then ``transport: stream``);
+  ``pg_basebackup -X none`` over TCP. ``--ssh-only`` leaves out the cases on one host.
 
 Prints a table (bytes, median and fastest seconds, MB/s and ratio to ``cp -a + sync`` of the medians) and writes it
 as JSON to build/bench/.
@@ -39,7 +40,7 @@ a = json.loads(sys.argv[1])
 src = Source(a["path"], a.get("host"), a.get("user"), None, a.get("key"), tuple(a.get("ssh_options", ())))
 plan = make_plan(src, a["dest"], {}, [])
 check_destination(src, plan, a["dest"], False)
-print(json.dumps(execute(src, plan, a["dest"], parallel=a["parallel"], owner="postgres")))
+print(json.dumps(execute(src, plan, a["dest"], parallel=a["parallel"], owner="postgres", transport=a.get("transport", "rsync"))))
 """
 
 
@@ -132,6 +133,7 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=64, help="pgbench scale (64: about 1 GiB of tables and indexes)")
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4], help="copy engine streams to time")
     parser.add_argument("--repeat", type=int, default=3, help="rounds over every method; the table shows the median")
+    parser.add_argument("--ssh-only", action="store_true", help="only the cases across hosts (cp -a + sync still times the base)")
     parser.add_argument("--output", type=Path, default=ROOT / "build" / "bench", help="directory for the JSON results")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -159,11 +161,13 @@ def main() -> int:
         cases.append(Case("cp -a + sync", "db1", None, dest, steps, owner="root", partial=(("cp -a", 0),)))
         dest = scratch / "rsync"
         steps = [(db1, ["rsync", "-a", f"{src}/", f"{dest}/"], "root", None), (db1, ["sync"], "root", None)]
-        cases.append(Case("rsync -a + sync", "db1", None, dest, steps, owner="root", partial=(("rsync -a", 0),)))
+        if not args.ssh_only:
+            cases.append(Case("rsync -a + sync", "db1", None, dest, steps, owner="root", partial=(("rsync -a", 0),)))
         dest = scratch / "basebackup"
         bb = [str(bin_dir / "pg_basebackup"), "-h", str(primary.socket_dir), "-p", str(primary.port), "-U", "postgres", "-D", str(dest)]
-        cases.append(Case("pg_basebackup -X none", "db1", None, dest, [(db1, [*bb, "-Fp", "-X", "none", "-c", "fast"], "postgres", None)]))
-        for n in args.parallel:
+        if not args.ssh_only:
+            cases.append(Case("pg_basebackup -X none", "db1", None, dest, [(db1, [*bb, "-Fp", "-X", "none", "-c", "fast"], "postgres", None)]))
+        for n in [] if args.ssh_only else args.parallel:
             dest = scratch / f"engine-{n}"
             spec = json.dumps({"path": str(src), "dest": str(dest), "parallel": n})
             cases.append(Case("datadir_copy engine", "db1", n, dest, [(db1, [sys.executable, "-c", ENGINE, spec], "root", engine_env)]))
@@ -172,6 +176,10 @@ def main() -> int:
             dest = scratch / f"engine-ssh-{n}"
             spec = json.dumps({"path": str(src), "dest": str(dest), "parallel": n, **ssh})
             cases.append(Case("datadir_copy engine, ssh", "db2 <- db1", n, dest, [(db2, [sys.executable, "-c", ENGINE, spec], "root", engine_env)]))
+        for n in args.parallel:
+            dest = scratch / f"engine-stream-{n}"
+            spec = json.dumps({"path": str(src), "dest": str(dest), "parallel": n, "transport": "stream", **ssh})
+            cases.append(Case("datadir_copy engine, stream", "db2 <- db1", n, dest, [(db2, [sys.executable, "-c", ENGINE, spec], "root", engine_env)]))
         dest = scratch / "basebackup-tcp"
         bb = [str(bin_dir / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port), "-U", "postgres", "-w", "-D", str(dest)]
         steps = [(db2, [*bb, "-Fp", "-X", "none", "-c", "fast"], "postgres", passfile_env)]

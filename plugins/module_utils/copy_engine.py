@@ -40,7 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-from . import copy_state
+from . import copy_state, stream_transport
 from .errors import PgBackupError
 from .exclusions import Exclusions, wal_dirs_kept
 
@@ -635,17 +635,33 @@ def _delta_remove(plan: Plan, dest: str, dry_run: bool = False) -> list:
 
 
 def execute(source: Source, plan: Plan, dest: str, *, parallel: int = 1, delta: bool = False, owner: Optional[str] = "postgres",
-            progress_file: Optional[str] = None, tmpdir: Optional[str] = None, max_rate: int = 0) -> dict:  # fmt: skip
+            progress_file: Optional[str] = None, tmpdir: Optional[str] = None, max_rate: int = 0,
+            transport: str = "rsync", piece_size: int = stream_transport.PIECE) -> dict:  # fmt: skip
+    check_transport(source, transport, delta, max_rate)
     uid, gid = owner_ids(owner)
     start = time.monotonic()
     os.makedirs(dest, mode=0o700, exist_ok=True)
     copy_state.write_marker(dest, copy_state.marker_text(f"{source.host or 'localhost'}:{source.path}", plan.system_identifier, time.time()))
     try:
-        return _copy(source, plan, dest, parallel, delta, uid, gid, progress_file, tmpdir, start, max_rate)
+        return _copy(source, plan, dest, parallel, delta, uid, gid, progress_file, tmpdir, start, max_rate, transport, piece_size)
     except (PgBackupError, OSError) as exc:
         if _no_space(exc):
             raise _out_of_space(source, plan, dest, exc) from exc
         raise
+
+
+def check_transport(source: Source, transport: str, delta: bool, max_rate: int) -> None:
+    """The stream transport (stream_transport.py) makes full copies from another host only."""
+    if transport == "rsync":
+        return
+    if transport != "stream":
+        raise PgBackupError(f"transport must be rsync or stream, not {transport!r}")
+    if delta:
+        raise PgBackupError("transport stream makes full copies only: delta copies go through rsync (transport: rsync)")
+    if not source.remote:
+        raise PgBackupError("transport stream copies from another host (source_host); a copy on one host is made in-process")
+    if max_rate:
+        raise PgBackupError("transport stream has no bandwidth limit: max_rate needs transport rsync (or max_rate 0)")
 
 
 def _no_space(exc: Exception) -> bool:
@@ -680,7 +696,8 @@ def _out_of_space(source: Source, plan: Plan, dest: str, exc: Exception) -> PgBa
 
 
 def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid: int, gid: int,
-          progress_file: Optional[str], tmpdir: Optional[str], start: float, max_rate: int = 0) -> dict:  # fmt: skip
+          progress_file: Optional[str], tmpdir: Optional[str], start: float, max_rate: int = 0,
+          transport: str = "rsync", piece_size: int = stream_transport.PIECE) -> dict:  # fmt: skip
     progress = Progress(progress_file, plan.bytes, plan.files)
     progress.write(force=True)
     removed: list = []
@@ -703,7 +720,18 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
             os.unlink(link)
         os.symlink(target, link)
 
-    if source.remote or delta or max_rate:
+    if transport == "stream":
+        # Each file is hashed, fsynced and chowned (from the page cache) once all its pieces are in, while others stream.
+        with ThreadPoolExecutor(max_workers=max(2, parallel)) as early_pool:
+            early: Optional[dict] = {"pool": early_pool, "files": {}}
+            pending = os.path.join(dest, copy_state.PENDING_CONTROL)
+            done = functools.partial(_hash_early, early, "", uid, gid)
+            stream_transport.stream_all(source, plan, dest, ts_links, parallel, progress, pending, done, piece_size)
+            copy_seconds = time.monotonic() - start
+            progress.phase = "sync"
+            progress.write(force=True)
+            sums, vanished = _hash_pass(plan, dest, parallel, uid, gid, early)
+    elif source.remote or delta or max_rate:
         # (A rate limit on one host goes through rsync too: its --bwlimit is the limiter.)
         # Without delta, a file rsync has put in place is final: hash and fsync it while the others are copied.
         # (In delta mode rsync does not log the files it leaves as they are, so all wait for the pass after it.)

@@ -85,6 +85,21 @@ options:
   progress_file:
     description: JSON file kept up to date with bytes and files done and total, and the rate.
     type: path
+  transport:
+    description:
+      - How a full copy from O(source_host) travels. V(rsync) runs O(parallel) rsync processes over ssh.
+      - V(stream) runs a small sender (Python 3.9+ standard library, shipped over ssh with C(python3 -c); nothing is
+        installed on the source) on O(parallel) ssh connections, one framed stream each, with files and pieces of
+        big files (O(piece_size)) spread over the streams; the cipher C(aes128-gcm@openssh.com) is offered first
+        unless O(ssh_options) choose ciphers. Each file is hashed, fsynced and chowned here once all its pieces are in.
+      - V(stream) makes full copies from another host only; it refuses O(delta), a copy on one host and O(max_rate).
+    type: str
+    choices: [rsync, stream]
+    default: rsync
+  piece_size:
+    description: With O(transport=stream), files larger than this many bytes are split into pieces of this size.
+    type: int
+    default: 67108864
 attributes:
   check_mode:
     description: Reports the files, bytes and tablespaces that would be copied; copies nothing.
@@ -94,6 +109,7 @@ attributes:
     support: none
 notes:
   - Needs C(rsync) on both hosts and C(find) (GNU) on the source host when O(source_host) is given; C(rsync) for O(delta).
+    With O(transport=stream), C(find) and C(python3) (3.9+) on the source host instead of rsync.
 """
 
 EXAMPLES = r"""
@@ -186,7 +202,14 @@ system_identifier:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, delta_removals, execute, make_plan
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import (
+    Source,
+    check_destination,
+    check_transport,
+    delta_removals,
+    execute,
+    make_plan,
+)
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_state import PENDING_CONTROL
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
@@ -203,6 +226,8 @@ ARGS = {
     "delta": {"type": "bool", "default": False},
     "owner": {"type": "str", "default": "postgres"},
     "progress_file": {"type": "path"},
+    "transport": {"type": "str", "choices": ["rsync", "stream"], "default": "rsync"},
+    "piece_size": {"type": "int", "default": 64 * 1024 * 1024},
 }
 
 
@@ -213,10 +238,13 @@ def run_module(module: AnsibleModule) -> dict:
     if p["max_rate"] < 0 or 0 < p["max_rate"] < 1024 * p["parallel"]:
         least = 1024 * p["parallel"]
         raise PgBackupError(f"max_rate must be 0 (no limit) or at least 1024 bytes/s per stream ({least} for parallel {p['parallel']}), not {p['max_rate']}")
+    if p["piece_size"] < 1024 * 1024:
+        raise PgBackupError(f"piece_size must be at least 1048576 bytes (1 MiB), not {p['piece_size']}")
     if not os.path.isabs(p["dest"]):
         raise PgBackupError(f"dest {p['dest']!r} must be an absolute path")
     dest = os.path.normpath(p["dest"])
     source = Source(p["source_path"], *ssh_settings(p))
+    check_transport(source, p["transport"], p["delta"], p["max_rate"])  # before listing anything
     mapping = {str(k): v for k, v in p["tablespace_mapping"].items()}
     plan = make_plan(source, dest, mapping, p["excludes"])
     check_destination(source, plan, dest, p["delta"])
@@ -234,7 +262,8 @@ def run_module(module: AnsibleModule) -> dict:
         if p["delta"]:
             result["would_remove"] = delta_removals(plan, dest)
         return result
-    copied = execute(source, plan, dest, parallel=p["parallel"], delta=p["delta"], owner=p["owner"], progress_file=p["progress_file"], max_rate=p["max_rate"])
+    copied = execute(source, plan, dest, parallel=p["parallel"], delta=p["delta"], owner=p["owner"], progress_file=p["progress_file"], max_rate=p["max_rate"],
+                     transport=p["transport"], piece_size=p["piece_size"])  # fmt: skip
     result.update(copied)
     return result
 
