@@ -11,7 +11,8 @@ VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := $(BUILD)/pgbackup-lowlevel-$(VERSION).tar.gz
 # PG_VERSIONS="13 18" narrows the integration tests to some majors (default: 13 to 18).
 # Two pytest-xdist workers for the integration tests; --dist loadgroup gives each whole majors (tests/integration/conftest.py),
-# so each major's clusters are made once. INTEGRATION_WORKERS=0 runs them in one process.
+# so each major's clusters are made once; the conftest hands out the oldest and newest first, one to each worker (hence
+# --no-loadscope-reorder). INTEGRATION_WORKERS=0 runs them in one process.
 INTEGRATION_WORKERS ?= 2
 export PG_VERSIONS ROLE_MAJORS INTEGRATION_WORKERS
 
@@ -72,7 +73,7 @@ units: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 integration: deps
-	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 0,$(INTEGRATION_WORKERS)),,-n $(INTEGRATION_WORKERS) --dist loadgroup) tests/integration
+	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 0,$(INTEGRATION_WORKERS)),,-n $(INTEGRATION_WORKERS) --dist loadgroup --no-loadscope-reorder) tests/integration
 
 # One scenario per role in extensions/molecule; each makes its own PostgreSQL servers (SCENARIOS="..." for some).
 molecule: deps

@@ -89,6 +89,9 @@ CHECKPOINT_RETRIES = 5
 # The checkpointer's reason: ERROR/PANIC/WARNING lines from the end of the server's current log (superuser, logging_collector).
 LOG_TAIL_SQL = "SELECT pg_read_file(f, greatest(0, (pg_stat_file(f)).size - 16384), 16384) AS tail FROM pg_current_logfile() AS f WHERE f IS NOT NULL"
 RESUME_SQL = "SELECT pg_catalog.pg_wal_replay_resume()"
+RECOVERY_CONFLICT = "40001"  # "canceling statement due to conflict with recovery"
+CONFLICT_ATTEMPTS = 20
+CONFLICT_PAUSE = 0.25
 RECOVERY_TARGETS_SQL = (
     "SELECT name, setting FROM pg_catalog.pg_settings "
     "WHERE name IN ('recovery_target', 'recovery_target_lsn', 'recovery_target_name', 'recovery_target_time', 'recovery_target_xid') "
@@ -706,6 +709,13 @@ class ServerQuery:
 
     A failure to connect raises ``PgBackupError`` with ``connect_failed=True`` (and the SQLSTATE, 57P03 while the
     server is starting up); a statement that failed because the connection broke raises with ``connection_lost=True``.
+
+    A statement a hot standby cancelled for a conflict with recovery (SQLSTATE 40001) is run again, up to
+    ``CONFLICT_ATTEMPTS`` times, on a new connection if it ended the old one, or if it refused the connection's start
+    with it: every statement here is a read or idempotent (CHECKPOINT, pg_wal_replay_resume()).
+    A standby that has just been resumed, or whose apply delay was lifted, replays WAL received long ago, so
+    max_standby_streaming_delay has already run out and the startup process cancels any conflicting query at once: seen
+    cancelling the very pg_wal_replay_resume() that set it going.
     """
 
     def __init__(self, params: dict, *, application_name: str, connect_function: Optional[Callable[..., Any]] = None) -> None:
@@ -714,24 +724,42 @@ class ServerQuery:
         self.connect_function = connect_function
         self.session: Optional[Session] = None
         self.queries: list = []
+        self.conflict_pause = CONFLICT_PAUSE
 
     def __call__(self, sql: str) -> list:
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                rows = self._once(sql)
+                break
+            except PgBackupError as exc:
+                if exc.details.get("sqlstate") != RECOVERY_CONFLICT:  # a connection it ended is made again (_once closed it)
+                    raise
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise PgBackupError(
+                        f"{exc.message} ({attempt} times in a row: the standby replays cleanup that its max_standby_streaming_delay "
+                        "no longer lets queries wait for, as after a long pause or apply delay; set hot_standby_feedback = on there, "
+                        "or wait until it caught up, and run again)",
+                        **exc.details,
+                    ) from None
+                time.sleep(self.conflict_pause)
+        text = " ".join(sql.split())
+        if text not in self.queries:
+            self.queries.append(text)
+        return rows
+
+    def _once(self, sql: str) -> list:
         if self.session is None:
             try:
                 self.session = connect(self.params, application_name=self.application_name, connect_function=self.connect_function)
             except PgBackupError as exc:
                 raise PgBackupError(exc.message, connect_failed=True, **exc.details) from None
         try:
-            rows = run_query(self.session, sql, record=False)
+            return run_query(self.session, sql, record=False)
         except PgBackupError as exc:
             if getattr(self.session.connection, "closed", 0):
                 self.close()
                 raise PgBackupError(exc.message, connection_lost=True, **exc.details) from None
             raise
-        text = " ".join(sql.split())
-        if text not in self.queries:
-            self.queries.append(text)
-        return rows
 
     def close(self) -> None:
         if self.session is not None:

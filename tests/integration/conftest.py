@@ -64,14 +64,45 @@ def pg_major(request) -> int:
             bed.discard(cluster)
 
 
+def _group(item) -> str:
+    """The xdist group of a test: its major, and apart from it the same major's tests on the namespace hosts (another
+    fixture, other clusters: they can run beside the local ones on another worker); "hosts" for tests without a major.
+    Tests of one group share that group's clusters; tests of two groups never share a cluster (a fault planted in one
+    must not land in another's run: the stream tests' sender freezing did, while the groups were not applied)."""
+    major = getattr(getattr(item, "callspec", None), "params", {}).get("pg_major")
+    if not major:
+        return "hosts"
+    # Only where the role tests run: elsewhere they skip, and a group of its own would build namespace hosts for nothing.
+    return f"pg{major}-netns" if "netns_testbed" in item.fixturenames and major in role_majors() else f"pg{major}"
+
+
+def _group_rank(group: str) -> tuple:
+    """The order the groups are handed out in: the oldest and newest majors first (they run the role and fault tests,
+    most of the suite's time), then their namespace-host tests, then the tests without a major, then the other majors."""
+    majors = selected_majors()
+    major = int(group[2:].split("-")[0]) if group.startswith("pg") else None
+    if major in (majors[0], majors[-1]):
+        return (1 if group.endswith("-netns") else 0, majors.index(major))
+    return (2, -1) if group == "hosts" else (3, majors.index(major))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marker into the group (a plain one ran after it)
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`make integration` runs two workers with --dist loadgroup), all tests of one major go to one
-    worker, so that worker makes that major's clusters once; the tests without a major form a group of their own."""
+    """Under pytest-xdist (`make integration` runs its workers with --dist loadgroup), all tests of one group go to one
+    worker, so that worker makes that group's clusters once."""
     for item in items:
-        major = getattr(getattr(item, "callspec", None), "params", {}).get("pg_major")
-        item.add_marker(pytest.mark.xdist_group(f"pg{major}" if major else "hosts"))
+        item.stash[_GROUP] = _group(item)
+        item.add_marker(pytest.mark.xdist_group(item.stash[_GROUP]))
 
 
+@pytest.hookimpl(tryfirst=True)  # after pytest's reordering by the session-scoped pg_major, before xdist sends the list
+def pytest_collection_finish(session):
+    """Hand the heavy groups out first. xdist hands groups out in collection order (the Makefile turns off its reordering by
+    test count: every major has the same count, skipped tests included), so the slowest start at once on separate workers."""
+    session.items.sort(key=lambda item: _group_rank(item.stash[_GROUP]))  # stable: each group keeps its own order
+
+
+_GROUP = pytest.StashKey[str]()
 _MADE_BY_TEST = pytest.StashKey[list]()
 
 
@@ -168,6 +199,25 @@ def primary_standby(testbed, pg_major, _pairs):
 
 
 @pytest.fixture(scope="session")
+def _lone_primaries(testbed):
+    return per_major_cache()
+
+
+@pytest.fixture
+def lone_primary(testbed, pg_major, _lone_primaries):
+    """A primary of ``pg_major`` without a standby, made once per major, for the tests that create tablespaces.
+
+    A standby on the same host replays CREATE TABLESPACE into the same directory: the two servers share the files, and
+    once the primary dropped them the standby's restartpoints fail for good (its pending fsync of a file it did not
+    remove). On the shared pair that broke every later test of the major (seen on 18).
+    """
+    primary = _lone_primaries.get(pg_major)
+    if primary is None or not primary.is_running():
+        primary = _lone_primaries[pg_major] = testbed.new_primary(pg_major, name=f"pg{pg_major}-lone-primary{len(testbed.clusters)}")
+    return primary
+
+
+@pytest.fixture(scope="session")
 def _netns_pairs():
     return per_major_cache()
 
@@ -210,6 +260,20 @@ def role_majors() -> set:
     if wanted == "ends":
         return {majors[0], majors[-1]}
     return {int(m) for m in wanted.replace(",", " ").split()}
+
+
+def one_end(pg_major: int, end: str) -> None:
+    """Skip unless ``pg_major`` is the ``end`` ("oldest" or "newest") of role_majors(): the case runs once.
+
+    For fault cases, and for variants of a role test (a clone from the primary or from the standby): they meet our
+    procedure (the keeper, the copy, the wait, the contract's checks), not a version's SQL, and the cases alternate
+    between the ends so both backup APIs (pg_start_backup and pg_backup_start) meet them. The main role tests still run
+    on both ends, and the modules on every major. ROLE_MAJORS set (all, or a list) runs every case on each of those.
+    """
+    majors = sorted(role_majors())
+    wanted = set(majors) if os.environ.get("ROLE_MAJORS") else {majors[0] if end == "oldest" else majors[-1]}
+    if pg_major not in wanted:
+        pytest.skip(f"this case runs on {sorted(wanted)} (the cases alternate between the oldest and newest; ROLE_MAJORS=all runs each on every major)")
 
 
 @pytest.fixture(scope="session")

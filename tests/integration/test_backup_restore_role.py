@@ -214,11 +214,13 @@ def test_restore_from_the_backup_host_over_ssh(netns_testbed, netns_pair, ansibl
             restored.stop("immediate")
 
 
-def test_restore_maps_tablespaces(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+def test_restore_maps_tablespaces(lone_primary, testbed, ansible_env, tmp_path, pg_major):
     """A primary with a tablespace, backed up (standby_backup in source_only mode) with the tablespace mapped into the
-    backup host's place, restored with it mapped again: the table in it is readable and PostgreSQL reports the new place."""
+    backup host's place, restored with it mapped again: the table in it is readable and PostgreSQL reports the new place.
+
+    The primary has no standby (conftest.lone_primary)."""
     _oldest_and_newest(pg_major)
-    primary, _standby = primary_standby
+    primary = lone_primary
     ts_src, ts_bak, ts_new = (testbed.scratch_dir(f"rs-ts-{kind}-{pg_major}") for kind in ("src", "bak", "new"))
     dest = testbed.scratch_dir(f"rs-ts-backup-{pg_major}") / "backup"
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-ts")

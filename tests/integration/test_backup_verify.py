@@ -87,8 +87,8 @@ def _foreign_segment(testbed, pg_major: int) -> Path:
     raise AssertionError("unreachable")
 
 
-def test_backup_verify(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    primary, _standby = primary_standby
+def test_backup_verify(lone_primary, testbed, ansible_env, tmp_path, pg_major):
+    primary = lone_primary  # it makes a tablespace: not on the shared pair (conftest.lone_primary)
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")  # so the restore test checks it at the end point, on the standby
     ts_src = testbed.scratch_dir(f"bv-ts-src-{pg_major}")

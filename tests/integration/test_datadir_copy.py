@@ -86,9 +86,9 @@ def postgres_refuses(cluster, dest: Path, tmp: Path) -> str:
     return proc.stderr
 
 
-def test_copy_manifest_verify(primary_standby, testbed, pg_major, tmp_path):
+def test_copy_manifest_verify(lone_primary, testbed, pg_major, tmp_path):
     """The copy equals pg_basebackup's file list (15); pg_verifybackup accepts its manifest and reports damage."""
-    primary, _standby = primary_standby
+    primary = lone_primary  # it makes a tablespace: not on the shared pair (conftest.lone_primary)
     ts_src = testbed.scratch_dir(f"dc-ts-src-{pg_major}")
     ts_dst = testbed.scratch_dir(f"dc-ts-dst-{pg_major}")
     dest = testbed.scratch_dir(f"dc-copy-{pg_major}")

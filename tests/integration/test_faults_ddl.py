@@ -19,8 +19,9 @@ import uuid
 
 import pytest
 
+from .conftest import one_end
 from .test_backup_procedure import _fingerprints, recover_and_check
-from .test_source_recheck import _copy_module_pid, _oldest_and_newest
+from .test_source_recheck import _copy_module_pid
 from .test_standby_backup_role import _role_run
 
 pytestmark = [pytest.mark.integration]
@@ -92,7 +93,7 @@ def _check_the_ddl(primary, restored, n: dict) -> None:
 
 @pytest.mark.parametrize("mode", ["coordinated", "standby_only"])
 def test_ddl_during_the_copy_backs_up_and_restores(primary_standby, testbed, ansible_env, tmp_path, pg_major, mode):
-    _oldest_and_newest(pg_major)
+    one_end(pg_major, "oldest" if mode == "coordinated" else "newest")
     primary, standby = primary_standby
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")

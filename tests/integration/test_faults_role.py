@@ -18,17 +18,20 @@ import signal
 import threading
 import time
 
+import psycopg2
 import pytest
 from psycopg2 import errors as pg_errors
 
+from .conftest import one_end
 from .contract import assert_failure_contract
 from .harness.cluster import chown_postgres
 from .test_datadir_copy_diskfull import small_filesystem
-from .test_source_recheck import _copy_module_pid, _oldest_and_newest
+from .test_source_recheck import _copy_module_pid
 from .test_standby_backup_role import _role_run
 
 pytestmark = [pytest.mark.integration]
 MIB = 1 << 20
+INCOMPLETE_MARKER = ".pgbackup-incomplete"  # copy_state.INCOMPLETE_MARKER, spelled out as the other tests do
 
 
 def _load(testbed, primary, seconds: int):
@@ -38,11 +41,13 @@ def _load(testbed, primary, seconds: int):
     return testbed.load(primary, seconds)
 
 
-def _fill_during_the_copy(datadir, mount, seen: dict) -> None:
-    """Freeze the copy once it runs, fill what is left of the destination filesystem, let the copy go on."""
+def _fill_during_the_copy(datadir, mount, dest, seen: dict) -> None:
+    """Freeze the copy once it writes, fill what is left of the destination filesystem, let the copy go on. "Writes" is
+    the incomplete marker in the destination: the copy has passed its own checks (the space check among them) and
+    begun; the module's open directories while it lists the source are too early (its space check would refuse)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not seen.get("done"):
-        pid = _copy_module_pid(datadir)
+        pid = _copy_module_pid(datadir) if (dest / INCOMPLETE_MARKER).exists() else None
         if pid is None:
             time.sleep(0.002)
             continue
@@ -69,7 +74,7 @@ def _fill_during_the_copy(datadir, mount, seen: dict) -> None:
 
 
 def test_the_destination_filling_up_during_the_copy(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    _oldest_and_newest(pg_major)
+    one_end(pg_major, "oldest")
     primary, standby = primary_standby
     standby.wait_replayed(primary.current_lsn())
     where = testbed.scratch_dir(f"faults-full-{pg_major}", owner="root")
@@ -77,7 +82,7 @@ def test_the_destination_filling_up_during_the_copy(primary_standby, testbed, an
         mount.chmod(0o755)
         dest = mount / "backup"
         seen: dict = {}
-        filler = threading.Thread(target=_fill_during_the_copy, args=(standby.datadir, mount, seen), daemon=True)
+        filler = threading.Thread(target=_fill_during_the_copy, args=(standby.datadir, mount, dest, seen), daemon=True)
         load = _load(testbed, primary, 120)
         filler.start()
         began = time.monotonic()
@@ -113,13 +118,20 @@ def test_the_destination_filling_up_during_the_copy(primary_standby, testbed, an
         )
 
 
+def _recovery_conflict(exc: Exception) -> bool:
+    """A statement, or a new connection's own start-up queries, cancelled by a recovery conflict on the standby: a
+    SerializationFailure once connected, an OperationalError ("FATAL: canceling statement due to conflict with
+    recovery") when the conflict lands while the connection starts."""
+    return isinstance(exc, pg_errors.SerializationFailure) or (isinstance(exc, psycopg2.OperationalError) and "conflict with recovery" in str(exc))
+
+
 def _resume(standby) -> None:
     """pg_wal_replay_resume(), asked again while replay stays paused: replay resuming under load can cancel the very
     statement that resumed it (a recovery conflict on the shared standby's short max_standby_streaming_delay)."""
     for _attempt in range(20):
-        with contextlib.suppress(pg_errors.SerializationFailure):  # whether it resumed is read below
+        with contextlib.suppress(psycopg2.Error):  # whether it resumed is read below
             standby.sql("SELECT pg_wal_replay_resume()")
-        with contextlib.suppress(pg_errors.SerializationFailure):  # the same conflict on the check itself
+        with contextlib.suppress(psycopg2.Error):  # the same conflict on the check itself
             if standby.sql("SELECT pg_is_wal_replay_paused()") == [(False,)]:
                 return
         time.sleep(0.5)
@@ -132,8 +144,8 @@ def _retried(call, attempts: int = 40):
     for attempt in range(attempts):
         try:
             return call()
-        except pg_errors.SerializationFailure:
-            if attempt == attempts - 1:
+        except psycopg2.Error as exc:
+            if attempt == attempts - 1 or not _recovery_conflict(exc):
                 raise
             time.sleep(0.5)
     return None
@@ -148,7 +160,7 @@ def _undelay(standby) -> None:
 def test_a_standby_that_does_not_replay_fails_at_the_wait(primary_standby, testbed, ansible_env, tmp_path, pg_major, held):
     """A paused standby stays paused through the failed run and the contract's checks; the re-run sets
     standby_backup_resume_paused, so the role resumes it itself. The delayed one is reset before its re-run."""
-    _oldest_and_newest(pg_major)
+    one_end(pg_major, "newest" if held == "paused" else "oldest")
     primary, standby = primary_standby
     standby.wait_replayed(primary.current_lsn())
     dest = testbed.scratch_dir(f"faults-{held}-{pg_major}") / "backup"

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import per_major_cache, spot_check
+from .conftest import one_end, per_major_cache, spot_check
 from .contract import assert_failure_contract
-from .test_source_recheck import RECHECK, _copy_module_pid, _oldest_and_newest, _promote_during_the_copy
+from .test_source_recheck import RECHECK, _copy_module_pid, _promote_during_the_copy
 from .test_standby_backup_role import _role_run
 
 pytestmark = [pytest.mark.integration]
@@ -98,7 +98,7 @@ def _recycle_during_the_copy(primary, standby, state_dir: Path, seen: dict) -> N
 
 
 def test_wal_recycled_before_collection_is_named_with_its_cause(recycling_pair, testbed, ansible_env, tmp_path, pg_major):
-    _oldest_and_newest(pg_major)
+    one_end(pg_major, "newest")
     primary, standby = recycling_pair
     dest = testbed.scratch_dir(f"faults-recycled-{pg_major}")
     seen: dict = {}
@@ -157,7 +157,7 @@ def test_wal_recycled_before_collection_is_named_with_its_cause(recycling_pair, 
 
 @pytest.mark.parametrize("wal_source", ["standby_pg_wal", "archive"])
 def test_a_standby_promoted_during_a_standby_only_copy_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major, wal_source):
-    _oldest_and_newest(pg_major)
+    one_end(pg_major, "oldest" if wal_source == "standby_pg_wal" else "newest")
     primary, standby = primary_standby
     primary.sql("CREATE TABLE IF NOT EXISTS recheck_bulk AS SELECT g, repeat('x', 400) AS pad FROM generate_series(1, 100000) g")
     standby.wait_replayed(primary.current_lsn())

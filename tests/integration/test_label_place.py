@@ -52,8 +52,8 @@ def _backup_copy(primary, testbed, tmp_path: Path, dest: Path, ts_map: dict, can
     return started, stopped
 
 
-def test_label_place_then_recover(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    primary, _standby = primary_standby
+def test_label_place_then_recover(lone_primary, testbed, ansible_env, tmp_path, pg_major):
+    primary = lone_primary  # it makes a tablespace: not on the shared pair (conftest.lone_primary)
     primary.pgbench_init()
     ts_src = testbed.scratch_dir(f"lp-ts-src-{pg_major}")
     ts_dst = testbed.scratch_dir(f"lp-ts-dst-{pg_major}")

@@ -11,10 +11,11 @@ import time
 
 import pytest
 
+from .conftest import one_end
 from .harness.pgbins import ROOT
 from .test_backup_procedure import TABLES, _amcheck, _fingerprints
 from .test_recovery_config import _wait
-from .test_standby_backup_role import SSH_OPTIONS, _only_some_majors
+from .test_standby_backup_role import SSH_OPTIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
@@ -29,7 +30,7 @@ def _run(env, inventory, extra: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("upstream_role", ["primary", "standby"])
 def test_clone_reaches_streaming_and_is_idempotent(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, upstream_role):
-    _only_some_majors(pg_major)
+    one_end(pg_major, "oldest" if upstream_role == "standby" else "newest")
     bed = netns_testbed
     primary, standby = netns_pair
     primary.pgbench_init()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .conftest import role_majors
+from .conftest import one_end, role_majors
 from .test_role_check_mode import _backup_vars, _check_run, _nothing_happened
 from .test_standby_backup_role import _clean_after_failure, _role_run
 
@@ -67,7 +67,7 @@ def _promote_during_the_copy(standby, seen: dict) -> None:
 
 @pytest.mark.parametrize("wal_source", ["standby_pg_wal", "archive"])
 def test_a_standby_promoted_during_the_copy_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major, wal_source):
-    _oldest_and_newest(pg_major)
+    one_end(pg_major, "newest" if wal_source == "standby_pg_wal" else "oldest")
     primary, standby = primary_standby
     primary.sql("CREATE TABLE IF NOT EXISTS recheck_bulk AS SELECT g, repeat('x', 400) AS pad FROM generate_series(1, 100000) g")
     standby.wait_replayed(primary.current_lsn())

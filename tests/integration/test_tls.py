@@ -51,7 +51,7 @@ def _serve_tls(cluster, certs) -> None:
 @pytest.fixture
 def tls_pair(testbed, pg_major, tmp_path):
     spot_check(pg_major, (13, 18), "libpq's TLS is the same everywhere; the oldest and newest show the roles pass it on")
-    certs = testbed.scratch_dir(f"tls-certs-{tmp_path.name}")  # the clone's walreceiver (postgres) reads the CA from here
+    certs = testbed.scratch_dir(f"tls-certs-pg{pg_major}-{tmp_path.name}")  # the clone's walreceiver (postgres) reads the CA from here
     _make_ca(certs, "ca")
     _make_ca(certs, "other-ca")
     _server_certificate(certs, "ca")

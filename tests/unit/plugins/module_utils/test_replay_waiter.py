@@ -11,6 +11,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import Pg
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter import (
     CHECKPOINT_SQL,
+    CONFLICT_ATTEMPTS,
     LOG_TAIL_SQL,
     OBSERVE_SQL,
     RECOVERY_TARGETS_SQL,
@@ -743,3 +744,72 @@ def test_server_query_reconnects_after_a_refusal_and_records_each_statement_once
         query("SELECT 2")
     assert caught.value.details["connection_lost"] is True and query.session is None
     query.close()
+
+
+class _Conflict(RuntimeError):
+    pgcode = "40001"
+
+
+def _conflicting_connection(cancels: int, on_connect: int = 0):
+    """A connect_function whose first ``on_connect`` connections are refused with a recovery conflict, then whose
+    statements are cancelled ``cancels`` times with one, as a hot standby replaying old WAL does."""
+    state = {"connects": 0, "cancels": cancels, "executed": []}
+
+    class Cursor(_Cursor):
+        def execute(self, sql, params=None):
+            state["executed"].append(sql)
+            if state["cancels"] > 0:
+                state["cancels"] -= 1
+                raise _Conflict("ERROR:  canceling statement due to conflict with recovery")
+            super().execute(sql, params)
+
+    class Conn(_Conn):
+        def cursor(self):
+            return Cursor(self)
+
+    def connect_function(**kwargs):
+        state["connects"] += 1
+        if state["connects"] <= on_connect:
+            raise _Conflict("FATAL:  canceling statement due to conflict with recovery")
+        return Conn()
+
+    return connect_function, state
+
+
+def test_server_query_runs_a_statement_a_recovery_conflict_cancelled_again():
+    connect_function, state = _conflicting_connection(cancels=3, on_connect=2)
+    query = ServerQuery({"login_host": "db1"}, application_name="t", connect_function=connect_function)
+    query.conflict_pause = 0
+    assert query("SELECT pg_catalog.pg_wal_replay_resume()") == [{"one": 1}]
+    assert state["connects"] == 3 and len(state["executed"]) == 4
+
+
+def test_server_query_gives_up_on_endless_recovery_conflicts_and_says_what_to_do():
+    connect_function, state = _conflicting_connection(cancels=10**6)
+    query = ServerQuery({"login_host": "db1"}, application_name="t", connect_function=connect_function)
+    query.conflict_pause = 0
+    with pytest.raises(PgBackupError) as caught:
+        query("SELECT 1")
+    assert caught.value.details["sqlstate"] == "40001" and len(state["executed"]) == CONFLICT_ATTEMPTS
+    assert f"{CONFLICT_ATTEMPTS} times in a row" in caught.value.message and "hot_standby_feedback = on" in caught.value.message
+
+
+def test_server_query_does_not_repeat_other_errors():
+    class Failing(RuntimeError):
+        pgcode = "42501"
+
+    executed = []
+
+    class Cursor(_Cursor):
+        def execute(self, sql, params=None):
+            executed.append(sql)
+            raise Failing("ERROR:  permission denied for function pg_wal_replay_resume")
+
+    class Conn(_Conn):
+        def cursor(self):
+            return Cursor(self)
+
+    query = ServerQuery({"login_host": "db1"}, application_name="t", connect_function=lambda **kwargs: Conn())
+    with pytest.raises(PgBackupError) as caught:
+        query("SELECT pg_catalog.pg_wal_replay_resume()")
+    assert caught.value.details["sqlstate"] == "42501" and len(executed) == 1
