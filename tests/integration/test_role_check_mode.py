@@ -141,13 +141,19 @@ def test_login_db_lets_a_role_without_a_database_of_its_name_connect(primary_sta
 
 def test_max_rate_limits_the_copy_and_a_useless_one_is_refused_first(primary_standby, testbed, ansible_env, tmp_path, pg_major):
     """standby_backup_max_rate reaches the copy (rsync --bwlimit over the streams; the rate is printed, never asserted),
-    and a limit below 1 KiB/s per stream is refused in the preflight, before any slot or backup."""
+    and a limit below 1 KiB/s per stream is refused in the preflight, before any slot or backup; so is
+    standby_backup_transport: stream for a copy on one host, in the role's words."""
     _oldest_and_newest(pg_major)
     primary, standby = primary_standby
     state_dir = tmp_path / "keepers"
     dest = testbed.scratch_dir(f"max-rate-{pg_major}") / "backup"
     refused = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir, standby_backup_max_rate=1000))
     assert refused.returncode != 0 and "max_rate must be 0 (no limit) or at least 1024 bytes/s per stream" in refused.stdout, refused.stdout[-3000:]
+    _nothing_happened(primary, standby, state_dir)
+    local_stream = _backup_vars(primary, standby, dest, state_dir, standby_backup_transport="stream")
+    refused = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", local_stream)
+    assert refused.returncode != 0, refused.stdout[-3000:]
+    assert "standby_backup_transport: stream copies from another host (standby_backup_standby_ssh_host)" in refused.stdout, refused.stdout[-3000:]
     _nothing_happened(primary, standby, state_dir)
     code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_max_rate=16 * 2**20)
     assert code == 0, output[-4000:]

@@ -77,6 +77,7 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
         standby_backup_ssh_key=key,
         standby_backup_ssh_options=SSH_OPTIONS,
         standby_backup_progress_interval=2,
+        standby_backup_transport="stream" if mode == "standby_only" else "rsync",  # each transport through the role, both ends
     )
     try:
         with bed.load(primary, 600, clients=2) as load:
