@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .conftest import role_majors
+from .conftest import per_major_cache, role_majors
 from .harness.pgbins import ROOT
 from .test_backup_procedure import _amcheck, _archived
 from .test_recovery_config import _wait
@@ -56,11 +56,20 @@ def restore_vars(testbed, backup, restored, primary, **overrides) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def _backups():
+    return per_major_cache()
+
+
 @pytest.fixture
-def backup(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    """A coordinated backup of the standby taken by the standby_backup playbook while pgbench writes."""
+def backup(primary_standby, testbed, ansible_env, tmp_path, pg_major, _backups):
+    """A coordinated backup of the standby taken by the standby_backup playbook while pgbench writes; made once per
+    major and pair (a backup takes a minute; the tests only read it, and the one that marks it unfinished unmarks it)."""
     _oldest_and_newest(pg_major)
     primary, standby = primary_standby
+    made = _backups.get(pg_major)
+    if made and made[0] is primary and made[1].is_dir():
+        return made[1]
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
     dest = testbed.scratch_dir(f"rs-backup-{pg_major}-{time.monotonic_ns()}") / "backup"
@@ -69,6 +78,7 @@ def backup(primary_standby, testbed, ansible_env, tmp_path, pg_major):
         code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
         load.stop()
     assert code == 0, output[-5000:]
+    _backups[pg_major] = (primary, dest)
     return dest
 
 
@@ -163,8 +173,12 @@ def test_restore_check_is_a_plan_and_an_unfinished_backup_is_refused(backup, pri
     assert plan.returncode == 0, plan.stdout[-4000:]
     assert "backup_restore : Plan]" in plan.stdout and '"ends_in": "promoted"' in plan.stdout, plan.stdout[-3000:]
     assert not restored.datadir.exists() or not any(restored.datadir.iterdir()), "check mode wrote nothing"
-    (backup / ".pgbackup-incomplete").write_text("a failed backup\n")
-    refused = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", restore_vars(testbed, backup, restored, primary))
+    marker = backup / ".pgbackup-incomplete"
+    marker.write_text("a failed backup\n")
+    try:
+        refused = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", restore_vars(testbed, backup, restored, primary))
+    finally:
+        marker.unlink()  # the backup is shared with the other tests of the major
     assert refused.returncode != 0
     assert "is not a finished backup" in refused.stdout and ".pgbackup-incomplete" in refused.stdout, refused.stdout[-3000:]
     assert not restored.datadir.exists() or not any(restored.datadir.iterdir()), "nothing was copied"
