@@ -17,6 +17,8 @@ TARBALL := $(BUILD)/pgbackup-lowlevel-$(VERSION).tar.gz
 # under the load (a standby's backend gone mid-start, a keeper gone, a restore test's standby not up in time).
 # INTEGRATION_WORKERS=0 runs them in one process.
 INTEGRATION_WORKERS ?= 2
+# More pytest options for the integration run, e.g. INTEGRATION_ARGS=--junitxml=/tmp/integration.xml for per-test times.
+INTEGRATION_ARGS ?=
 export PG_VERSIONS ROLE_MAJORS INTEGRATION_WORKERS
 
 .PHONY: demo test deps system-deps venv build lint sanity units integration molecule clean bench
@@ -76,7 +78,7 @@ units: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 integration: deps
-	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 0,$(INTEGRATION_WORKERS)),,-n $(INTEGRATION_WORKERS) --dist loadgroup --no-loadscope-reorder) tests/integration
+	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 0,$(INTEGRATION_WORKERS)),,-n $(INTEGRATION_WORKERS) --dist loadgroup --no-loadscope-reorder) $(INTEGRATION_ARGS) tests/integration
 
 # One scenario per role in extensions/molecule; each makes its own PostgreSQL servers (SCENARIOS="..." for some).
 molecule: deps
