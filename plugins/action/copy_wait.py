@@ -56,10 +56,21 @@ class ActionModule(ActionBase):
             if answer.get("finished"):
                 # The last line too: a copy that ends within the first interval still shows what it copied and how fast.
                 display.display(f"{host}: {progress_line(progress, elapsed)}")
-                result.update(changed=False, finished=True, rounds=rounds, progress=progress)
-                return result
+                return self._finished(result, answer, rounds, progress, host)
             display.display(f"{host}: {progress_line(progress, elapsed)}")
             if time.monotonic() - start >= timeout:
                 msg = f"the copy on {host} did not finish within {timeout} s (the timeout option; the role's standby_backup_copy_timeout)"
                 result.update(failed=True, finished=False, rounds=rounds, progress=progress, msg=msg)
                 return result
+
+    @staticmethod
+    def _finished(result: dict, answer: dict, rounds: int, progress: dict, host: str) -> dict:
+        """The job's own result, as async_status would have read it: a failed copy fails this task with its message."""
+        copy = answer.get("copy")
+        result.update(changed=False, finished=True, rounds=rounds, progress=progress, copy=copy or {})
+        if copy is None:
+            result.update(failed=True, msg=f"the copy's async job file {answer.get('missing_job_file')} on {host} is gone, so nothing shows how the copy "
+                          "ended: something removed it (a cleanup of ~/.ansible_async?); treat the copy as failed and run the backup again")  # fmt: skip
+        elif copy.get("failed"):
+            result.update(failed=True, msg=copy.get("msg") or f"the copy on {host} failed without a message (see copy in the result)")
+        return result

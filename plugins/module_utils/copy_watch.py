@@ -23,18 +23,20 @@ PHASES = {"copy": "copying", "sync": "fsync", "done": "pg_control and done"}
 
 
 def read_job(async_dir: str, jid: str) -> dict:
-    """Whether the async job finished: async_wrapper's job file says ``{"started": 1, "finished": 0}`` while it
-    runs and is replaced by the module's result (no "started") at its end, as async_status reads it. A missing job
-    file counts as finished so that async_status, next, reports it."""
+    """Whether the async job finished, and then its result: async_wrapper's job file says ``{"started": 1,
+    "finished": 0}`` while it runs and is replaced by the module's result (no "started") at its end, as async_status
+    reads it. A missing job file counts as finished without a result (the caller says so)."""
     path = os.path.join(os.path.expanduser(async_dir), jid)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
-        return {"finished": True}
+        return {"finished": True, "result": None, "job_file": path}
     except ValueError:
         return {"finished": False}  # written while we read it; the next round sees it whole
-    return {"finished": not data.get("started")}
+    if data.get("started"):
+        return {"finished": False}
+    return {"finished": True, "result": data if isinstance(data, dict) else {"failed": True, "msg": f"the job file {path} holds no result"}}
 
 
 def read_progress(path: Optional[str]) -> dict:
@@ -123,9 +125,19 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def one_round(*, jid: str, async_dir: str, progress_file: Optional[str], state_dir: Optional[str], backup_id: Optional[str], wait: float) -> dict:
+def one_round(
+    *,
+    jid: str,
+    async_dir: str,
+    progress_file: Optional[str],
+    state_dir: Optional[str],
+    backup_id: Optional[str],
+    wait: float,
+    remove_progress_file: bool = False,
+) -> dict:
     """Wait up to ``wait`` seconds for the job to finish (looked at ten times a second: the backup stays open until the
-    wait returns, so it returns the moment the copy ends) or the keeper's backup to be lost (asked twice a second)."""
+    wait returns, so it returns the moment the copy ends) or the keeper's backup to be lost (asked twice a second).
+    A finished job's result comes back as ``copy`` (what async_status would read), so no further task is needed."""
     deadline = time.monotonic() + wait
     next_keeper_look = 0.0
     while True:
@@ -136,10 +148,26 @@ def one_round(*, jid: str, async_dir: str, progress_file: Optional[str], state_d
             next_keeper_look = time.monotonic() + 0.5
         if lost:
             killed = kill_job(jid)
-            return {"finished": False, "lost": lost, "killed": killed, "progress": read_progress(progress_file)}
-        if job.get("finished") or time.monotonic() >= deadline:
-            return {"finished": bool(job.get("finished")), "lost": None, "progress": read_progress(progress_file)}
+            return {"finished": False, "lost": lost, "killed": killed, "progress": read_progress(progress_file)}  # kept: where it stopped
+        if job.get("finished"):
+            answer = {"finished": True, "lost": None, "progress": _read_and_remove(progress_file, remove_progress_file), "copy": job["result"]}
+            if job["result"] is None:
+                answer["missing_job_file"] = job["job_file"]
+            return answer
+        if time.monotonic() >= deadline:
+            return {"finished": False, "lost": None, "progress": read_progress(progress_file)}
         time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def _read_and_remove(progress_file: Optional[str], remove: bool) -> dict:
+    """The copy's last progress record; the file goes once the copy finished (nobody reads it after that)."""
+    progress = read_progress(progress_file)
+    if remove and progress_file:
+        try:
+            os.unlink(progress_file)
+        except FileNotFoundError:
+            pass
+    return progress
 
 
 def _duration(seconds: float) -> str:

@@ -25,6 +25,10 @@ options:
   progress_file:
     description: The copy's progress file (O(pgbackup.lowlevel.datadir_copy#module:progress_file)).
     type: path
+  remove_progress_file:
+    description: Remove O(progress_file) once the copy finished, successfully or not (a copy stopped because the backup was lost keeps it).
+    type: bool
+    default: false
   state_dir:
     description: The keeper's state directory (as given to backup_start); checked only with O(backup_id).
     type: path
@@ -61,7 +65,8 @@ attributes:
     description: Not supported; it follows an async job itself.
     support: none
 notes:
-  - It returns when the job finished; read its result with M(ansible.builtin.async_status).
+  - It returns when the job finished, with the job's result in RV(copy) (what M(ansible.builtin.async_status) would
+    read), and fails with the copy's message when the copy failed, so no async_status task is needed after it.
 """
 
 EXAMPLES = r"""
@@ -74,13 +79,19 @@ EXAMPLES = r"""
     primary: db1:5432
     interval: 30
     timeout: 86400
+    remove_progress_file: true
+  register: copied  # copied.copy holds datadir_copy's result
 """
 
 RETURN = r"""
 finished:
-  description: Whether the job finished (successfully or not; see async_status).
+  description: Whether the job finished (successfully; a failed copy fails the task).
   returned: always
   type: bool
+copy:
+  description: The result of the finished job (the P(pgbackup.lowlevel.datadir_copy#module) module's return values).
+  returned: when the job finished
+  type: dict
 rounds:
   description: How many rounds were waited.
   returned: always
@@ -103,6 +114,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.keeper_files imp
 ARGUMENT_SPEC = {
     "jid": {"type": "str", "required": True},
     "progress_file": {"type": "path"},
+    "remove_progress_file": {"type": "bool", "default": False},
     "state_dir": {"type": "path"},
     "backup_id": {"type": "str"},
     "interval": {"type": "float", "default": 30},
@@ -119,7 +131,7 @@ def main() -> None:
     if p["state_dir"] is None and p["backup_id"]:
         p["state_dir"] = default_state_dir()
     result = one_round(jid=p["jid"], async_dir=p["async_dir"], progress_file=p["progress_file"], state_dir=p["state_dir"],
-                       backup_id=p["backup_id"], wait=max(0.0, p["round_wait"]))  # fmt: skip
+                       backup_id=p["backup_id"], wait=max(0.0, p["round_wait"]), remove_progress_file=p["remove_progress_file"])  # fmt: skip
     module.exit_json(changed=False, **result)
 
 

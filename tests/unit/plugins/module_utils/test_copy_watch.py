@@ -105,3 +105,29 @@ def test_progress_file_is_private(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_one_round_hands_back_the_jobs_result_and_removes_the_progress_file(tmp_path):
+    (tmp_path / "9.2").write_text(json.dumps({"changed": True, "bytes": 123, "files": 4}))
+    progress = tmp_path / "p.json"
+    progress.write_text(json.dumps({"phase": "done"}))
+    r = copy_watch.one_round(jid="9.2", async_dir=str(tmp_path), progress_file=str(progress), state_dir=None, backup_id=None, wait=30,
+                             remove_progress_file=True)  # fmt: skip
+    assert r["copy"] == {"changed": True, "bytes": 123, "files": 4} and r["progress"]["phase"] == "done"
+    assert not progress.exists(), "the progress file goes once the copy ended"
+
+
+def test_one_round_keeps_the_progress_file_unless_asked_and_while_the_job_runs(tmp_path):
+    progress = tmp_path / "p.json"
+    progress.write_text(json.dumps({"phase": "copy"}))
+    (tmp_path / "9.3").write_text(json.dumps({"started": 1, "finished": 0}))
+    copy_watch.one_round(jid="9.3", async_dir=str(tmp_path), progress_file=str(progress), state_dir=None, backup_id=None, wait=0.1, remove_progress_file=True)
+    assert progress.exists(), "a running copy keeps its progress file"
+    (tmp_path / "9.3").write_text(json.dumps({"bytes": 1}))
+    copy_watch.one_round(jid="9.3", async_dir=str(tmp_path), progress_file=str(progress), state_dir=None, backup_id=None, wait=0.1)
+    assert progress.exists()
+
+
+def test_one_round_says_when_the_job_file_is_gone(tmp_path):
+    r = copy_watch.one_round(jid="9.4", async_dir=str(tmp_path), progress_file=None, state_dir=None, backup_id=None, wait=0.1)
+    assert r["finished"] and r["copy"] is None and r["missing_job_file"].endswith("/9.4")
