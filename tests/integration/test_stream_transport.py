@@ -4,6 +4,7 @@ directory over ssh with two streams and 8 MiB pieces, so a 200 MiB table segment
 - A copy under the low-level backup API: every file's bytes equal the source's (sha256sum run on db1 over ssh),
   the recorded checksums are those bytes, and the copy is a backup pg_verifybackup accepts with its WAL.
 - A test-only file removed while the senders are frozen (SIGSTOP) is reported as vanished; the copy succeeds.
+- A test-only file truncated while they are frozen is copied as it now is, its checksum that of those bytes.
 - A sender killed mid-copy fails the copy with a message naming the source host; the incomplete marker stays, no
   checksums are recorded and no sender is left running on the source.
 - A destination whose filesystem fills after the precheck fails the copy with ENOSPC named and the marker kept.
@@ -164,6 +165,35 @@ def test_a_file_vanishing_mid_copy_is_reported_not_fatal(netns_testbed, source):
     assert result["ok"], result
     assert result["vanished"] == ["base/stream_vanish_probe"]
     assert not (dest / "base" / "stream_vanish_probe").exists() and not copy_state.is_incomplete(str(dest))
+
+
+def test_a_file_shrinking_mid_copy_is_copied_as_it_now_is(netns_testbed, source):
+    """A relation truncated during the backup (VACUUM, TRUNCATE) is shorter when its pieces are read than when it was
+    listed: the pieces past its new end bring nothing, the copy holds what the file now has, and the recorded SHA-256
+    is of those bytes (WAL replay redoes the truncation)."""
+    bed = netns_testbed
+    primary, _big = source
+    probe = primary.datadir / "base" / "stream_shrink_probe"
+    head = os.urandom(4096)
+    probe.write_bytes(head + os.urandom(3 * PIECE))  # four pieces, after the 200 MiB table's (largest first)
+    os.chown(probe, *_ids())
+    dest = bed.run_dir / "scratch" / "stream-shrink"
+    try:
+        proc = start_copy(bed, primary, dest)
+        pids = freeze_senders()  # in the big table's pieces: the probe's are still to come
+        os.truncate(probe, len(head))
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        result = finish(proc)
+    finally:
+        probe.unlink()
+    print(f"shrunk: {result}")
+    assert result["ok"] and result["vanished"] == [], result
+    copied = (dest / "base" / "stream_shrink_probe").read_bytes()
+    assert copied == head, f"the copy holds the file as it now is ({len(copied)} bytes, the source has {len(head)})"
+    recorded = json.loads((dest / copy_state.CHECKSUMS_FILE).read_text())["files"]
+    assert recorded["base/stream_shrink_probe"][2] == hashlib.sha256(head).hexdigest()
+    assert not copy_state.is_incomplete(str(dest))
 
 
 def test_a_killed_stream_fails_the_copy_naming_the_host(netns_testbed, source):
