@@ -14,8 +14,9 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from .copy_engine import Source, rsync_argv
+from .copy_source import Source
 from .errors import PgBackupError
+from .rsync_transport import rsync_argv
 
 CHUNK = 1024 * 1024
 

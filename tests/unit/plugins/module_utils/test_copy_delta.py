@@ -79,7 +79,7 @@ def test_the_copy_marker_names_the_source_cluster(datadir, tmp_path, monkeypatch
     """A copy interrupted before pg_control can be resumed with delta: its marker names the cluster."""
     dest = tmp_path / "dst"
     src, plan = _plan(datadir, tmp_path, dest)
-    monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine.rsync_argv", lambda *a: ["false"])
+    monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.rsync_transport.rsync_argv", lambda *a: ["false"])
     with pytest.raises(PgBackupError, match="rsync failed"):
         execute(src, plan, str(dest), owner=None, delta=True)
     assert not (dest / copy_state.PENDING_CONTROL).exists()

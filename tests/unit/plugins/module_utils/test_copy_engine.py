@@ -13,13 +13,13 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
     OUT_PREFIX,
     Progress,
     Source,
-    _run_rsync,
     balance,
     check_destination,
     execute,
     make_plan,
     rsync_argv,
     rsync_logged_name,
+    run_rsync,
     stream_rate_limit,
 )
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
@@ -163,7 +163,7 @@ def test_incomplete_marker_left_on_failure(datadir, tmp_path, monkeypatch):
     dest = tmp_path / "dst"
     src = Source(str(datadir))
     plan = make_plan(src, str(dest), {"16499": str(tmp_path / "ts_dst")}, [])
-    monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine.rsync_argv", lambda *a: ["false"])
+    monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.rsync_transport.rsync_argv", lambda *a: ["false"])
     with pytest.raises(PgBackupError, match="rsync failed"):
         execute(src, plan, str(dest), owner=None, delta=True)  # delta mode runs rsync also on one host
     assert copy_state.is_incomplete(str(dest))
@@ -225,7 +225,7 @@ def test_rsync_progress_within_a_file(tmp_path):
     argv.insert(1, "--bwlimit=8M")
     done = []
     try:
-        _run_rsync(argv, progress, done.append)
+        run_rsync(argv, progress, done.append)
     finally:
         stop.set()
         watcher.join()
@@ -265,13 +265,13 @@ def test_max_rate_is_shared_by_the_streams():
 
 def test_a_limited_copy_on_one_host_goes_through_rsync_with_the_limit(datadir, tmp_path, monkeypatch):
     seen = []
-    real = _run_rsync
+    real = run_rsync
 
     def spy(argv, *args, **kwargs):
         seen.append(argv)
         return real(argv, *args, **kwargs)
 
-    monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine._run_rsync", spy)
+    monkeypatch.setattr("ansible_collections.pgbackup.lowlevel.plugins.module_utils.rsync_transport.run_rsync", spy)
     dest = tmp_path / "dst"
     plan = make_plan(Source(str(datadir)), str(dest), {"16499": str(tmp_path / "ts_dst")}, [])
     execute(Source(str(datadir)), plan, str(dest), parallel=2, owner=None, progress_file=str(tmp_path / "p.json"), max_rate=4 * 1024 * 1024)

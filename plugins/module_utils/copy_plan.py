@@ -1,0 +1,285 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a copy takes (``make_plan``: the listing filtered with :mod:`exclusions` for the source's major, tablespaces
+mapped, pg_control apart to be copied last) and the refusals about its destination before anything is written
+(``check_destination``: not empty without delta, a live postmaster.pid, nested paths, a tablespace onto its source, too
+little free space, a delta onto what is not a copy of this cluster), with what a delta copy removes there."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from . import copy_state
+from .copy_source import Entry, Source, list_local, list_tree
+from .errors import PgBackupError
+from .exclusions import Exclusions, wal_dirs_kept
+
+
+class Plan:
+    """What will be copied: ``roots`` maps a destination root to (source root, entries)."""
+
+    def __init__(self) -> None:
+        self.major = 0
+        self.roots: list = []  # (src_root, dest_root, [Entry])
+        self.tablespaces: list = []  # dicts: oid, source, dest, in_place
+        self.excluded: list = []
+        self.control: Optional[Entry] = None
+        self.system_identifier: Optional[int] = None
+
+    @property
+    def files(self) -> int:
+        return sum(1 for _s, _d, es in self.roots for e in es if e.kind == "f") + (1 if self.control else 0)
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for _s, _d, es in self.roots for e in es if e.kind == "f") + (self.control.size if self.control else 0)
+
+
+def _inside(a: str, b: str) -> bool:
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def _read_head(source: Source, path: str, size: int) -> bytes:
+    if source.remote:
+        return source.run(["head", "-c", str(size), path])
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: list) -> Plan:
+    plan = Plan()
+    entries = list_tree(source, source.path)
+    names = {e.rel: e for e in entries}
+    if "PG_VERSION" not in names or names["PG_VERSION"].kind != "f" or "global/pg_control" not in names:
+        raise PgBackupError(f"{source.path} is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)", source=source.path)
+    version = source.run(["cat", os.path.join(source.path, "PG_VERSION")]).decode().strip()
+    try:
+        plan.major = int(version.split(".")[0])
+    except ValueError as exc:
+        raise PgBackupError(f"{source.path}/PG_VERSION holds {version!r}, not a major version") from exc
+    if not 13 <= plan.major <= 18:
+        raise PgBackupError(f"{source.path} is PostgreSQL {plan.major}; this collection supports 13 to 18")
+    rules = Exclusions(plan.major, excludes)
+    plan.system_identifier = copy_state.system_identifier_of(_read_head(source, os.path.join(source.path, "global", "pg_control"), 8))
+
+    main: list = []
+    for e in entries:
+        parts = e.rel.split("/")
+        if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "l":
+            oid = parts[1]
+            new = tablespace_mapping.get(oid) or tablespace_mapping.get(e.target) or tablespace_mapping.get(e.target.rstrip("/"))
+            if new is None:
+                if not source.remote:
+                    raise PgBackupError(
+                        f"tablespace {oid} ({e.target}) has no mapping and would land on its source's own path on this host; give tablespace_mapping",
+                        tablespace=oid,
+                    )
+                new = e.target
+            new = os.path.normpath(new)
+            if not os.path.isabs(new):
+                raise PgBackupError(f"tablespace mapping of {oid} to {new!r} must be an absolute path")
+            if not source.remote and (_inside(new, e.target) or _inside(e.target, new)):
+                raise PgBackupError(f"tablespace {oid} would be copied onto or into its own source {e.target} ({new})", tablespace=oid)
+            plan.tablespaces.append({"oid": oid, "source": e.target, "dest": new, "in_place": False})
+            main.append(e)
+            continue
+        if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "d":
+            plan.tablespaces.append({"oid": parts[1], "source": os.path.join(source.path, e.rel), "dest": os.path.join(dest, e.rel), "in_place": True})
+        if e.rel == "pg_wal" and e.kind == "l":
+            continue  # sent as a directory
+        main.append(e)
+
+    main, inner = _skip_tablespaces_inside(main, plan.tablespaces, source)
+    plan.excluded.extend(inner)
+    kept, dropped = rules.filter([(e.rel, e.kind) for e in main])
+    plan.excluded.extend(dropped)
+    keep = {rel for rel, _k in kept}
+    main_entries = [e for e in main if e.rel in keep and e.rel != "global/pg_control"]
+    plan.control = names["global/pg_control"]
+    # pg_wal as a directory, with archive_status (and summaries on 17+), even when the source's is a symlink
+    have = {e.rel for e in main_entries}
+    for d in ("pg_wal", *wal_dirs_kept(plan.major)):
+        if d not in have:
+            main_entries.append(Entry(d, "d", 0, names[""].mode))
+    plan.roots.append((source.path, dest, main_entries))
+
+    for ts in plan.tablespaces:
+        if ts["in_place"]:
+            continue
+        tentries = list_tree(source, ts["source"])
+        prefix = f"pg_tblspc/{ts['oid']}/"
+        tk, td = rules.filter([(prefix + e.rel if e.rel else prefix.rstrip("/"), e.kind) for e in tentries])
+        tkeep = {r for r, _k in tk}
+        plan.excluded.extend(td)
+        plan.roots.append((ts["source"], ts["dest"], [e for e in tentries if (prefix + e.rel if e.rel else prefix.rstrip("/")) in tkeep]))
+    return plan
+
+
+def _skip_tablespaces_inside(main: list, tablespaces: list, source: Source) -> tuple[list, list]:
+    """A tablespace located inside the data directory (PostgreSQL warns, but allows it) is copied once, as the
+    tablespace: the data directory's copy keeps its directory, empty, like pg_basebackup (basebackup.c sendDir skips a
+    directory that is a tablespace's ``rpath``). Without this its files were copied twice, once as plain files."""
+    root = os.path.normpath(source.path)
+    inner = {}
+    for ts in tablespaces:
+        if ts["in_place"]:
+            continue
+        target = os.path.normpath(ts["source"] if os.path.isabs(ts["source"]) else os.path.join(root, "pg_tblspc", ts["source"]))
+        if not source.remote:
+            target, root_real = os.path.realpath(target), os.path.realpath(root)
+        else:
+            root_real = root
+        if target.startswith(root_real.rstrip("/") + "/"):
+            inner[os.path.relpath(target, root_real)] = ts["oid"]
+    if not inner:
+        return main, []
+    kept, skipped = [], []
+    for e in main:
+        location = next((rel for rel in inner if e.rel.startswith(rel + "/")), None)
+        if location is None:
+            kept.append(e)
+        else:
+            skipped.append((e.rel, f"inside the location of tablespace {inner[location]}: copied once, as that tablespace"))
+    return kept, skipped
+
+
+def check_destination(source: Source, plan: Plan, dest: str, delta: bool) -> None:
+    """Refusals about the destination, before anything is written."""
+    for _src, droot, _es in plan.roots:
+        if os.path.lexists(droot) and not os.path.isdir(droot):
+            raise PgBackupError(f"destination {droot} exists and is not a directory", dest=droot)
+        if os.path.isdir(droot) and os.listdir(droot) and not delta:
+            raise PgBackupError(f"destination {droot} is not empty; use delta: true to bring an existing copy in line", dest=droot)
+    pid_file = os.path.join(dest, "postmaster.pid")
+    if os.path.exists(pid_file):
+        try:
+            with open(pid_file, encoding="utf-8", errors="replace") as f:
+                pid = int(f.readline().strip() or "0")
+        except ValueError:
+            pid = 0
+        if pid > 0:
+            try:
+                os.kill(pid, 0)
+                live = True
+            except ProcessLookupError:
+                live = False
+            except PermissionError:
+                live = True
+            if live:
+                raise PgBackupError(f"destination {dest} holds a live postmaster.pid (PID {pid}): a server runs there; stop it first", dest=dest, pid=pid)
+    if not source.remote:
+        for sroot, droot, _es in plan.roots:
+            if _inside(droot, sroot) or _inside(sroot, droot):
+                raise PgBackupError(f"destination {droot} and source {sroot} are nested on the same host", dest=droot, source=sroot)
+    if delta:
+        check_delta_destination(source, plan, dest)
+    # free space, per destination filesystem
+    need: dict = {}
+    for _src, droot, es in plan.roots:
+        probe = droot
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        dev = os.stat(probe).st_dev
+        size = sum(e.size for e in es if e.kind == "f")
+        if droot == dest and plan.control:
+            size += plan.control.size
+        if delta:
+            size = 0  # rsync replaces files one at a time; only growth matters, which we cannot know cheaply
+        entry = need.setdefault(dev, [probe, droot, 0])
+        entry[2] += size
+    for probe, droot, size in need.values():
+        st = os.statvfs(probe)
+        free = st.f_bavail * st.f_frsize
+        if size > free:
+            raise PgBackupError(
+                f"too little free space at the destination {droot}: the copy needs {size} bytes, {free} are free",
+                dest=droot,
+                needed=size,
+                free=free,
+            )
+
+
+def _non_empty(path: str) -> bool:
+    return os.path.isdir(path) and bool(os.listdir(path))
+
+
+def check_delta_destination(source: Source, plan: Plan, dest: str) -> None:
+    """Delta removes what the source does not have: refuse a destination that is not a copy of the source's cluster
+    (see ``copy_state.copy_identity``), naming what would have been removed."""
+    src = f"{source.host}:{source.path}" if source.remote else source.path
+    if not _non_empty(dest):
+        for _src, droot, _es in plan.roots[1:]:
+            if _non_empty(droot):
+                raise PgBackupError(
+                    f"delta refuses the tablespace destination {droot}: it is not empty, and {dest} (empty) is no copy of {src} that "
+                    f"it could belong to, so what it holds is not ours to remove; empty it or map the tablespace to an empty directory",
+                    dest=droot,
+                )
+        return
+    sysid, evidence = copy_state.copy_identity(dest)
+    if sysid is not None and sysid == plan.system_identifier:
+        return
+    doomed = delta_remove(plan, dest, dry_run=True)
+    shown = ", ".join(doomed[:5]) + (f" and {len(doomed) - 5} more" if len(doomed) > 5 else "")
+    n = len(doomed)
+    would = f"; delta would remove {n} {'entry' if n == 1 else 'entries'} there that the source does not have ({shown})" if doomed else ""
+    if sysid is None:
+        found = f"it has no global/pg_control, no {copy_state.PENDING_CONTROL} and no {copy_state.INCOMPLETE_MARKER} naming a system identifier"
+    else:
+        found = f"its {evidence} has system identifier {sysid}, the source's is {plan.system_identifier}"
+    raise PgBackupError(
+        f"delta refuses the destination {dest}: it is not a copy of the cluster at {src} ({found}){would}. delta only brings an earlier "
+        "copy of the same cluster in line; choose an empty destination, or empty this one yourself if nothing in it is needed",
+        dest=dest,
+        dest_system_identifier=sysid,
+        source_system_identifier=plan.system_identifier,
+        would_remove=doomed,
+    )
+
+
+def delta_removals(plan: Plan, dest: str) -> list:
+    """What a delta copy into ``dest`` would remove (check mode); nothing is touched."""
+    return delta_remove(plan, dest, dry_run=True)
+
+
+def delta_remove(plan: Plan, dest: str, dry_run: bool = False) -> list:
+    """Remove what the destination has beyond the plan (delta mode); returns the removed relative paths (those it
+    would remove with ``dry_run``). At a tablespace's destination only the directories the plan copies there
+    (``PG_<major>_<catversion>``) are touched: another major's directory or a file beside them is not ours."""
+    removed = []
+    for _src, droot, es in plan.roots:
+        wanted = {e.rel for e in es}
+        ours = None if droot == dest else {e.rel.split("/")[0] for e in es if e.rel}
+        prefix = "" if droot == dest else f"{droot}/"
+        if droot == dest:
+            wanted |= set(copy_state.OWN_FILES) | {copy_state.PENDING_CONTROL}
+        if not os.path.isdir(droot):
+            continue
+        for e in sorted(list_local(droot), key=lambda x: x.rel, reverse=True):
+            if not e.rel or e.rel in wanted:
+                continue
+            if droot == dest and e.rel.split("/")[0] == "pg_tblspc" and len(e.rel.split("/")) > 1:
+                continue  # tablespace roots are handled by their own plan
+            if ours is not None and e.rel.split("/")[0] not in ours:
+                continue
+            path = os.path.join(droot, e.rel)
+            if dry_run:
+                removed.append(prefix + e.rel)
+                continue
+            if e.kind == "d" and not os.path.islink(path):
+                if not os.listdir(path):
+                    os.rmdir(path)
+            else:
+                os.unlink(path)
+            removed.append(prefix + e.rel)
+    return removed
+
+
+def oid_of(plan: Plan, droot: str) -> str:
+    """The tablespace whose copy goes to ``droot``."""
+    for ts in plan.tablespaces:
+        if ts["dest"] == droot:
+            return ts["oid"]
+    raise PgBackupError(f"no tablespace copies to {droot}")
