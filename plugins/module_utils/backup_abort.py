@@ -23,7 +23,7 @@ import socket
 import time
 from typing import Optional
 
-from . import backup_session, copy_state, keeper_files, keeper_protocol
+from . import backup_session, copy_gate, copy_state, keeper_files, keeper_protocol
 from .errors import PgBackupError
 from .slots import DEFAULT_PREFIX, slot_name_for_backup
 
@@ -203,6 +203,30 @@ def _remove_leftovers(dest: str, copy_pids: list) -> list:
     return removed
 
 
+def gate_path(dest: str) -> str:
+    """The start gate of a copy into ``dest`` (copy_gate), beside it as the roles place it."""
+    parent, base = os.path.split(dest.rstrip("/"))
+    return os.path.join(parent, f".{base}.gate")
+
+
+def _cancel_waiting_copy(dest: str, check_mode: bool) -> Optional[dict]:
+    """A copy launched behind its start gate that still waits there (the play ended before the backup's start was
+    replayed) has written nothing and holds nothing under ``dest``: cancel it through its gate."""
+    path = gate_path(dest)
+    waiting = copy_gate.waiting_copy(path)
+    if waiting is None:
+        return None
+    pid, token = waiting
+    entry = {"jid": "waiting at its start gate", "pids": [pid], "commands": [f"datadir_copy waiting at its start gate {path}"], "gate": path}
+    if not check_mode:
+        copy_gate.cancel_gate(path, token)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        entry["cancelled"] = True
+    return entry
+
+
 # --- the whole abort ---------------------------------------------------------------------------------------------
 
 
@@ -222,6 +246,9 @@ def abort(*, state_dir: str, backup_id: Optional[str], dest: Optional[str], slot
             entry["killed"] = kill_job(job)
             entry["removed"] = _remove_leftovers(dest, job["copy_pids"])
         stopped_copies.append(entry)
+    gated = _cancel_waiting_copy(dest, check_mode) if dest else None
+    if gated:
+        stopped_copies.append(gated)
     keepers, aborted = [], []
     for name in ids:
         info = keeper_state(state_dir, name)
@@ -248,6 +275,7 @@ def abort(*, state_dir: str, backup_id: Optional[str], dest: Optional[str], slot
         "copies": stopped_copies,
         "slot_names": slot_names,
         "dest": dest,
-        "dest_written": bool(dest) and os.path.isdir(dest) and (bool(stopped_copies) or dest_written(dest)),
+        # a copy cancelled at its start gate wrote nothing there
+        "dest_written": bool(dest) and os.path.isdir(dest) and (any(not c.get("gate") for c in stopped_copies) or dest_written(dest)),
         "dest_marked": bool(dest) and copy_state.is_incomplete(dest),
     }

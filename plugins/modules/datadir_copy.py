@@ -100,6 +100,21 @@ options:
     description: With O(transport=stream), files larger than this many bytes are split into pieces of this size.
     type: int
     default: 67108864
+  gate:
+    description:
+      - A start gate (launched async before the backup starts, the copy waits there and writes nothing until it opens).
+        The path of the gate file, beside O(dest) by convention; V(pgbackup.lowlevel.replay_wait#module:open_gate)
+        opens it once the standby replayed past the backup's start, and a C(cancel) written there ends the wait.
+      - Only the source's listing and copy come after the gate, so nothing copied is older than the start.
+    type: path
+  gate_token:
+    description: The token that opens O(gate) (16 to 128 letters, digits, C(_) or C(-), random for each run), so that a
+      gate left by an earlier run never opens this copy. Required with O(gate).
+    type: str
+  gate_timeout:
+    description: Seconds to wait at O(gate) before giving up (nothing written).
+    type: int
+    default: 3600
 attributes:
   check_mode:
     description: Reports the files, bytes and tablespaces that would be copied; copies nothing.
@@ -134,6 +149,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+gate_seconds:
+  description: Seconds the copy waited at O(gate) before it began.
+  returned: with O(gate), when the copy ran
+  type: float
+  sample: 1.42
 bytes:
   description: Bytes copied (would be copied in check mode).
   returned: always
@@ -210,6 +230,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
     execute,
     make_plan,
 )
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_gate import check_token, wait_for_gate
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_state import PENDING_CONTROL
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
@@ -228,6 +249,9 @@ ARGS = {
     "progress_file": {"type": "path"},
     "transport": {"type": "str", "choices": ["rsync", "stream"], "default": "rsync"},
     "piece_size": {"type": "int", "default": 64 * 1024 * 1024},
+    "gate": {"type": "path"},
+    "gate_token": {"type": "str", "no_log": True},
+    "gate_timeout": {"type": "int", "default": 3600},
 }
 
 
@@ -242,9 +266,15 @@ def run_module(module: AnsibleModule) -> dict:
         raise PgBackupError(f"piece_size must be at least 1048576 bytes (1 MiB), not {p['piece_size']}")
     if not os.path.isabs(p["dest"]):
         raise PgBackupError(f"dest {p['dest']!r} must be an absolute path")
+    if p["gate"]:
+        check_token(p["gate_token"])
     dest = os.path.normpath(p["dest"])
     source = Source(p["source_path"], *ssh_settings(p))
     check_transport(source, p["transport"], p["delta"], p["max_rate"])  # before listing anything
+    waited = None
+    if p["gate"] and not module.check_mode:
+        # Before the listing: files listed before the backup's start was replayed could miss what the start needs.
+        waited = wait_for_gate(p["gate"], p["gate_token"], p["gate_timeout"], dest)
     mapping = {str(k): v for k, v in p["tablespace_mapping"].items()}
     plan = make_plan(source, dest, mapping, p["excludes"])
     check_destination(source, plan, dest, p["delta"])
@@ -258,6 +288,8 @@ def run_module(module: AnsibleModule) -> dict:
         "pending_control": PENDING_CONTROL,
         "system_identifier": str(plan.system_identifier),
     }
+    if waited is not None:
+        result["gate_seconds"] = round(waited, 3)
     if module.check_mode:
         if p["delta"]:
             result["would_remove"] = delta_removals(plan, dest)

@@ -109,6 +109,15 @@ options:
       - Seconds between two looks at the server.
     type: float
     default: 1
+  open_gate:
+    description:
+      - Once the wait succeeded, open this start gate of an async P(pgbackup.lowlevel.datadir_copy#module) launched
+        with O(pgbackup.lowlevel.datadir_copy#module:gate) (the same path) and O(gate_token), so the copy begins at
+        once. Nothing is written there when the wait fails or in check mode.
+    type: path
+  gate_token:
+    description: The copy's O(pgbackup.lowlevel.datadir_copy#module:gate_token). Required with O(open_gate).
+    type: str
 attributes:
   check_mode:
     description: Looks at the server once and returns where it is, with RV(reached) saying whether the goal is met already.
@@ -159,6 +168,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+gate_opened:
+  description: Whether O(open_gate) was opened (the wait succeeded, not in check mode).
+  returned: with O(open_gate)
+  type: bool
 mode:
   description: The mode waited in.
   returned: always
@@ -321,6 +334,7 @@ queries:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connection_secrets, server_address, with_connection_options
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_gate import check_token, open_gate
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter import (
     DEFAULT_MAX_LAG_BYTES,
@@ -349,6 +363,8 @@ ARGS = {
     "timeout": {"type": "float", "default": DEFAULT_TIMEOUT},
     "stall_timeout": {"type": "float", "default": DEFAULT_STALL_TIMEOUT},
     "poll_interval": {"type": "float", "default": DEFAULT_POLL_INTERVAL},
+    "open_gate": {"type": "path"},
+    "gate_token": {"type": "str", "no_log": True},
 }
 
 
@@ -357,6 +373,8 @@ def run_module(module: AnsibleModule) -> dict:
     p = module.params
     if p["data_dir"] and p["mode"] != "consistent":
         raise PgBackupError(f"data_dir only goes with mode=consistent (it watches a copy that does not accept connections yet), not mode={p['mode']}")
+    if p["open_gate"]:
+        check_token(p["gate_token"])  # before the wait: a bad token found after it would leave the copy waiting
     query = ServerQuery(p, application_name=APPLICATION_NAME)
     waiter = ReplayWaiter(
         query,
@@ -386,6 +404,11 @@ def run_module(module: AnsibleModule) -> dict:
         query.close()
     result["changed"] = bool(result["resumed_replay"])
     result["queries"] = list(query.queries)
+    if p["open_gate"]:
+        result["gate_opened"] = not module.check_mode and result.get("reached") is True
+        if result["gate_opened"]:
+            open_gate(p["open_gate"], p["gate_token"])
+            result["changed"] = True
     return result
 
 

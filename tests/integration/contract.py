@@ -50,6 +50,13 @@ def assert_destination(dest: Path, written: bool) -> None:
         assert not dest.exists() or not any(dest.iterdir()), f"{dest} was not to be written: {sorted(p.name for p in dest.iterdir())}"
 
 
+def assert_no_copy_waiting(dest: Path) -> None:
+    """A coordinated copy launched behind its start gate (copy_gate) has ended: its waiting note (removed when it stops
+    waiting, however it stops) and its gate are gone, so no copy job is left behind by the failure."""
+    note, gate = dest.parent / f".{dest.name}.gate.waiting", dest.parent / f".{dest.name}.gate"
+    _wait(lambda: not note.exists() and not gate.exists(), f"the copy behind its gate ending ({note} and {gate} gone)", timeout=15)
+
+
 def assert_copy_refused(env, bed, tmp_path: Path, dest: Path, primary, pg_major: int) -> None:
     """verify_backup.yml and restore_backup.yml both refuse the marked copy, and the restore writes nothing."""
     verify_vars = {"verify_backup_hosts": bed.hosts[0].name, "verify_backup_dir": str(dest), "verify_backup_pg_bindir": str(primary.pg.bindir)}
@@ -84,6 +91,7 @@ def assert_failure_contract(
     if not written:
         assert "marked incomplete" not in output, "nothing was written, so nothing is said to be marked"
     assert_destination(dest, written)
+    assert_no_copy_waiting(dest)
     assert_source_healthy(primary, standby, streaming=streaming)
     assert_no_backup_left(state_dir)
     if written and refusal is not None:

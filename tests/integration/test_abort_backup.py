@@ -1,7 +1,8 @@
 """playbooks/abort_backup.yml across namespace hosts: a standby_backup run whose controller is SIGKILLed mid-copy (the
 whole ansible-playbook process group, ssh connections included: neither rescue nor always runs) leaves the keeper, the
 slot and the async copy behind; the abort ends them, marks the destination incomplete, a second abort finds nothing, and
-a new backup into a fresh destination succeeds."""
+a new backup into a fresh destination succeeds. A run killed while the standby has not yet replayed past the start
+leaves its copy waiting at its start gate (launched, nothing written): the abort cancels it there."""
 
 from __future__ import annotations
 
@@ -122,3 +123,44 @@ def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ans
     rc, output = _run(ansible_env, inventory, "standby_backup.yml", fresh)
     assert rc == 0, output[-3000:]
     assert not (scratch / "again" / ".pgbackup-incomplete").exists()
+
+
+def test_abort_cancels_a_copy_still_waiting_at_its_gate(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major):
+    if pg_major != selected_majors()[-1]:
+        pytest.skip("the gate is the controller's and the copy's, the same on every version: the newest shows it")
+    bed = netns_testbed
+    primary, standby = netns_pair
+    db3 = bed.host("db3")
+    dest = bed.scratch_dir(f"abort-gate-{pg_major}") / "copy"
+    keepers = tmp_path / "keepers"
+    inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
+                        standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS)  # fmt: skip
+    note = dest.parent / ".copy.gate.waiting"
+    # The standby's startup process stopped: replay cannot pass the backup's start, so replay_wait waits (and the gate stays shut).
+    ((startup,),) = standby.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'")
+    os.kill(startup, signal.SIGSTOP)
+    try:
+        proc = _playbook(ansible_env, inventory, "standby_backup.yml", extra, start_new_session=True)
+        _wait(lambda: note.exists() and list(keepers.glob("*/started.json")), "the backup open and its copy waiting at the gate")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        copy_pid = int(note.read_text().split()[0])
+        assert _alive(copy_pid), "the copy waits at its gate after the controller died"
+        assert not dest.exists(), "behind the gate the copy wrote nothing"
+        assert primary.sql(KEEPERS) == [(1,)] and standby.sql(OUR_SLOTS) == [(1,)]
+
+        rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra)
+        assert rc == 0, output[-3000:]
+        print(output[-2000:])
+        assert "waiting at its start gate" in output and "not written by the run: left as it is" in output, output[-3000:]
+        _wait(lambda: not _alive(copy_pid) and not note.exists(), "the waiting copy ending")
+        _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the backup session ending on the primary")
+        assert standby.sql(OUR_SLOTS) == [(0,)], "the slot is dropped"
+        assert not dest.exists(), "nothing was written, nothing is marked"
+    finally:
+        os.kill(startup, signal.SIGCONT)
+        for pid_file in keepers.glob("*/keeper.pid"):
+            pid = int(pid_file.read_text())
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
