@@ -93,6 +93,21 @@ def pytest_collection_modifyitems(items):
     for item in items:
         item.stash[_GROUP] = _group(item)
         item.add_marker(pytest.mark.xdist_group(item.stash[_GROUP]))
+        _skip_outside_its_majors(item)
+
+
+def _skip_outside_its_majors(item) -> None:
+    """``pytest.mark.majors(13, 15, 18)`` in a test module's pytestmark (a comment above it says why those): its tests run
+    on those majors only (as spot_check, when PG_VERSIONS selects none of them: the newest selected), skipped at
+    collection so no cluster is made for them. ROLE_MAJORS=all runs them on every major. For module tests whose
+    version-dependent parts the listed majors cover; test_backup_procedure, test_wal_collect and others run everywhere."""
+    mark = item.get_closest_marker("majors")
+    major = getattr(getattr(item, "callspec", None), "params", {}).get("pg_major")
+    if mark is None or major is None or os.environ.get("ROLE_MAJORS") == "all":
+        return
+    wanted = set(mark.args) & set(selected_majors()) or {selected_majors()[-1]}
+    if major not in wanted:
+        item.add_marker(pytest.mark.skip(reason=f"{item.module.__name__.rsplit('.', 1)[-1]} runs on {sorted(wanted)} only (its pytestmark says why)"))
 
 
 @pytest.hookimpl(tryfirst=True)  # after pytest's reordering by the session-scoped pg_major, before xdist sends the list

@@ -19,7 +19,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse
 
 from .test_cluster_info import _one_major, _playbook
 
-pytestmark = pytest.mark.integration
+# Where these tests run (conftest._skip_outside_its_majors): the backup API is pg_start_backup up to 14 and pg_backup_start from 15.
+pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 14, 15, 18)]
 
 # Quotes, shell syntax and SQL that must reach the server as data (no Jinja delimiters: Ansible would template them).
 NASTY_LABEL = 'it\'s "q" $(id) `uname`; DROP TABLE x; -- \\ end'

@@ -22,7 +22,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control impor
 from .test_cluster_info import _playbook
 from .test_datadir_copy import postgres_refuses
 
-pytestmark = pytest.mark.integration
+# Where these tests run (conftest._skip_outside_its_majors): the label comes from pg_stop_backup up to 14 and pg_backup_stop from 15 (17 and 18: the newest).
+pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 15, 17, 18)]
 
 
 def _place(env, testbed, tmp_path: Path, data_dir: Path, **place_args) -> dict:

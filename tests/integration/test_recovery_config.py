@@ -17,7 +17,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse
 from .test_cluster_info import _playbook
 from .test_label_place import _backup_copy
 
-pytestmark = pytest.mark.integration
+# Where these tests run (conftest._skip_outside_its_majors): recovery settings and standby.signal are the same from 12 on.
+pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 18)]
 
 
 def _configure(env, testbed, tmp_path: Path, data_dir: Path, *args: str, **config_args) -> tuple:

@@ -18,7 +18,8 @@ from .harness.hosts import Network
 from .harness.pgbins import ROOT, postgres_install
 from .harness.testbed import Testbed, leftovers
 
-pytestmark = pytest.mark.integration
+# Where these tests run (conftest._skip_outside_its_majors): the test bed's own checks: the oldest, Debian's and the newest.
+pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 15, 18)]
 
 
 def _eventually(check, what: str, timeout: float = 60) -> None:
