@@ -66,11 +66,11 @@ class ActionModule(ActionBase):
     @staticmethod
     def _finished(result: dict, answer: dict, rounds: int, progress: dict, host: str) -> dict:
         """The job's own result, as async_status would have read it: a failed copy fails this task with its message."""
-        copy = answer.get("copy")
-        result.update(changed=False, finished=True, rounds=rounds, progress=progress, copy=copy or {})
+        copy = answer.get("copy_result")
+        result.update(changed=False, finished=True, rounds=rounds, progress=progress, copy_result=copy or {})
         if copy is None:
             result.update(failed=True, msg=f"the copy's async job file {answer.get('missing_job_file')} on {host} is gone, so nothing shows how the copy "
                           "ended: something removed it (a cleanup of ~/.ansible_async?); treat the copy as failed and run the backup again")  # fmt: skip
         elif copy.get("failed"):
-            result.update(failed=True, msg=copy.get("msg") or f"the copy on {host} failed without a message (see copy in the result)")
+            result.update(failed=True, msg=copy.get("msg") or f"the copy on {host} failed without a message (see copy_result in the result)")
         return result

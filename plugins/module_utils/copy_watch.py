@@ -137,7 +137,7 @@ def one_round(
 ) -> dict:
     """Wait up to ``wait`` seconds for the job to finish (looked at ten times a second: the backup stays open until the
     wait returns, so it returns the moment the copy ends) or the keeper's backup to be lost (asked twice a second).
-    A finished job's result comes back as ``copy`` (what async_status would read), so no further task is needed."""
+    A finished job's result comes back as ``copy_result`` (what async_status would read), so no further task is needed."""
     deadline = time.monotonic() + wait
     next_keeper_look = 0.0
     while True:
@@ -150,7 +150,7 @@ def one_round(
             killed = kill_job(jid)
             return {"finished": False, "lost": lost, "killed": killed, "progress": read_progress(progress_file)}  # kept: where it stopped
         if job.get("finished"):
-            answer = {"finished": True, "lost": None, "progress": _read_and_remove(progress_file, remove_progress_file), "copy": job["result"]}
+            answer = {"finished": True, "lost": None, "progress": _read_and_remove(progress_file, remove_progress_file), "copy_result": job["result"]}
             if job["result"] is None:
                 answer["missing_job_file"] = job["job_file"]
             return answer

@@ -65,7 +65,7 @@ attributes:
     description: Not supported; it follows an async job itself.
     support: none
 notes:
-  - It returns when the job finished, with the job's result in RV(copy) (what M(ansible.builtin.async_status) would
+  - It returns when the job finished, with the job's result in RV(copy_result) (what M(ansible.builtin.async_status) would
     read), and fails with the copy's message when the copy failed, so no async_status task is needed after it.
 """
 
@@ -80,7 +80,7 @@ EXAMPLES = r"""
     interval: 30
     timeout: 86400
     remove_progress_file: true
-  register: copied  # copied.copy holds datadir_copy's result
+  register: copied  # copied.copy_result holds datadir_copy's result
 """
 
 RETURN = r"""
@@ -88,7 +88,7 @@ finished:
   description: Whether the job finished (successfully; a failed copy fails the task).
   returned: always
   type: bool
-copy:
+copy_result:
   description: The result of the finished job (the P(pgbackup.lowlevel.datadir_copy#module) module's return values).
   returned: when the job finished
   type: dict

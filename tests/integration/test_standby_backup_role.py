@@ -97,6 +97,8 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
         assert summary, stdout[-4000:]
         start_lsn, stop_lsn = summary.groups()
         assert "copied " in stdout and " MiB/s" in stdout, "the copy's progress is shown"
+        copied = re.search(r'"copied_bytes": (\d+),.*?"copy_seconds": ([0-9.]+),', stdout, re.S)
+        assert copied and int(copied.group(1)) > 0, "the summary says what the copy did (copy_wait's copy_result): " + stdout[-3000:]
         assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)] and standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
 
         recover_and_check(primary, restored, bed, ansible_env, tmp_path, pg_major, procedure=mode, start_lsn=start_lsn, stop_lsn=stop_lsn, canary=canary)

@@ -113,7 +113,7 @@ def test_one_round_hands_back_the_jobs_result_and_removes_the_progress_file(tmp_
     progress.write_text(json.dumps({"phase": "done"}))
     r = copy_watch.one_round(jid="9.2", async_dir=str(tmp_path), progress_file=str(progress), state_dir=None, backup_id=None, wait=30,
                              remove_progress_file=True)  # fmt: skip
-    assert r["copy"] == {"changed": True, "bytes": 123, "files": 4} and r["progress"]["phase"] == "done"
+    assert r["copy_result"] == {"changed": True, "bytes": 123, "files": 4} and r["progress"]["phase"] == "done"
     assert not progress.exists(), "the progress file goes once the copy ended"
 
 
@@ -130,4 +130,4 @@ def test_one_round_keeps_the_progress_file_unless_asked_and_while_the_job_runs(t
 
 def test_one_round_says_when_the_job_file_is_gone(tmp_path):
     r = copy_watch.one_round(jid="9.4", async_dir=str(tmp_path), progress_file=None, state_dir=None, backup_id=None, wait=0.1)
-    assert r["finished"] and r["copy"] is None and r["missing_job_file"].endswith("/9.4")
+    assert r["finished"] and r["copy_result"] is None and r["missing_job_file"].endswith("/9.4")
