@@ -125,7 +125,7 @@ def run_rsync(argv: list, progress: Progress, on_done=None) -> None:
 
 
 def rsync_all(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: int, delta: bool, progress: Progress,
-               tmpdir: Optional[str], on_done_for: Optional[Callable] = None, max_rate: int = 0) -> None:  # fmt: skip
+              tmpdir: Optional[str], on_done_for: Optional[Callable] = None, max_rate: int = 0) -> None:  # fmt: skip
     """rsync (over ssh for a remote source; locally in delta mode) with ``parallel`` streams, then pg_control last.
 
     With ``on_done_for``, ``on_done_for(dest_root)`` is called with the name of each file rsync has put in place
