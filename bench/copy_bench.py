@@ -9,7 +9,8 @@ before each run:
 
 - on db1: ``cp -a`` then ``sync``; ``rsync -a`` then ``sync``; ``pg_basebackup -X none`` over the socket (it fsyncs);
   the copy engine (copy_engine.execute, as datadir_copy runs it: rsync, SHA-256, fsync, chown) with each --parallel;
-- on db2 pulling from db1: the copy engine over ssh with each --parallel (rsync, then ``transport: stream``);
+- on db2 pulling from db1: the copy engine over ssh with each --parallel (rsync with ssh's default cipher, rsync with
+  ``-c aes128-gcm@openssh.com``, then ``transport: stream``);
   ``pg_basebackup -X none`` over TCP. ``--ssh-only`` leaves out the cases on one host.
 
 Prints a table (bytes, median and fastest seconds, MB/s and ratio to ``cp -a + sync`` of the medians) and writes it
@@ -176,6 +177,11 @@ def main() -> int:
             dest = scratch / f"engine-ssh-{n}"
             spec = json.dumps({"path": str(src), "dest": str(dest), "parallel": n, **ssh})
             cases.append(Case("datadir_copy engine, ssh", "db2 <- db1", n, dest, [(db2, [sys.executable, "-c", ENGINE, spec], "root", engine_env)]))
+        for n in args.parallel:  # rsync's ssh with the cipher the stream transport prefers (AES-NI)
+            dest = scratch / f"engine-ssh-aes-{n}"
+            aes = dict(ssh, ssh_options=[*ssh["ssh_options"], "-c", "aes128-gcm@openssh.com"])
+            spec = json.dumps({"path": str(src), "dest": str(dest), "parallel": n, **aes})
+            cases.append(Case("engine, ssh -c aes128-gcm", "db2 <- db1", n, dest, [(db2, [sys.executable, "-c", ENGINE, spec], "root", engine_env)]))
         for n in args.parallel:
             dest = scratch / f"engine-stream-{n}"
             spec = json.dumps({"path": str(src), "dest": str(dest), "parallel": n, "transport": "stream", **ssh})

@@ -10,6 +10,13 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+# The benchmarks' Python tools (py-spy for bench/copy_profile.py) go into the project's .venv, made by `make deps`.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -x "$here/.venv/bin/python" ]; then
+  "$here/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/bench/requirements.txt" \
+    || echo "install-bench-deps.sh: could not install bench/requirements.txt; bench/copy_profile.py needs it" >&2
+fi
+
 declare -A want=(
   [/usr/bin/pgbackrest]=pgbackrest
   [/usr/bin/barman]=barman

@@ -19,7 +19,11 @@ options:
     description: Private key file for ssh.
     type: path
   ssh_options:
-    description: Extra ssh arguments, one list element per argument (for example V(-o), V(StrictHostKeyChecking=no)).
+    description:
+      - Extra ssh arguments, one list element per argument (for example V(-o), V(StrictHostKeyChecking=no)).
+      - Where this host's CPU has AES instructions, ssh is given C(-c) with C(aes128-gcm@openssh.com) first and OpenSSH's
+        other modern defaults after it (C(chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr)) unless these options choose ciphers
+        (V(-c) or V(Ciphers=)); a C(Ciphers) line in an ssh config file is overridden by it.
     type: list
     elements: str
     default: []

@@ -10,9 +10,31 @@ import shlex
 import socket
 import stat
 import subprocess
+from functools import cache
 from typing import Optional
 
 from .errors import PgBackupError
+
+# Offered first where this host's CPU has AES instructions: aes128-gcm cost ssh's client a fraction of the CPU of
+# OpenSSH's default chacha20-poly1305, and copies over ssh ran about 16 % faster with it (bench/README.md, copy_bench).
+# OpenSSH's other modern defaults follow, so a server that refuses one (FIPS mode: no chacha20) still finds another.
+FAST_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr"
+
+
+@cache
+def has_aes_instructions(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU advertises AES (x86 ``flags`` and ARMv8 ``Features`` both name it ``aes``)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            return any(line.startswith(("flags", "Features")) and "aes" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def cipher_options(ssh_options: list) -> list:
+    """``-c FAST_CIPHERS`` unless the user's own ssh options choose ciphers, or this CPU lacks AES instructions."""
+    chosen = any(a == "-c" or (a.startswith("-c") and len(a) > 2) or "ciphers" in a.lower() for a in ssh_options)
+    return [] if chosen or not has_aes_instructions() else ["-c", FAST_CIPHERS]
 
 
 class Source:
@@ -43,7 +65,7 @@ class Source:
             argv += ["-i", self.key]
         if self.user:
             argv += ["-l", self.user]
-        return argv + self.ssh_options
+        return argv + cipher_options(self.ssh_options) + self.ssh_options
 
     def run(self, argv: list) -> bytes:
         """Run ``argv`` on the source host (each word quoted for the remote shell) and return stdout."""

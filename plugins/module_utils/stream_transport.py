@@ -31,7 +31,6 @@ from typing import Callable, Optional
 from .errors import PgBackupError
 
 PIECE = 64 * 1024 * 1024
-CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com"
 MARKER = "pgbackup-stream-sender"
 _LEN = struct.Struct(">I")
 
@@ -113,11 +112,8 @@ def encode_request(path: str, offset: int, length: int) -> bytes:
 
 
 def ssh_command(ssh_argv: list, host: str) -> list:
-    """ssh running the sender on ``host``; a fast AEAD cipher first unless the user's options choose ciphers."""
-    argv = list(ssh_argv)
-    if not any(a == "-c" or "ciphers" in a.lower() for a in argv):
-        argv += ["-c", CIPHERS]
-    return [*argv, host, "--", "python3 -c " + shlex.quote(SENDER)]
+    """ssh running the sender on ``host`` (``ssh_argv`` from ``Source.ssh_argv``, which chooses the cipher)."""
+    return [*ssh_argv, host, "--", "python3 -c " + shlex.quote(SENDER)]
 
 
 class _File:

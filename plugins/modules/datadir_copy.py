@@ -90,8 +90,8 @@ options:
       - How a full copy from O(source_host) travels. V(rsync) runs O(parallel) rsync processes over ssh.
       - V(stream) runs a small sender (Python 3.9+ standard library, shipped over ssh with C(python3 -c); nothing is
         installed on the source) on O(parallel) ssh connections, one framed stream each, with files and pieces of
-        big files (O(piece_size)) spread over the streams; the cipher C(aes128-gcm@openssh.com) is offered first
-        unless O(ssh_options) choose ciphers. Each file is hashed, fsynced and chowned here once all its pieces are in.
+        big files (O(piece_size)) spread over the streams (the cipher as O(ssh_options) says). Each file is hashed,
+        fsynced and chowned here once all its pieces are in.
       - V(stream) makes full copies from another host only; it refuses O(delta), a copy on one host and O(max_rate).
     type: str
     choices: [rsync, stream]

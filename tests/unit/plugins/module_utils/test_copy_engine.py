@@ -8,7 +8,7 @@ import subprocess
 import threading
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_source, copy_state
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import (
     OUT_PREFIX,
     Progress,
@@ -70,7 +70,8 @@ def tree(root):
     return out
 
 
-def test_rsync_argv_protects_args():
+def test_rsync_argv_protects_args(monkeypatch):
+    monkeypatch.setattr(copy_source, "has_aes_instructions", lambda: False)
     argv = rsync_argv(Source("/d", "db1", "postgres", 2222, "/k", ("-o", "A=b c")), "/d", "/x", "/l", False)
     assert "--protect-args" in argv
     assert argv[-3:] == ["--", "db1:/d/", "/x/"]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_source, rsync_transport
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import stream_transport as st
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Progress, Source, check_transport
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
@@ -34,13 +35,29 @@ def test_work_items_big_files_first_largest_first_then_listing_order():
     ]  # fmt: skip
 
 
-def test_cipher_offered_unless_the_user_chose():
-    argv = st.ssh_command(["ssh", "-o", "BatchMode=yes"], "db2")
-    assert argv[argv.index("-c") + 1] == "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com"
+def test_cipher_offered_unless_the_user_chose(monkeypatch):
+    monkeypatch.setattr(copy_source, "has_aes_instructions", lambda: True)
+    argv = st.ssh_command(copy_source.Source("/d", "db2").ssh_argv(), "db2")
+    assert argv[argv.index("-c") + 1] == copy_source.FAST_CIPHERS
+    assert copy_source.FAST_CIPHERS.startswith("aes128-gcm@openssh.com,")
     assert argv[-3:-1] == ["db2", "--"] and argv[-1].startswith("python3 -c ")
-    for own in (["-c", "aes256-ctr"], ["-o", "Ciphers=aes256-ctr"], ["-oCiphers=aes256-ctr"]):
-        argv = st.ssh_command(["ssh", *own], "db2")
-        assert argv.count("-c") == own.count("-c") and "aes128-gcm" not in " ".join(argv[:-1])
+    rsync = rsync_transport.rsync_argv(copy_source.Source("/d", "db2"), "/d", "/x", "/l", False)
+    assert "-c " + copy_source.FAST_CIPHERS in rsync[rsync.index("-e") + 1]  # rsync's ssh gets it as well
+    for own in (["-c", "aes256-ctr"], ["-o", "Ciphers=aes256-ctr"], ["-oCiphers=aes256-ctr"], ["-caes256-ctr"]):
+        argv = copy_source.Source("/d", "db2", ssh_options=tuple(own)).ssh_argv()
+        assert argv.count("-c") == own.count("-c") and "aes128-gcm" not in " ".join(argv)
+
+
+def test_no_cipher_preference_without_aes_instructions(monkeypatch, tmp_path):
+    check = copy_source.has_aes_instructions.__wrapped__  # uncached: it reads the file it is given
+    monkeypatch.setattr(copy_source, "has_aes_instructions", lambda: False)
+    assert "-c" not in copy_source.Source("/d", "db2").ssh_argv()
+    x86, arm, none = tmp_path / "x86", tmp_path / "arm", tmp_path / "none"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse2 aes avx\n")
+    arm.write_text("Features\t: fp asimd aes pmull sha1\n")
+    none.write_text("flags\t\t: fpu sse2 avx vaes_like\n")
+    assert check(str(x86)) and check(str(arm))
+    assert not check(str(none)) and not check(str(tmp_path / "absent"))
 
 
 def _read(f, n):
