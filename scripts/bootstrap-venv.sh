@@ -7,7 +7,19 @@ venv=${VENV:-$here/.venv}
 stamp=$venv/.requirements-dev.sha256
 want=$(sha256sum "$here/requirements-dev.txt" | cut -d' ' -f1)
 
+# A second interpreter for the modules with psycopg 3 and no psycopg2 (it sees neither .venv's packages nor Debian's):
+# integration tests run the standby_backup role with it, so both drivers are exercised against real servers.
+psycopg3=$venv/psycopg3
+psycopg3_pin=$(grep -o '^psycopg\[binary\]==[0-9.]*' "$here/requirements-dev.txt")
+ensure_psycopg3() {
+  if ! "$psycopg3/bin/python" -c 'import psycopg' 2>/dev/null; then
+    "$venv/bin/python" -m venv --clear "$psycopg3"
+    "$psycopg3/bin/python" -m pip install -q --disable-pip-version-check "$psycopg3_pin"
+  fi
+}
+
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  ensure_psycopg3
   exit 0
 fi
 
@@ -33,4 +45,5 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements-dev.txt"
+ensure_psycopg3
 echo "$want" > "$stamp"

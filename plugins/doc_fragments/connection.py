@@ -99,10 +99,11 @@ notes:
     them in favour of the C(login_*) names, which are the ones to prefer.
   - Connection options can be set once per play for every module of the collection that connects to
     PostgreSQL with C(module_defaults) and the action group C(group/pgbackup.lowlevel.postgres).
-  - The connection is made with psycopg2 directly to the server (not through a pooler in transaction
+  - The connection is made with psycopg2, or psycopg (3) where psycopg2 is not installed, directly to the server (not through a pooler in transaction
     mode), with C(application_name) set to C(pgbackup.lowlevel/<module>) and C(statement_timeout=0).
   - A password passed through the task keyword C(environment) (for example E(PGPASSWORD)) may show in
     the command lines Ansible logs at high verbosity; prefer O(login_password), which is C(no_log).
 requirements:
-  - psycopg2 (for example C(python3-psycopg2) or C(psycopg2-binary)) on the host the module runs on
+  - psycopg2 (for example C(python3-psycopg2) or C(psycopg2-binary)) or psycopg 3 (C(python3-psycopg), C(psycopg[binary]))
+    on the host the module runs on
 """

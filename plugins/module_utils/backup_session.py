@@ -122,6 +122,7 @@ def check_only(params: dict, backup_id: str) -> dict:
         "server_version": snapshot["server_version"],
         "system_identifier": snapshot["system_identifier"],
         "timeline": snapshot["timeline"],
+        "queries": list(session.queries),
     }
 
 
@@ -173,6 +174,7 @@ def _keeper_main(directory: str, params: dict, *, backup_id: str, label: str, fa
             "state_dir": state_dir,
             "session_dir": directory,
             **position,
+            "queries": list(session.queries),  # what the keeper's session ran up to the start (community.postgresql's habit)
         }
         keeper_files.write_json(directory, keeper_files.STARTED, result)
         keeper_files.log_line(directory, f"started at {result['start_lsn']} on the {result['server_role']}, backend pid {result['backend_pid']}")

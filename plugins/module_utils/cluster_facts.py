@@ -94,7 +94,7 @@ Warn = Callable[[str], None]
 
 
 def jsonable(value: Any) -> Any:
-    """A value psycopg2 returned, as JSON can carry it: numbers, text, ISO 8601 times, seconds for intervals."""
+    """A value the driver returned, as JSON can carry it: numbers, text, ISO 8601 times, seconds for intervals."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

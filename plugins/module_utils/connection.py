@@ -6,8 +6,12 @@ The options are documented once in ``plugins/doc_fragments/connection.py`` and d
 ``connection_argument_spec()``; that function is the only part of this file that needs Ansible (for
 ``env_fallback``), so everything else is testable with plain Python.
 
-Connecting builds psycopg2 keyword arguments (never a DSN string of our own), sets
-``application_name`` and ``statement_timeout=0``, runs in autocommit, and turns every psycopg2 error
+The driver is psycopg2 where it is installed, else psycopg 3 (as community.postgresql, either works; psycopg2 is
+taken first so a host that has both behaves as before psycopg 3 was supported). psycopg 3 runs with client-side
+parameter binding (``ClientCursor``), so every statement reaches the server as psycopg2 would send it.
+
+Connecting builds libpq keyword arguments (never a DSN string of our own), sets
+``application_name`` and ``statement_timeout=0``, runs in autocommit, and turns every driver error
 into a ``PgBackupError`` that says what was tried (host, port, user, database — never the password),
 what failed (the server's message and SQLSTATE) and what to do. Every message is scrubbed of the
 password, in case a server or a library echoes it.
@@ -24,10 +28,17 @@ from .errors import PgBackupError
 
 try:
     import psycopg2
-except ImportError:  # reported by connect() with what to install
+except ImportError:  # then psycopg 3; neither is reported by connect() with what to install
     psycopg2 = None
+psycopg = None
+if psycopg2 is None:
+    try:
+        import psycopg
+    except ImportError:
+        psycopg = None
 
 HAS_PSYCOPG2 = psycopg2 is not None
+DRIVER = "psycopg2" if psycopg2 is not None else "psycopg" if psycopg is not None else None
 
 DEFAULT_PORT = 5432
 DEFAULT_USER = "postgres"
@@ -260,13 +271,13 @@ def scrub(text: object, secrets: tuple = ()) -> str:
 
 
 def _server_message(exc: BaseException, secrets: tuple) -> str:
-    message = getattr(exc, "pgerror", None) or str(exc) or type(exc).__name__
+    message = getattr(exc, "pgerror", None) or str(exc) or type(exc).__name__  # pgerror: psycopg2's full text
     message = " ".join(scrub(message, secrets).split())
     return message
 
 
 def _sqlstate(exc: BaseException) -> Optional[str]:
-    return getattr(exc, "pgcode", None) or None
+    return getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None) or None  # psycopg2, psycopg 3
 
 
 _CONNECT_HINTS = (
@@ -328,10 +339,26 @@ class Session:
         self.connection = connection
         self.target = target
         self.queries: list[str] = []
+        self._notices: Optional[list] = None
+        if hasattr(connection, "add_notice_handler"):  # psycopg 3 hands notices to a callback; psycopg2 keeps a list
+            self._notices = []
+            connection.add_notice_handler(self._notice)
+
+    def _notice(self, diag: Any) -> None:
+        self._notices.append(f"{diag.severity}:  {diag.message_primary}")
+
+    @property
+    def notices(self) -> list:
+        """The server's notices on this session so far, as psycopg2 words them (``NOTICE:  text``)."""
+        return self._notices if self._notices is not None else self.connection.notices
+
+    def clear_notices(self) -> None:
+        del self.notices[:]
 
     @property
     def server_version_num(self) -> int:
-        return int(self.connection.server_version)
+        info = getattr(self.connection, "info", None)  # psycopg 3: connection.info; psycopg2: connection.server_version
+        return int(info.server_version if info is not None and hasattr(info, "server_version") else self.connection.server_version)
 
     def query(self, sql: str, params: Any = None, *, record: bool = True) -> list[dict]:
         return run_query(self, sql, params, record=record)
@@ -359,17 +386,11 @@ def connect(
     """Connect with the connection options in ``params``; raise PgBackupError saying what to fix.
 
     ``application_name`` names the module (e.g. ``pgbackup.lowlevel/cluster_info``); ``settings`` are
-    extra server settings for the session. ``connect_function`` replaces ``psycopg2.connect`` in tests.
+    extra server settings for the session. ``connect_function`` replaces the driver's connect in tests.
     """
     kwargs = connect_kwargs(params, application_name=application_name, settings=settings)
     if connect_function is None:
-        if psycopg2 is None:
-            raise PgBackupError(
-                f"the Python library psycopg2 is missing on the host the module runs on (interpreter {sys.executable}); "
-                "install it there (Debian/Ubuntu: python3-psycopg2, RHEL: python3-psycopg2, or pip install psycopg2-binary) "
-                "or point ansible_python_interpreter at a Python that has it"
-            )
-        connect_function = psycopg2.connect
+        connect_function = driver_connect()
     try:
         connection = connect_function(**kwargs)
         connection.autocommit = True
@@ -380,6 +401,25 @@ def connect(
     if role:
         set_session_role(session, role)
     return session
+
+
+def driver_connect() -> Callable[..., Any]:
+    """The installed driver's connect function; a clear error naming the interpreter when there is none."""
+    if psycopg2 is not None:
+        return psycopg2.connect
+    if psycopg is not None:
+        return _psycopg3_connect
+    raise PgBackupError(
+        f"neither psycopg2 nor psycopg (3) is installed for the Python the module runs on ({sys.executable}); "
+        "install one there (Debian/Ubuntu: python3-psycopg2 or python3-psycopg, RHEL: python3-psycopg2, or pip install "
+        "psycopg2-binary) or point ansible_python_interpreter at a Python that has it"
+    )
+
+
+def _psycopg3_connect(**kwargs: Any) -> Any:
+    # ClientCursor binds parameters on this side, as psycopg2 does: a statement with parameters is the same SQL text
+    # on the server (utility statements cannot take server-side parameters), and mogrify() gives it for ``queries``.
+    return psycopg.connect(**kwargs, cursor_factory=psycopg.ClientCursor)
 
 
 def quote_ident(name: str) -> str:
@@ -412,7 +452,7 @@ def run_query(session: Session, sql: str, params: Any = None, *, record: bool = 
         try:
             cursor.execute(sql, params)
             if record:
-                session.queries.append(_statement_text(cursor, sql))
+                session.queries.append(_statement_text(cursor, sql, params))
             if not cursor.description:
                 return []
             names = [column[0] for column in cursor.description]
@@ -433,8 +473,10 @@ def run_query(session: Session, sql: str, params: Any = None, *, record: bool = 
         ) from None
 
 
-def _statement_text(cursor: Any, sql: str) -> str:
-    text = getattr(cursor, "query", None)
+def _statement_text(cursor: Any, sql: str, params: Any = None) -> str:
+    text = getattr(cursor, "query", None)  # psycopg2: the statement as sent
+    if text is None and params is not None and hasattr(cursor, "mogrify"):  # psycopg 3's ClientCursor
+        text = cursor.mogrify(sql, params)
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return " ".join((text or sql).split())

@@ -225,8 +225,8 @@ class Keeper:
         if why:
             self.abort(f"{why}; the backup was aborted because a copy taken from that standby would not match it")
             return {"ok": False, "state": self.state, "error": f"{why}. The backup was aborted: {backup_api.ABORTED_ADVICE}"}
-        connection = self.session.connection
-        del connection.notices[:]
+        self.session.clear_notices()
+        first_query = len(self.session.queries)
         try:
             (row,) = self.session.query("SELECT pg_backend_pid() AS pid", record=False)
             moved = backup_api.moved_session_problem(self.session.target, int(self.started["backend_pid"]), int(row["pid"]))
@@ -242,10 +242,11 @@ class Keeper:
             self.session.close()
             self.record_aborted(f"the stop function failed: {message}")
             return {"ok": False, "state": self.state, "error": f"stopping the backup failed: {message}. {backup_api.ABORTED_ADVICE}"}
-        notices = [" ".join(str(n).split()) for n in connection.notices]
+        notices = [" ".join(str(n).split()) for n in self.session.notices]
         seg_size = self.started["wal_segment_size"]
         result = backup_api.stop_result(answer, timeline=timeline, seg_size=seg_size, started_at=self.server_started_at, notices=notices)
         result["notices"] = notices
+        result["queries"] = self.session.queries[first_query:]
         keeper_files.write_json(self.directory, keeper_files.STOPPED, result)
         keeper_files.log_line(self.directory, f"stopped at {result['stop_lsn']}")
         self.session.close()

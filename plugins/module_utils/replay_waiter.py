@@ -54,7 +54,7 @@ DEFAULT_STALL_TIMEOUT = 300.0
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_LAG_BYTES = 16 << 20
 SYSID_MODULUS = 1 << 64
-# psycopg2 gives no SQLSTATE for a refused connection; these are the server's messages for "alive, not yet" (lc_messages C).
+# The drivers give no SQLSTATE for a refused connection; these are the server's messages for "alive, not yet" (lc_messages C).
 NOT_YET_ACCEPTING = (
     "the database system is starting up",  # 13, and 14+ before recovery starts
     "the database system is not yet accepting connections",  # 14+: recovering, not consistent yet

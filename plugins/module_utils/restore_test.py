@@ -202,9 +202,9 @@ class RestoreTest:
             os.chmod(path, 0o600)
 
     def sql(self, query: str, dbname: str = "postgres") -> list:
-        import psycopg2  # only the restore test needs it
+        from .connection import driver_connect  # only the restore test needs a driver
 
-        conn = psycopg2.connect(host=self.sockdir, port=self.port, user=self.user, dbname=dbname, connect_timeout=10)
+        conn = driver_connect()(host=self.sockdir, port=self.port, user=self.user, dbname=dbname, connect_timeout=10)
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -261,7 +261,7 @@ class RestoreTest:
                     return {"end_lsn": end, "replay_lsn": replay, "paused": bool(paused)}
             except PgBackupError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - psycopg2's errors: not consistent yet, so not accepting connections
+            except Exception as exc:  # noqa: BLE001 - the driver's errors: not consistent yet, so not accepting connections
                 last = str(exc).strip()
                 if "does not exist" in last and "database" in last:
                     raise PgBackupError(f"the scratch copy has no database 'postgres': {last}") from None
@@ -431,7 +431,7 @@ def run_restore_test(data_dir: str, **kwargs) -> dict:
             test.stop()
         except (PgBackupError, OSError, subprocess.SubprocessError) as exc:
             result["problems"].append(f"restore test failed: {exc}")
-        except Exception as exc:  # noqa: BLE001 - psycopg2's errors from a query at the end point
+        except Exception as exc:  # noqa: BLE001 - the driver's errors from a query at the end point
             result["problems"].append(f"restore test failed: {str(exc).strip()}")
         finally:
             result["log"] = test.log_excerpt()

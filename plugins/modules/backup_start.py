@@ -175,6 +175,14 @@ session_dir:
   returned: success and not check mode
   type: str
   sample: /var/lib/postgresql/.cache/pgbackup.lowlevel/keepers/20261123T004501Z-3f9a1c
+queries:
+  description:
+    - The statements the backup's session ran (the keeper's, up to the start; in check mode the checks').
+    - Statements whose parameters are secret are left out.
+  returned: always
+  type: list
+  elements: str
+  sample: ["SELECT lsn::text AS lsn, clock_timestamp() AS at FROM pg_backup_start('pgbackup.lowlevel 20261123T004501Z-3f9a1c', true) AS lsn"]
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -170,6 +170,14 @@ rounds:
   returned: always
   type: int
   sample: 1
+queries:
+  description: The statements the backup's session ran to stop the backup.
+  returned: state is stopped and the stop was run by this task
+  type: list
+  elements: str
+  sample:
+    - "SELECT lsn::text AS lsn, convert_to(labelfile, current_setting('server_encoding')) AS labelfile,
+      convert_to(coalesce(spcmapfile, ''), current_setting('server_encoding')) AS spcmapfile, clock_timestamp() AS at FROM pg_backup_stop(true)"
 """
 
 from ansible.module_utils.basic import AnsibleModule

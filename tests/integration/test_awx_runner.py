@@ -73,6 +73,9 @@ def test_standby_backup_as_an_awx_job(primary_standby, testbed, tarball, tmp_pat
     assert len(summaries) == 1, f"expected one runner_on_ok event of the Summary task, found {len(summaries)}: {job.explain()}"
     msg = summaries[0]["event_data"]["res"]["msg"]
     assert msg["start_lsn"] and msg["stop_lsn"] and "/" in msg["stop_lsn"], f"Summary without LSNs: {msg}"
+    progress = [line for line in job.stdout.splitlines() if "copied " in line and " MiB/s" in line]
+    assert progress, f"the job output shows no progress line of the copy (copy_wait's 'copied ... MiB/s'): {job.stdout[-3000:]}"
+    assert "FAILED - RETRYING" not in job.stdout, "progress is shown as lines, not as retries of a failing task"
     _collection_from_the_tarball(job, pdd)
     _secret_kept(job, pdd, primary.password)
     BACKUPS[pg_major] = dest

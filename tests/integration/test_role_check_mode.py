@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -82,6 +83,36 @@ def test_standby_backup_check_meets_the_refusals_of_a_run(primary_standby, testb
     assert "is not empty" in run.stdout, run.stdout[-3000:]
     assert sorted(p.name for p in dest.iterdir()) == ["somebody_elses_file"]
     _nothing_happened(primary, standby, state_dir)
+
+
+def test_standby_backup_session_role_reaches_every_connection(primary_standby, testbed, ansible_env, tmp_path, pg_major):
+    """standby_backup_session_role is SET ROLE on each of the role's connections: a role that does not exist refuses
+    the plan at its first connection, one that exists (made on the primary, replicated to the standby) passes it."""
+    _oldest_and_newest(pg_major)
+    primary, standby = primary_standby
+    dest = testbed.scratch_dir(f"check-session-role-{pg_major}") / "backup"
+    state_dir = tmp_path / "keepers"
+    missing = _backup_vars(primary, standby, dest, state_dir, standby_backup_session_role="pgbt_no_such_role")
+    run = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", missing)
+    assert run.returncode != 0
+    assert "cannot switch to session_role 'pgbt_no_such_role'" in run.stdout, run.stdout[-3000:]
+    primary.sql("DO $$BEGIN CREATE ROLE pgbt_backup_admin SUPERUSER NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    try:
+        _wait_for_role(standby)
+        present = _backup_vars(primary, standby, dest, state_dir, standby_backup_session_role="pgbt_backup_admin")
+        run = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", present)
+        assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+        _nothing_happened(primary, standby, state_dir)
+    finally:
+        primary.sql("DROP ROLE IF EXISTS pgbt_backup_admin")  # the pair is shared with other tests
+
+
+def _wait_for_role(server) -> None:
+    for _attempt in range(100):
+        if server.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'pgbt_backup_admin'") == [(1,)]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pgbt_backup_admin did not reach {server.host}:{server.port}")
 
 
 def test_replica_clone_check_is_a_plan(primary_standby, testbed, ansible_env, tmp_path, pg_major):

@@ -54,9 +54,32 @@ def _start_playbook(env: dict, inventory, extra: dict) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("mode", ["coordinated", "standby_only"])
-def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, mode):
+PSYCOPG3_PYTHON = ROOT / ".venv" / "psycopg3" / "bin" / "python"  # psycopg 3 and no psycopg2 (scripts/bootstrap-venv.sh)
+
+
+def _keeper_interpreters(state_dir) -> set:
+    """The interpreters the running keepers were started with (a keeper is forked from its module, so argv[0] is the
+    Python the module ran on), found through the keeper.pid files under ``state_dir``."""
+    found = set()
+    for pid_file in state_dir.glob("*/keeper.pid"):
+        try:
+            argv = open(f"/proc/{int(pid_file.read_text())}/cmdline", "rb").read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        found.add(argv[0].decode(errors="replace"))
+    return found
+
+
+# The modules' two drivers: psycopg2 in the first two runs, psycopg 3 (modules run by an interpreter that has only
+# psycopg 3) in the third, on the newest major the role tests run on.
+@pytest.mark.parametrize(("mode", "driver"), [("coordinated", "psycopg2"), ("standby_only", "psycopg2"), ("coordinated", "psycopg3")])
+def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, mode, driver):
     _only_some_majors(pg_major)
+    if driver == "psycopg3":
+        if pg_major != max(role_majors()):
+            pytest.skip("psycopg 3 runs the role on the newest major the role tests run on; the modules' SQL is the same on every major")
+        no_psycopg2 = subprocess.run([str(PSYCOPG3_PYTHON), "-c", "import psycopg; import psycopg2"], capture_output=True, text=True, check=False)
+        assert "No module named 'psycopg2'" in no_psycopg2.stderr, f"{PSYCOPG3_PYTHON} must have psycopg 3 and not psycopg2: {no_psycopg2.stderr}"
     bed = netns_testbed
     primary, standby = netns_pair
     primary.pgbench_init()
@@ -79,6 +102,8 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
         standby_backup_progress_interval=2,
         standby_backup_transport="stream" if mode == "standby_only" else "rsync",  # each transport through the role, both ends
     )
+    if driver == "psycopg3":
+        extra["ansible_python_interpreter"] = str(PSYCOPG3_PYTHON)
     try:
         with bed.load(primary, 600, clients=2) as load:
             time.sleep(1)
@@ -90,6 +115,8 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
                 "the backup starting",
             )
             primary.sql(f"CREATE TABLE {canary} AS SELECT 42 AS answer")
+            if driver == "psycopg3":
+                assert str(PSYCOPG3_PYTHON) in _keeper_interpreters(tmp_path / "keepers"), "the modules, and so the keeper, run on psycopg 3"
             stdout, stderr = proc.communicate(timeout=600)
             load.stop()
         assert proc.returncode == 0, stdout[-6000:] + stderr[-3000:]

@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
 import psycopg2
 import pytest
 import yaml
@@ -341,10 +342,88 @@ def test_a_server_echoing_the_password_is_scrubbed(password):
     assert "password authentication failed" in str(error) and "check login_password" in str(error)
 
 
-def test_missing_psycopg2_says_what_to_install(monkeypatch):
+def test_missing_drivers_say_what_to_install(monkeypatch):
     monkeypatch.setattr(conn_mod, "psycopg2", None)
-    with pytest.raises(PgBackupError, match=r"psycopg2 is missing .* install it"):
+    monkeypatch.setattr(conn_mod, "psycopg", None)
+    with pytest.raises(PgBackupError, match=r"neither psycopg2 nor psycopg \(3\) is installed for the Python .* install one there"):
         connect(_params(), application_name=APP)
+
+
+def test_psycopg2_is_taken_first_then_psycopg3(monkeypatch):
+    assert conn_mod.driver_connect() is psycopg2.connect
+    monkeypatch.setattr(conn_mod, "psycopg2", None)
+    monkeypatch.setattr(conn_mod, "psycopg", psycopg)
+    assert conn_mod.driver_connect() is conn_mod._psycopg3_connect
+
+
+@pytest.mark.parametrize("password", NASTY_PASSWORDS[:3])
+def test_psycopg3_real_libpq_refused_connection(monkeypatch, password):
+    monkeypatch.setattr(conn_mod, "psycopg2", None)
+    monkeypatch.setattr(conn_mod, "psycopg", psycopg)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PgBackupError) as caught:
+        connect(_params(login_host="127.0.0.1", login_port=port, login_password=password), application_name=APP)
+    _assert_clean(str(caught.value), password)
+    assert "Connection refused" in str(caught.value) and "the server runs" in str(caught.value)
+    with pytest.raises(PgBackupError, match='invalid connection option "bogus"'):
+        connect(_params(login_host="127.0.0.1", login_password="pw", connect_params={"bogus": "1"}), application_name=APP)
+
+
+class _Psycopg3Connection:
+    """What Session uses of a psycopg 3 connection: info.server_version, add_notice_handler, ClientCursor.mogrify."""
+
+    class info:  # the attribute psycopg 3 has
+        server_version = 170002
+
+    def __init__(self, cursor) -> None:
+        self._cursor = cursor
+        self.handlers: list = []
+
+    def add_notice_handler(self, handler) -> None:
+        self.handlers.append(handler)
+
+    def cursor(self):
+        return self._cursor
+
+
+class _Psycopg3Cursor:
+    description = None
+
+    def execute(self, sql, params=None) -> None:
+        pass
+
+    def mogrify(self, sql, params):
+        return sql % tuple(f"'{p}'" for p in params)
+
+    def close(self) -> None:
+        pass
+
+
+class _Diagnostic:
+    severity, message_primary = "NOTICE", "all required WAL segments have been archived"
+
+
+def test_session_on_psycopg3_reads_version_notices_and_statements():
+    connection = _Psycopg3Connection(_Psycopg3Cursor())
+    session = Session(connection, target="host=db1")
+    assert session.server_version_num == 170002
+    (handler,) = connection.handlers
+    handler(_Diagnostic())
+    assert session.notices == ["NOTICE:  all required WAL segments have been archived"]  # as psycopg2 words it
+    session.clear_notices()
+    assert session.notices == []
+    session.query("SELECT pg_backup_start(%s, %s)", ("b1", True))
+    assert session.queries == ["SELECT pg_backup_start('b1', 'True')"]  # the statement with its parameters, as sent
+
+
+def test_psycopg3_errors_give_their_sqlstate():
+    class Denied(Exception):
+        sqlstate = "42501"
+
+    assert conn_mod._sqlstate(Denied("permission denied")) == "42501"
+    assert conn_mod._sqlstate(Exception("no state")) is None
 
 
 # --- queries -----------------------------------------------------------------------------------------

@@ -201,9 +201,19 @@ class FakeSession:
         self.backend_pid = backend_pid
         self.target = "db1:5432"
         self.statements = []
+        self.queries = []  # connection.Session's: what the stop returns as ``queries``
+
+    @property
+    def notices(self):
+        return self.connection.notices
+
+    def clear_notices(self):
+        del self.connection.notices[:]
 
     def query(self, sql, params=None, *, record=True):
         self.statements.append(sql)
+        if record:
+            self.queries.append(sql)
         for fragment, message in self.fail.items():
             if fragment in sql:
                 raise PgBackupError(f"query failed: {message}", server_message=message)
@@ -265,6 +275,7 @@ def test_status_then_stop_writes_the_result_before_answering(tmp_path):
     stored = keeper_files.read_json(str(directory), keeper_files.STOPPED)
     assert stored == answer["result"] and stored["stop_lsn"] == "0/3000100" and stored["stop_wal_file"] == "000000010000000000000003"
     assert stored["notices"] == ["NOTICE: all required WAL segments have been archived"]
+    assert any("pg_backup_stop" in q for q in stored["queries"]) and not any("pg_backend_pid" in q for q in stored["queries"])
     assert session.connection.closed
 
 
