@@ -8,12 +8,18 @@ stamp=$venv/.requirements-dev.sha256
 want=$(sha256sum "$here/requirements-dev.txt" | cut -d' ' -f1)
 
 # A second interpreter for the modules with psycopg 3 and no psycopg2 (it sees neither .venv's packages nor Debian's):
-# integration tests run the standby_backup role with it, so both drivers are exercised against real servers.
+# integration tests run the standby_backup role with it, so both drivers are exercised against real servers. It is
+# made from the system's python3, which the postgres user can run (a Python under /root is not reachable for it).
 psycopg3=$venv/psycopg3
 psycopg3_pin=$(grep -o '^psycopg\[binary\]==[0-9.]*' "$here/requirements-dev.txt")
 ensure_psycopg3() {
+  local base=/usr/bin/python3
+  [ -x "$base" ] || base=$venv/bin/python
   if ! "$psycopg3/bin/python" -c 'import psycopg' 2>/dev/null; then
-    "$venv/bin/python" -m venv --clear "$psycopg3"
+    if ! "$base" -m venv --clear "$psycopg3" 2>/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      "$base" -m venv --clear "$psycopg3"
+    fi
     "$psycopg3/bin/python" -m pip install -q --disable-pip-version-check "$psycopg3_pin"
   fi
 }

@@ -41,6 +41,7 @@ from . import copy_state, stream_transport
 from .copy_plan import Plan, check_delta_destination, check_destination, delta_removals, delta_remove, make_plan, oid_of
 from .copy_progress import Progress
 from .copy_source import Entry, Source, list_tree, ssh_hint
+from .durable import fsync_dir
 from .errors import PgBackupError
 from .local_transport import CHUNK, local_copy_all
 from .rsync_transport import OUT_FORMAT, OUT_PREFIX, balance, rsync_all, rsync_argv, rsync_logged_name, run_rsync, stream_rate_limit
@@ -219,19 +220,19 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
                 os.chmod(path, e.mode & 0o7777)
                 if uid >= 0:
                     os.chown(path, uid, gid)
-                copy_state.fsync_dir(path)
+                fsync_dir(path)
         if droot != dest:
-            copy_state.fsync_dir(os.path.dirname(droot.rstrip("/")))
+            fsync_dir(os.path.dirname(droot.rstrip("/")))
     for ts in ts_links:
         if uid >= 0:
             os.lchown(os.path.join(dest, ts), uid, gid)
     if os.path.isdir(os.path.join(dest, "pg_tblspc")):
-        copy_state.fsync_dir(os.path.join(dest, "pg_tblspc"))
+        fsync_dir(os.path.join(dest, "pg_tblspc"))
     copy_state.write_checksums(dest, "SHA256", sums)
     if uid >= 0:
         os.chown(os.path.join(dest, copy_state.CHECKSUMS_FILE), uid, gid)
     copy_state.remove_marker(dest)
-    copy_state.fsync_dir(os.path.dirname(dest.rstrip("/")) or "/")
+    fsync_dir(os.path.dirname(dest.rstrip("/")) or "/")
     seconds = time.monotonic() - start
     total = sum(v[0] for v in sums.values())
     progress.phase = "done"

@@ -26,6 +26,7 @@ import re
 import sys
 from typing import Optional
 
+from .durable import fsync_dir, write_atomically
 from .errors import PgBackupError
 
 INCOMPLETE_MARKER = ".pgbackup-incomplete"
@@ -107,26 +108,10 @@ def remove_marker(data_dir: str) -> None:
     fsync_dir(data_dir)
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_checksums(data_dir: str, algorithm: str, files: dict) -> None:
     """``files``: relative path -> [size, mtime_ns, hex digest]; written atomically and fsynced."""
     path = os.path.join(data_dir, CHECKSUMS_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps({"algorithm": algorithm, "files": files}).encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(data_dir)
+    write_atomically(path, json.dumps({"algorithm": algorithm, "files": files}).encode("ascii"), temporary=path + ".tmp")
 
 
 def read_checksums(data_dir: str) -> tuple:

@@ -25,6 +25,7 @@ import secrets
 import stat
 from typing import Optional
 
+from .durable import write_atomically
 from .errors import PgBackupError
 
 BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -105,19 +106,8 @@ def session_dir(state_dir: str, backup_id: str) -> str:
 def write_json(directory: str, name: str, data: dict) -> None:
     """Write ``name`` atomically (temporary file, fsync, rename, fsync of the directory), mode 0600."""
     target = os.path.join(directory, name)
-    temporary = f"{target}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, target)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    body = json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+    write_atomically(target, body, temporary=f"{target}.{os.getpid()}.tmp")  # per pid: the keeper and a module may both write
 
 
 def read_json(directory: str, name: str) -> Optional[dict]:

@@ -18,6 +18,7 @@ from typing import Mapping, Optional
 from . import copy_state
 from .backup_label import parse_backup_label
 from .cluster_facts import postmaster_status
+from .durable import fsync_dir, write_atomically
 from .errors import PgBackupError
 from .lsn import format_lsn, parse_lsn
 from .pg_control import PG_CONTROL_FILE_SIZE, guard_control_bytes, is_guarded, parse_control_file
@@ -40,23 +41,6 @@ def _read(path: str) -> Optional[bytes]:
 def file_mode(data_dir: str) -> int:
     """0640 where the data directory allows group access (0750), else 0600, as PostgreSQL does."""
     return 0o640 if stat.S_IMODE(os.stat(data_dir).st_mode) & 0o070 else 0o600
-
-
-def write_atomically(path: str, data: bytes, *, mode: int, owner: tuple) -> None:
-    """Temporary file, fsync, owner and mode, rename over ``path``, fsync of the directory."""
-    directory = os.path.dirname(path)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.pgbackup-tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0:
-            os.fchown(fd, *owner)
-    finally:
-        os.close(fd)
-    os.rename(temporary, path)
-    copy_state.fsync_dir(directory)
 
 
 def remap_tablespace_map(text: bytes, mapping: Mapping[str, str], major: int) -> bytes:
@@ -183,10 +167,10 @@ def place(
             write_atomically(map_path, new_map, mode=mode, owner=owner)
     elif existing_map is not None:
         os.unlink(map_path)  # a stale map would make recovery recreate tablespace links that do not belong here
-        copy_state.fsync_dir(data_dir)
+        fsync_dir(data_dir)
     if pending is not None:
         data = guard_control_bytes(pending, source=pending_path) if guard_control else pending
         write_atomically(control_path, data, mode=mode, owner=owner)
         os.unlink(pending_path)
-        copy_state.fsync_dir(os.path.dirname(pending_path))
+        fsync_dir(os.path.dirname(pending_path))
     return result

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 from . import copy_state
 from .backup_label import parse_backup_label
+from .durable import fsync_dir, write_atomically
 from .errors import PgBackupError
 from .lsn import format_lsn
 from .pg_control import read_control_file
@@ -219,20 +220,12 @@ def write_manifest(
         lines.append(file_line(rel, st.st_size, st.st_mtime, algo, checksum))
     data = render(cf.major_version, cf.system_identifier, lines, ranges)
     target = result["path"]
-    tmp = target + ".pgbackup-tmp"
     dst = os.stat(data_dir)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640 if dst.st_mode & 0o070 else 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-        if os.geteuid() == 0:
-            os.fchown(fd, dst.st_uid, dst.st_gid)
-    finally:
-        os.close(fd)
-    os.rename(tmp, target)
+    mode = 0o640 if dst.st_mode & 0o070 else 0o600
+    write_atomically(target, data, mode=mode, owner=(dst.st_uid, dst.st_gid), temporary=target + ".pgbackup-tmp")
     ck = os.path.join(data_dir, copy_state.CHECKSUMS_FILE)
-    if os.path.exists(ck):
+    if os.path.exists(ck):  # the copy's own checksums are in the manifest now
         os.unlink(ck)
-    copy_state.fsync_dir(data_dir)
+        fsync_dir(data_dir)
     result.update(reused_checksums=reused, manifest_checksum=data.rstrip(b'"}\n').rsplit(b'"', 1)[-1].decode())
     return result

@@ -17,8 +17,9 @@ import re
 from typing import Mapping, Optional
 
 from . import copy_state
+from .durable import fsync_dir, write_atomically
 from .errors import PgBackupError
-from .label_placer import check_data_dir, write_atomically
+from .label_placer import check_data_dir
 
 AUTO_CONF = "postgresql.auto.conf"
 STANDBY_SIGNAL = "standby.signal"
@@ -157,5 +158,5 @@ def configure(
         write_atomically(os.path.join(data_dir, wanted), b"", mode=0o600, owner=owner)
     if f"{unwanted} (removed)" in changes:
         os.unlink(os.path.join(data_dir, unwanted))
-        copy_state.fsync_dir(data_dir)
+        fsync_dir(data_dir)
     return result

@@ -33,6 +33,7 @@ from typing import Callable, Optional
 
 from . import copy_state
 from .cluster_facts import postmaster_status
+from .durable import fsync_dir, fsync_file
 from .errors import PgBackupError
 from .lsn import format_lsn
 from .pg_control import ControlFile, read_control_file
@@ -47,7 +48,7 @@ from .wal import (
     timeline_ranges,
 )
 from .wal_segment import check_records_through, validate_segment
-from .wal_source import WalSource, fsync_file
+from .wal_source import WalSource
 
 STAGING_DIR = ".pgbackup-wal-staging"
 TMP_SUFFIX = ".pgbackup-tmp"
@@ -210,7 +211,7 @@ class Collector:
                 shutil.rmtree(self.staging, ignore_errors=True)
         if self.outcome.segments or self.outcome.history_files:
             if not self.check_mode:
-                copy_state.fsync_dir(self.target.dest)
+                fsync_dir(self.target.dest)
         return plan, self.outcome
 
     def _make_staging(self) -> None:

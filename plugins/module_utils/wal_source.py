@@ -15,6 +15,7 @@ import tempfile
 from typing import Optional
 
 from .copy_source import Source
+from .durable import fsync_file
 from .errors import PgBackupError
 from .rsync_transport import rsync_argv
 
@@ -106,11 +107,3 @@ def _copy(src: str, dst: str) -> None:
             if not chunk:
                 break
             fout.write(chunk)
-
-
-def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
