@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What a copy takes (``make_plan``: the listing filtered with :mod:`exclusions` for the source's major, tablespaces
 mapped, pg_control apart to be copied last) and the refusals about its destination before anything is written
-(``check_destination``: not empty without delta, a live postmaster.pid, nested paths, a tablespace onto its source, too
+(``check_destination``: not empty without delta, a running server there, nested paths, a tablespace onto its source, too
 little free space, a delta onto what is not a copy of this cluster), with what a delta copy removes there."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from . import copy_state
 from .copy_source import Entry, Source, list_local, list_tree
 from .errors import PgBackupError
 from .exclusions import Exclusions, wal_dirs_kept
+from .postmaster import postmaster_status
 
 
 class Plan:
@@ -152,23 +153,10 @@ def check_destination(source: Source, plan: Plan, dest: str, delta: bool) -> Non
             raise PgBackupError(f"destination {droot} exists and is not a directory", dest=droot)
         if os.path.isdir(droot) and os.listdir(droot) and not delta:
             raise PgBackupError(f"destination {droot} is not empty; use delta: true to bring an existing copy in line", dest=droot)
-    pid_file = os.path.join(dest, "postmaster.pid")
-    if os.path.exists(pid_file):
-        try:
-            with open(pid_file, encoding="utf-8", errors="replace") as f:
-                pid = int(f.readline().strip() or "0")
-        except ValueError:
-            pid = 0
-        if pid > 0:
-            try:
-                os.kill(pid, 0)
-                live = True
-            except ProcessLookupError:
-                live = False
-            except PermissionError:
-                live = True
-            if live:
-                raise PgBackupError(f"destination {dest} holds a live postmaster.pid (PID {pid}): a server runs there; stop it first", dest=dest, pid=pid)
+    server = postmaster_status(dest)
+    if server["running"]:
+        pid = server["pid"]
+        raise PgBackupError(f"destination {dest} holds the data directory of a running server (postmaster PID {pid}); stop it first", dest=dest, pid=pid)
     if not source.remote:
         for sroot, droot, _es in plan.roots:
             if _inside(droot, sroot) or _inside(sroot, droot):

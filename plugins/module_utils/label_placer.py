@@ -17,11 +17,11 @@ from typing import Mapping, Optional
 
 from . import copy_state
 from .backup_label import parse_backup_label
-from .cluster_facts import postmaster_status
 from .durable import fsync_dir, write_atomically
 from .errors import PgBackupError
 from .lsn import format_lsn, parse_lsn
 from .pg_control import PG_CONTROL_FILE_SIZE, guard_control_bytes, is_guarded, parse_control_file
+from .postmaster import postmaster_status
 from .tablespace_map import format_tablespace_map, parse_tablespace_map
 from .wal import classify_wal_file, history_file_name, parse_history, segments_between
 

@@ -769,8 +769,8 @@ class ServerQuery:
 
 def data_dir_probe(data_dir: str) -> Callable[[], FileProbe]:
     """A ``probe_files`` for consistent mode: is a postmaster serving ``data_dir``, and where is its pg_control."""
-    from .cluster_facts import postmaster_status
     from .pg_control import read_control_file
+    from .postmaster import postmaster_status
 
     def probe() -> FileProbe:
         running = bool(postmaster_status(data_dir)["running"])

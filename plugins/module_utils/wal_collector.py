@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import copy_state
-from .cluster_facts import postmaster_status
 from .durable import fsync_dir, fsync_file
 from .errors import PgBackupError
 from .lsn import format_lsn
 from .pg_control import ControlFile, read_control_file
+from .postmaster import postmaster_status
 from .wal import (
     check_segment_size,
     check_timeline,

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 
@@ -133,9 +134,20 @@ def test_refusals(datadir, tmp_path):
     write(busy / "x")
     with pytest.raises(PgBackupError, match="not empty"):
         check_destination(src, make_plan(src, str(busy), mapping, []), str(busy), False)
-    write(busy / "postmaster.pid", f"{os.getpid()}\n".encode())
-    with pytest.raises(PgBackupError, match=r"live postmaster\.pid"):
+    # a pid file naming a live process that is not a postgres working there (a reused PID, a copied file) is a leftover
+    write(busy / "postmaster.pid", f"{os.getpid()}\n{busy}\n".encode())
+    with pytest.raises(PgBackupError, match="delta refuses the destination"):  # past the server check, refused as no copy
         check_destination(src, make_plan(src, str(busy), mapping, []), str(busy), True)
+    fake = tmp_path / "postgres"  # a live process named postgres whose working directory is the destination: a server
+    shutil.copy(shutil.which("sleep"), fake)
+    proc = subprocess.Popen([str(fake), "30"], cwd=busy)
+    try:
+        write(busy / "postmaster.pid", f"{proc.pid}\n{busy}\n".encode())
+        with pytest.raises(PgBackupError, match=r"data directory of a running server \(postmaster PID \d+\)"):
+            check_destination(src, make_plan(src, str(busy), mapping, []), str(busy), True)
+    finally:
+        proc.kill()
+        proc.wait()
     with pytest.raises(PgBackupError, match="own source"):
         make_plan(src, str(tmp_path / "x"), {"16499": str(tmp_path / "ts_src")}, [])
 
