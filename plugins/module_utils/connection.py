@@ -450,9 +450,10 @@ def run_query(session: Session, sql: str, params: Any = None, *, record: bool = 
     try:
         cursor = session.connection.cursor()
         try:
+            sent = _bound_statement(cursor, sql, params) if record else None
             cursor.execute(sql, params)
             if record:
-                session.queries.append(_statement_text(cursor, sql, params))
+                session.queries.append(_statement_text(cursor, sql, sent))
             if not cursor.description:
                 return []
             names = [column[0] for column in cursor.description]
@@ -473,10 +474,16 @@ def run_query(session: Session, sql: str, params: Any = None, *, record: bool = 
         ) from None
 
 
-def _statement_text(cursor: Any, sql: str, params: Any = None) -> str:
-    text = getattr(cursor, "query", None)  # psycopg2: the statement as sent
-    if text is None and params is not None and hasattr(cursor, "mogrify"):  # psycopg 3's ClientCursor
-        text = cursor.mogrify(sql, params)
+def _bound_statement(cursor: Any, sql: str, params: Any) -> Optional[str]:
+    """psycopg 3's ClientCursor: the statement with its parameters, from mogrify() before execute() (called after
+    it, mogrify() drops the cursor's result). psycopg2 keeps the statement it sent in ``cursor.query`` instead."""
+    if params is None or hasattr(cursor, "query") or not hasattr(cursor, "mogrify"):
+        return None
+    return cursor.mogrify(sql, params)
+
+
+def _statement_text(cursor: Any, sql: str, sent: Optional[str] = None) -> str:
+    text = sent or getattr(cursor, "query", None)  # psycopg2: the statement as sent
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return " ".join((text or sql).split())

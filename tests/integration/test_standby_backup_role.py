@@ -110,10 +110,11 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
             # the canary is made right after the start, from a second ansible-playbook run watching for the keeper
             proc = _start_playbook(ansible_env, inventory, extra)
             server = primary if mode == "coordinated" else standby
-            _wait(
-                lambda: server.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'")[0][0],
-                "the backup starting",
-            )
+            keepers = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
+            seen = _wait(lambda: server.sql(keepers)[0][0] or (proc.poll() is not None and "ended"), "the backup starting")
+            if seen == "ended":  # the play ended before any keeper appeared: say why
+                out, err = proc.communicate()
+                pytest.fail(f"the playbook ended (rc {proc.returncode}) before the backup started:\n{out[-6000:]}{err[-3000:]}")
             primary.sql(f"CREATE TABLE {canary} AS SELECT 42 AS answer")
             if driver == "psycopg3":
                 assert str(PSYCOPG3_PYTHON) in _keeper_interpreters(tmp_path / "keepers"), "the modules, and so the keeper, run on psycopg 3"

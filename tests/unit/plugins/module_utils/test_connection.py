@@ -389,12 +389,25 @@ class _Psycopg3Connection:
 
 
 class _Psycopg3Cursor:
-    description = None
+    """As psycopg 3.2's ClientCursor behaves: mogrify() after execute() drops the result ("result not set")."""
+
+    def __init__(self) -> None:
+        self.result = None
+
+    @property
+    def description(self):
+        if self.result is None:
+            raise RuntimeError("result not set")
+        return [("ok",)]
 
     def execute(self, sql, params=None) -> None:
-        pass
+        self.result = [(1,)]
+
+    def fetchall(self):
+        return self.result
 
     def mogrify(self, sql, params):
+        self.result = None
         return sql % tuple(f"'{p}'" for p in params)
 
     def close(self) -> None:
@@ -414,7 +427,7 @@ def test_session_on_psycopg3_reads_version_notices_and_statements():
     assert session.notices == ["NOTICE:  all required WAL segments have been archived"]  # as psycopg2 words it
     session.clear_notices()
     assert session.notices == []
-    session.query("SELECT pg_backup_start(%s, %s)", ("b1", True))
+    assert session.query("SELECT pg_backup_start(%s, %s)", ("b1", True)) == [{"ok": 1}]  # the result survives mogrify
     assert session.queries == ["SELECT pg_backup_start('b1', 'True')"]  # the statement with its parameters, as sent
 
 
