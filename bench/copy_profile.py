@@ -126,7 +126,7 @@ def hottest(raw: Path, top: int = 15) -> list:
     inclusive: collections.Counter = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
+        stack, _space, count = line.rpartition(" ")
         if not stack:
             continue
         n = int(count)
