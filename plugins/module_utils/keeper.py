@@ -110,6 +110,7 @@ class Keeper:
                     self.check_session()
                 if listener in readable and self.state in ("running", "stopping"):
                     self.serve_one(listener)
+            self.answer_late_waiters(wake_read)
         finally:
             os.close(wake_read)
             os.close(self.wake_write)
@@ -213,6 +214,15 @@ class Keeper:
             answer = {"ok": False, "state": self.state, "error": f"the keeper failed while stopping: {exc!r}. {backup_api.ABORTED_ADVICE}"}
         self.stop_answer = answer
         os.write(self.wake_write, b"x")
+
+    def answer_late_waiters(self, wake_read: int) -> None:
+        """The worker sets the final state a moment before it posts its answer, so a fast stop (a standby's needs no
+        archive wait) can end the loop before the wake-up was read; its askers are answered here, not left to find
+        the socket closed (they would report the stop as a retry's, changed=false)."""
+        if self.waiters and not self.stop_answer:
+            select.select([wake_read], [], [], ACCEPT_READ_TIMEOUT)
+        if self.waiters and self.stop_answer:
+            self.answer_waiters()
 
     def answer_waiters(self) -> None:
         waiters, self.waiters = self.waiters, []

@@ -70,6 +70,14 @@ def _keeper_interpreters(state_dir) -> set:
     return found
 
 
+def _this_runs_keeper_sessions(server, state_dir) -> int:
+    """How many sessions on ``server`` belong to keepers under ``state_dir`` (their session dirs are their backup ids)."""
+    names = [f"pgbackup.lowlevel keeper {pid_file.parent.name}"[:63] for pid_file in state_dir.glob("*/keeper.pid")]
+    if not names:
+        return 0
+    return server.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)", (names,))[0][0]
+
+
 # The modules' two drivers: psycopg2 in the first two runs, psycopg 3 (modules run by an interpreter that has only
 # psycopg 3) in the third, on the newest major the role tests run on.
 @pytest.mark.parametrize(("mode", "driver"), [("coordinated", "psycopg2"), ("standby_only", "psycopg2"), ("coordinated", "psycopg3")])
@@ -110,8 +118,8 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
             # the canary is made right after the start, from a second ansible-playbook run watching for the keeper
             proc = _start_playbook(ansible_env, inventory, extra)
             server = primary if mode == "coordinated" else standby
-            keepers = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
-            seen = _wait(lambda: server.sql(keepers)[0][0] or (proc.poll() is not None and "ended"), "the backup starting")
+            # this run's keeper: a session another test's keeper left behind may still be going away
+            seen = _wait(lambda: _this_runs_keeper_sessions(server, tmp_path / "keepers") or (proc.poll() is not None and "ended"), "the backup starting")
             if seen == "ended":  # the play ended before any keeper appeared: say why
                 out, err = proc.communicate()
                 pytest.fail(f"the playbook ended (rc {proc.returncode}) before the backup started:\n{out[-6000:]}{err[-3000:]}")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, keeper, keeper_files, keeper_protocol
@@ -597,3 +598,24 @@ def test_a_fast_stop_records_no_wait(tmp_path):
     thread.join(5)
     time.sleep(keeper.STOP_WATCH_FIRST + 0.2)
     assert keeper_files.read_json(str(directory), keeper_files.STOP_WAIT) is None
+
+
+class _RunsAtOnce:
+    """A thread that runs its target inside start(): the stop ends before the keeper's loop looks at its state again."""
+
+    def __init__(self, target, args=(), daemon=None):
+        self.target, self.args = target, args
+
+    def start(self):
+        self.target(*self.args)
+
+
+def test_a_stop_that_ends_before_the_loop_looks_again_is_still_answered(tmp_path, monkeypatch):
+    # Seen under load in the integration suite: a standby's stop (no archive wait) finished before the keeper's loop
+    # came round, the loop ended on the final state, and the asker found the socket closed (changed=false).
+    session = FakeSession()
+    directory, thread, outcome = run_keeper(tmp_path, session)
+    monkeypatch.setattr(keeper, "threading", types.SimpleNamespace(Thread=_RunsAtOnce))
+    answer = ask(directory, {"op": "stop"})
+    thread.join(5)
+    assert answer["ok"] and answer["state"] == "stopped" and answer["joined"] is False and outcome["state"] == "stopped"
