@@ -21,7 +21,7 @@ INTEGRATION_WORKERS ?= 2
 INTEGRATION_ARGS ?=
 export PG_VERSIONS ROLE_MAJORS INTEGRATION_WORKERS
 
-.PHONY: demo test deps system-deps venv build lint sanity units integration molecule clean bench
+.PHONY: demo test deps system-deps venv core-venvs build lint sanity units integration molecule clean bench
 
 deps: system-deps venv
 
@@ -30,6 +30,10 @@ system-deps:
 
 venv:
 	@bash scripts/bootstrap-venv.sh
+
+# The oldest and newest ansible-core meta/runtime.yml admits (tests/ansible-core/): sanity and units run on both.
+core-venvs: venv
+	@bash scripts/bootstrap-core-venvs.sh
 
 build: venv
 	@mkdir -p $(BUILD)
@@ -71,11 +75,15 @@ lint: venv build $(LINKED)/ansible_collections/pgbackup/lowlevel
 	  && test -f $(EE_CONTEXT)/_build/collections/pgbackup-lowlevel-$(VERSION).tar.gz \
 	  || { echo "$(EE_CONTEXT) does not install $(TARBALL)" >&2; exit 1; }
 
-sanity: venv
-	bash scripts/sanity.sh
+sanity: core-venvs
+	VENV=$(VENV)/core-oldest bash scripts/sanity.sh
+	VENV=$(VENV)/core-newest bash scripts/sanity.sh
 
-units: venv
+# On the ansible-core the integration tests use (requirements-dev.txt), then on the oldest and newest supported.
+units: core-venvs
 	$(VENV)/bin/pytest -q tests/unit
+	$(VENV)/core-oldest/bin/pytest -q -p no:cacheprovider tests/unit
+	$(VENV)/core-newest/bin/pytest -q -p no:cacheprovider tests/unit
 
 integration: deps
 	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 0,$(INTEGRATION_WORKERS)),,-n $(INTEGRATION_WORKERS) --dist loadgroup --no-loadscope-reorder) $(INTEGRATION_ARGS) tests/integration

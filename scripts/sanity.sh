@@ -4,7 +4,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$here/.venv}
-dest=$here/build/sanity/ansible_collections/pgbackup/lowlevel
+# Its Python: the venv's own (3.11 for the main and oldest ansible-core, 3.13 for the newest).
+python_version=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+dest=$here/build/sanity/$(basename "$venv")/ansible_collections/pgbackup/lowlevel
 
 "$here/scripts/ansible-test-offline-pip.sh" "$venv"
 
@@ -17,4 +19,4 @@ cd "$dest"
 # so the copy gets a repository of its own.
 git init -q . && git add -A
 # --venv: ansible-test makes one virtualenv per sanity test with the exact tool versions it pins.
-exec "$venv/bin/ansible-test" sanity --venv --python 3.11 --color no "$@"
+exec "$venv/bin/ansible-test" sanity --venv --python "$python_version" --color no "$@"

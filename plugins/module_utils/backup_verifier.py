@@ -15,10 +15,9 @@ import json
 import os
 import re
 import stat
-import subprocess
 from typing import Optional
 
-from . import copy_state
+from . import copy_state, processes
 from .backup_label import parse_backup_label
 from .errors import PgBackupError
 from .exclusions import Exclusions
@@ -534,7 +533,7 @@ def find_bindir(major: int, pg_bindir: Optional[str], tool: str) -> Optional[str
         path = os.path.join(directory, tool)
         if os.access(path, os.X_OK):
             try:
-                out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+                out = processes.run([path, "--version"], text=True, timeout=30).stdout
             except OSError:
                 continue
             found = re.search(r"\(PostgreSQL\) ([0-9]+)", out)
@@ -557,7 +556,7 @@ def run_verifybackup(verifier: Verifier, pg_bindir: Optional[str]) -> dict:
     if verifier.remapped_tablespace_map:
         argv.append("--ignore=tablespace_map")
     argv.append(verifier.data_dir)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=False)
+    proc = processes.run(argv, text=True, timeout=3600)
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
         verifier.problem(f"pg_verifybackup failed ({proc.returncode}): {output[-2000:]}")

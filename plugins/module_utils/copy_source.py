@@ -9,10 +9,10 @@ import os
 import shlex
 import socket
 import stat
-import subprocess
 from functools import cache
 from typing import Optional
 
+from . import processes
 from .errors import PgBackupError
 
 # Offered first where this host's CPU has AES instructions: aes128-gcm cost ssh's client a fraction of the CPU of
@@ -73,7 +73,7 @@ class Source:
             full = [*self.ssh_argv(), self.host, "--", " ".join(shlex.quote(a) for a in argv)]
         else:
             full = argv
-        proc = subprocess.run(full, capture_output=True, check=False)
+        proc = processes.run(full)
         if proc.returncode == 255 and self.remote:
             raise PgBackupError(self.ssh_failure(proc.stderr.decode(errors="replace").strip()), source_host=self.host)
         if proc.returncode != 0:

@@ -10,8 +10,9 @@ root and a kernel with overlayfs; callers fall back to a copy when ``mount_overl
 from __future__ import annotations
 
 import os
-import subprocess
 from typing import Optional
+
+from . import processes
 
 
 def mount_overlay(lower: str, upper: str, work: str, target: str, uid: int, gid: int) -> Optional[str]:
@@ -28,7 +29,7 @@ def mount_overlay(lower: str, upper: str, work: str, target: str, uid: int, gid:
     if any(c in p for p in (lower, upper, work) for c in ",:"):
         return "a path holds ',' or ':', which overlay options cannot carry"
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, target], capture_output=True, text=True, timeout=60, check=False)
+    proc = processes.run(["mount", "-t", "overlay", "overlay", "-o", options, target], text=True, timeout=60)
     if proc.returncode != 0:
         return f"mount -t overlay failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-300:]}"
     return None
@@ -36,8 +37,8 @@ def mount_overlay(lower: str, upper: str, work: str, target: str, uid: int, gid:
 
 def unmount(target: str) -> None:
     """Unmount, lazily when still busy (a server that would not stop): the scratch is removed only once unmounted."""
-    if subprocess.run(["umount", target], capture_output=True, timeout=60, check=False).returncode != 0:
-        subprocess.run(["umount", "-l", target], capture_output=True, timeout=60, check=False)
+    if processes.run(["umount", target], timeout=60).returncode != 0:
+        processes.run(["umount", "-l", target], timeout=60)
 
 
 def tree_bytes(path: str) -> int:

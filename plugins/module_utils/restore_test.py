@@ -26,11 +26,11 @@ import pwd
 import re
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from typing import Optional
 
+from . import processes
 from .errors import PgBackupError
 from .lsn import format_lsn, parse_lsn
 from .overlay import mount_overlay, tree_bytes, unmount
@@ -110,10 +110,10 @@ class RestoreTest:
         self.log = os.path.join(self.scratch, "postgres.log")
         self.started = False
 
-    def as_owner(self, argv: list, timeout: int, check: bool = False) -> subprocess.CompletedProcess:
+    def as_owner(self, argv: list, timeout: int, check: bool = False) -> processes.CompletedProcess:
         if os.geteuid() == 0 and self.uid != 0:
             argv = ["runuser", "-u", self.user, "--", *argv]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
+        return processes.run(argv, text=True, timeout=timeout, check=check)
 
     def place(self, source: str, target: str, name: str) -> None:
         """target: a writable view of source - an overlay when it mounts (the first decides for all), else a copy."""
@@ -130,7 +130,7 @@ class RestoreTest:
             self.method_note = why
             for path in (target, upper, work):
                 shutil.rmtree(path, ignore_errors=True)
-        subprocess.run(["cp", "-a", os.path.realpath(source), target], check=True, capture_output=True)
+        processes.run(["cp", "-a", os.path.realpath(source), target], check=True)
 
     def upper_bytes(self) -> Optional[int]:
         if self.method != "overlay":
@@ -429,7 +429,7 @@ def run_restore_test(data_dir: str, **kwargs) -> dict:
                         result["problems"].append(f"restore test: amcheck after promotion found corruption: {late['output'][-2000:]}")
             result["upper_bytes"] = test.upper_bytes()
             test.stop()
-        except (PgBackupError, OSError, subprocess.SubprocessError) as exc:
+        except (PgBackupError, OSError, processes.SubprocessError) as exc:
             result["problems"].append(f"restore test failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - the driver's errors from a query at the end point
             result["problems"].append(f"restore test failed: {str(exc).strip()}")

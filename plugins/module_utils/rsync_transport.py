@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
-from . import copy_state
+from . import copy_state, processes
 from .copy_plan import Plan
 from .copy_progress import Progress
 from .copy_source import Source
@@ -84,7 +83,7 @@ def run_rsync(argv: list, progress: Progress, on_done=None) -> None:
     ``on_done(name)`` is called for each file once it is in place: rsync's receiver handles one file at a time and
     renames it into place before it starts the next, so a file is done when the next one is logged, and the last
     one when rsync exits."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = processes.start(argv)
     err: list = []
     t = threading.Thread(target=_drain, args=(proc.stderr, err))
     t.start()

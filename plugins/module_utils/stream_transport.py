@@ -24,10 +24,10 @@ import json
 import os
 import shlex
 import struct
-import subprocess
 import threading
 from typing import Callable, Optional
 
+from . import processes
 from .errors import PgBackupError
 
 PIECE = 64 * 1024 * 1024
@@ -179,8 +179,7 @@ class Receiver:
 
     def _stream(self) -> None:
         try:
-            proc = subprocess.Popen(ssh_command(self.source.ssh_argv(), self.source.host), stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+            proc = processes.start(ssh_command(self.source.ssh_argv(), self.source.host), stdin=processes.PIPE)
         except OSError as exc:
             self._fail(exc)
             return
@@ -201,7 +200,7 @@ class Receiver:
         except (BrokenPipeError, EOFError, ConnectionError):
             try:  # ssh closes its output before it exits: its exit code says what happened
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            except processes.TimeoutExpired:
                 proc.kill()
                 proc.wait()
             drain.join()

@@ -10,10 +10,10 @@ into a staging directory and fsynced there; nothing here decides whether a file 
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from typing import Optional
 
+from . import processes
 from .copy_source import Source
 from .durable import fsync_file
 from .errors import PgBackupError
@@ -86,7 +86,7 @@ class WalSource:
             list_file = handle.name
         try:
             argv = rsync_argv(self.ssh, self.path, into, list_file, delta=False)
-            proc = subprocess.run(argv, capture_output=True, check=False)
+            proc = processes.run(argv)
         finally:
             os.unlink(list_file)
         if proc.returncode not in (0, 24):  # 24: a file vanished meanwhile (the caller sees it missing)

@@ -5,23 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.modules import cluster_info
 
-
-class _Exit(Exception):
-    pass
+from .module_runner import run_main
 
 
 def _run(monkeypatch, capsys, args: dict) -> dict:
-    def leave(code):
-        raise _Exit(code)
-
-    monkeypatch.setattr("sys.exit", leave)
-    with patch_module_args(args), pytest.raises(_Exit):
-        cluster_info.main()
-    return json.loads(capsys.readouterr().out)
+    return run_main(cluster_info.main, monkeypatch, capsys, args)
 
 
 class _Session:

@@ -5,25 +5,15 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-import pytest
 import yaml
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.modules import replay_wait
 
-
-class _Exit(Exception):
-    pass
+from .module_runner import run_main
 
 
 def _run(monkeypatch, capsys, args: dict) -> dict:
-    def leave(code):
-        raise _Exit(code)
-
-    monkeypatch.setattr("sys.exit", leave)
-    with patch_module_args(args), pytest.raises(_Exit):
-        replay_wait.main()
-    return json.loads(capsys.readouterr().out)
+    return run_main(replay_wait.main, monkeypatch, capsys, args)
 
 
 class _Query:

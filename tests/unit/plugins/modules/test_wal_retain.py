@@ -6,23 +6,14 @@ import json
 
 import pytest
 import yaml
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.modules import wal_retain
 
-
-class _Exit(Exception):
-    pass
+from .module_runner import run_main
 
 
 def _run(monkeypatch, capsys, args: dict) -> dict:
-    def leave(code):
-        raise _Exit(code)
-
-    monkeypatch.setattr("sys.exit", leave)
-    with patch_module_args(args), pytest.raises(_Exit):
-        wal_retain.main()
-    return json.loads(capsys.readouterr().out)
+    return run_main(wal_retain.main, monkeypatch, capsys, args)
 
 
 class _Session:
