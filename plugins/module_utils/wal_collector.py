@@ -305,7 +305,7 @@ class Collector:
                 self.switch_wal()
                 continue
             if final or self.clock() >= deadline:
-                raise self._failure(plan, problems)
+                raise self._failure(plan, problems, waited=not final)
             self.sleep(min(self.poll_interval, max(0.0, deadline - self.clock())))
 
     def _round(self, plan: WalPlan, todo: list, listing: dict) -> tuple:
@@ -443,12 +443,14 @@ class Collector:
         )
         return PgBackupError(message, problems=[{"file": name, "problem": found}], segments_collected=self.outcome.segments)
 
-    def _failure(self, plan: WalPlan, problems: dict) -> PgBackupError:
+    def _failure(self, plan: WalPlan, problems: dict, waited: bool) -> PgBackupError:
         items = [{"file": n, "problem": problems[n]} for n in plan.segments if n in problems]
         lines = "; ".join(f"{i['file']}: {i['problem']}" for i in items)
+        # Said as it happened: a full-size file in an archive never changes, so an invalid one ends the wait at once.
+        when = f"after {self.timeout:g} s" if waited else "(not waited on: an invalid full-size file in an archive never changes)"
         message = (
             f"{len(items)} of the {len(plan.segments)} WAL segments from {plan.segments[0]} to {plan.last} "
-            f"(through {format_lsn(plan.stop_lsn)}) are missing or invalid in {self.source.describe()} after {self.timeout:g} s: {lines}"
+            f"(through {format_lsn(plan.stop_lsn)}) are missing or invalid in {self.source.describe()} {when}: {lines}"
         )
         missing = [n for n in plan.segments if str(problems.get(n, "")).startswith("missing")]
         if missing:

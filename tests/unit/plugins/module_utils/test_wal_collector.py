@@ -288,6 +288,15 @@ def test_a_recycled_segment_is_final_in_an_archive_and_does_not_wait(world):
     clock = Clock()
     err = refused(collector(world, clock, timeout=600), *args)
     assert "recycled" in err.message and clock.sleeps == 0
+    assert "not waited on" in err.message and "after 600 s" not in err.message, "the message says it did not wait"
+
+
+def test_a_missing_segment_is_waited_for_and_the_message_says_how_long(world):
+    args = tl1_backup(world, 5, 6)
+    (world.archive / name(6)).unlink()
+    clock = Clock()
+    err = refused(collector(world, clock, timeout=5, poll_interval=1), *args)
+    assert clock.sleeps >= 5 and "after 5 s" in err.message and "not waited on" not in err.message
 
 
 def test_in_pg_wal_an_invalid_file_is_fetched_again_until_it_is_written(world):
