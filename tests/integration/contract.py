@@ -10,10 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from .test_backup_restore_role import _playbook, restore_vars
-from .test_recovery_config import _wait
-
-KEEPERS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
+from .support.roles import restore_vars, run_restore_playbook
+from .support.waiting import KEEPERS, wait_for
 
 
 def assert_names_the_cause(output: str, *words: str) -> None:
@@ -27,7 +25,7 @@ def assert_source_healthy(primary, standby, streaming: bool = True, timeout: flo
     for server in (primary, standby):
         if server is None:
             continue
-        _wait(lambda server=server: server.sql(KEEPERS) == [(0,)], f"the keeper's session on {server.host}:{server.port} ending", timeout=timeout)
+        wait_for(lambda server=server: server.sql(KEEPERS) == [(0,)], f"the keeper's session on {server.host}:{server.port} ending", timeout=timeout)
         slots = server.sql("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgbackup%'")
         assert slots == [], f"a slot of ours is left on {server.host}:{server.port}: {slots}"
     if streaming and standby is not None:
@@ -54,17 +52,17 @@ def assert_no_copy_waiting(dest: Path) -> None:
     """A coordinated copy launched behind its start gate (copy_gate) has ended: its waiting note (removed when it stops
     waiting, however it stops) and its gate are gone, so no copy job is left behind by the failure."""
     note, gate = dest.parent / f".{dest.name}.gate.waiting", dest.parent / f".{dest.name}.gate"
-    _wait(lambda: not note.exists() and not gate.exists(), f"the copy behind its gate ending ({note} and {gate} gone)", timeout=15)
+    wait_for(lambda: not note.exists() and not gate.exists(), f"the copy behind its gate ending ({note} and {gate} gone)", timeout=15)
 
 
 def assert_copy_refused(env, bed, tmp_path: Path, dest: Path, primary, pg_major: int) -> None:
     """verify_backup.yml and restore_backup.yml both refuse the marked copy, and the restore writes nothing."""
     verify_vars = {"verify_backup_hosts": bed.hosts[0].name, "verify_backup_dir": str(dest), "verify_backup_pg_bindir": str(primary.pg.bindir)}
-    verified = _playbook(env, bed, tmp_path, "verify_backup.yml", verify_vars)
+    verified = run_restore_playbook(env, bed, tmp_path, "verify_backup.yml", verify_vars)
     assert verified.returncode != 0, "verify_backup passed a copy marked incomplete: " + verified.stdout[-3000:]
     assert ".pgbackup-incomplete" in verified.stdout, verified.stdout[-3000:]
     target = bed.empty_cluster(pg_major, name=f"pg{pg_major}-contract-{Path(dest).name}"[:60])
-    restored = _playbook(env, bed, tmp_path, "restore_backup.yml", restore_vars(bed, dest, target, primary, backup_restore_hosts=bed.hosts[0].name))
+    restored = run_restore_playbook(env, bed, tmp_path, "restore_backup.yml", restore_vars(bed, dest, target, primary, backup_restore_hosts=bed.hosts[0].name))
     assert restored.returncode != 0, "restore_backup restored a copy marked incomplete: " + restored.stdout[-3000:]
     assert "is not a finished backup" in restored.stdout, restored.stdout[-3000:]
     assert not target.datadir.exists() or not any(target.datadir.iterdir()), "the refused restore wrote into its destination"

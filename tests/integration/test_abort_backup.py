@@ -10,34 +10,18 @@ import json
 import os
 import re
 import signal
-import subprocess
 
 import pytest
 
 from .harness.pgbins import selected_majors
 from .jobs import alive as _alive
 from .jobs import copy_job as _copy_job
-from .test_cluster_info import ANSIBLE_PLAYBOOK, ROOT
-from .test_copy_wait import KEEPERS, _throttle, _unthrottle
-from .test_recovery_config import _wait
-from .test_standby_backup_role import SSH_OPTIONS, backup_vars
+from .support.faults import throttle, unthrottle
+from .support.roles import SSH_OPTIONS, backup_vars, run_to_end, start_shipped_playbook
+from .support.waiting import KEEPERS, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 OUR_SLOTS = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgbackup\\_%'"
-
-
-def _playbook(env: dict, inventory, name: str, extra: dict, *args: str, **kwargs) -> subprocess.Popen:
-    extra_file = inventory.parent / f"extra-{name}.json"
-    extra_file.write_text(json.dumps(extra))
-    extra_file.chmod(0o600)
-    argv = [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(ROOT / "playbooks" / name), "-e", f"@{extra_file}", *args]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def _run(env: dict, inventory, name: str, extra: dict, *args: str) -> tuple:
-    proc = _playbook(env, inventory, name, extra, *args)
-    output, _err = proc.communicate(timeout=600)
-    return proc.returncode, output
 
 
 def _changed(output: str, host: str) -> int:
@@ -60,12 +44,12 @@ def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ans
     extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
                         standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS,
                         standby_backup_progress_interval=0.5)  # fmt: skip
-    _throttle(standby.node)
+    throttle(standby.node)
     try:
         # The controller dies: SIGKILL to ansible-playbook's whole process group (its workers and ssh connections).
-        proc = _playbook(ansible_env, inventory, "standby_backup.yml", extra, start_new_session=True)
+        proc = start_shipped_playbook(ansible_env, inventory, "standby_backup.yml", extra, start_new_session=True)
         progress = dest.parent / ".copy.progress.json"
-        _wait(lambda: progress.exists() and b'"bytes_done": 0,' not in progress.read_bytes(), "the copy moving")
+        wait_for(lambda: progress.exists() and b'"bytes_done": 0,' not in progress.read_bytes(), "the copy moving")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
         keeper_pid = int(next(keepers.glob("*/keeper.pid")).read_text())
@@ -82,17 +66,17 @@ def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ans
         assert "async_wrapper" in commands and "datadir_copy" in commands and "rsync" in commands, f"the async copy goes on: {job}"
 
         # --check lists it and ends nothing.
-        rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra, "--check")
+        rc, output = run_to_end(ansible_env, inventory, "abort_backup.yml", extra, "--check")
         assert rc == 0, output[-3000:]
         assert "Would end" in output and backup_id in output and str(dest) in output, output[-3000:]
         assert _alive(keeper_pid) and primary.sql(KEEPERS) == [(1,)] and standby.sql(OUR_SLOTS) == [(1,)]
         assert all(_alive(pid) for pid in job), "--check stopped no copy process"
 
-        rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra)
+        rc, output = run_to_end(ansible_env, inventory, "abort_backup.yml", extra)
         assert rc == 0, output[-3000:]
         print(output[-2500:])
         assert "Ended on" in output and backup_id in output, output[-3000:]
-        _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the backup session ending on the primary")
+        wait_for(lambda: primary.sql(KEEPERS) == [(0,)], "the backup session ending on the primary")
         # The very session that ran the start is gone: on 15+ that is the only state pg_backup_start has; on 13/14 a
         # non-exclusive backup also ends with its session (and no exclusive one was ever started).
         assert primary.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)) == [(0,)], "the backup's backend ended"
@@ -107,12 +91,12 @@ def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ans
         assert "abort" in aborted["reason"], aborted
 
         # Idempotent: a second run finds nothing and says so.
-        rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra)
+        rc, output = run_to_end(ansible_env, inventory, "abort_backup.yml", extra)
         assert rc == 0, output[-3000:]
         assert "Nothing to end" in output, output[-3000:]
         assert _changed(output, db3.name) == 0, output[-3000:]
     finally:
-        _unthrottle(standby.node)
+        unthrottle(standby.node)
         for pid_file in keepers.glob("*/keeper.pid"):  # a failed test leaves no backup open for the next one
             pid = int(pid_file.read_text())
             if _alive(pid):
@@ -120,7 +104,7 @@ def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ans
 
     # The source is healthy: a new backup into a fresh destination succeeds.
     fresh = dict(extra, standby_backup_dest=str(scratch / "again"))
-    rc, output = _run(ansible_env, inventory, "standby_backup.yml", fresh)
+    rc, output = run_to_end(ansible_env, inventory, "standby_backup.yml", fresh)
     assert rc == 0, output[-3000:]
     assert not (scratch / "again" / ".pgbackup-incomplete").exists()
 
@@ -141,8 +125,8 @@ def test_abort_cancels_a_copy_still_waiting_at_its_gate(netns_testbed, netns_pai
     ((startup,),) = standby.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'")
     os.kill(startup, signal.SIGSTOP)
     try:
-        proc = _playbook(ansible_env, inventory, "standby_backup.yml", extra, start_new_session=True)
-        _wait(lambda: note.exists() and list(keepers.glob("*/started.json")), "the backup open and its copy waiting at the gate")
+        proc = start_shipped_playbook(ansible_env, inventory, "standby_backup.yml", extra, start_new_session=True)
+        wait_for(lambda: note.exists() and list(keepers.glob("*/started.json")), "the backup open and its copy waiting at the gate")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
         copy_pid = int(note.read_text().split()[0])
@@ -150,12 +134,12 @@ def test_abort_cancels_a_copy_still_waiting_at_its_gate(netns_testbed, netns_pai
         assert not dest.exists(), "behind the gate the copy wrote nothing"
         assert primary.sql(KEEPERS) == [(1,)] and standby.sql(OUR_SLOTS) == [(1,)]
 
-        rc, output = _run(ansible_env, inventory, "abort_backup.yml", extra)
+        rc, output = run_to_end(ansible_env, inventory, "abort_backup.yml", extra)
         assert rc == 0, output[-3000:]
         print(output[-2000:])
         assert "waiting at its start gate" in output and "not written by the run: left as it is" in output, output[-3000:]
-        _wait(lambda: not _alive(copy_pid) and not note.exists(), "the waiting copy ending")
-        _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the backup session ending on the primary")
+        wait_for(lambda: not _alive(copy_pid) and not note.exists(), "the waiting copy ending")
+        wait_for(lambda: primary.sql(KEEPERS) == [(0,)], "the backup session ending on the primary")
         assert standby.sql(OUR_SLOTS) == [(0,)], "the slot is dropped"
         assert not dest.exists(), "nothing was written, nothing is marked"
     finally:

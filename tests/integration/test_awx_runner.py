@@ -10,9 +10,8 @@ import pytest
 
 from .awx import PrivateDataDir, build_collection, files_containing, yaml_to_script_inventory
 from .harness.pgbins import client_bindir, postgres_install, selected_majors
-from .test_backup_restore_role import restore_vars
-from .test_recovery_config import _wait
-from .test_standby_backup_role import backup_vars
+from .support.roles import backup_vars, restore_vars
+from .support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -146,7 +145,7 @@ def test_clone_replica_as_an_awx_job(primary_standby, testbed, tarball, tmp_path
     try:
         job = pdd.run("clone_replica.yml", ident="clone_replica")
         assert job.status == "successful" and job.rc == "0", job.explain()
-        _wait(
+        wait_for(
             lambda: primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'", (clone.name,)) == [(1,)],
             "the clone streaming from the primary",
         )

@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import time
 
 import pytest
 
 from .conftest import per_major_cache, role_majors
-from .harness.pgbins import ROOT
-from .test_backup_procedure import _amcheck, _archived
-from .test_recovery_config import _wait
-from .test_standby_backup_role import SSH_OPTIONS, _role_run, backup_vars
+from .support.restore_checks import amcheck, archived
+from .support.roles import SSH_OPTIONS, backup_vars, restore_vars, role_run, run_restore_playbook
+from .support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -25,35 +23,6 @@ pytestmark = [pytest.mark.integration]
 def _oldest_and_newest(pg_major: int) -> None:
     if pg_major not in role_majors():
         pytest.skip("the role drives modules tested on every major; the oldest and newest show it end to end")
-
-
-def _playbook(env, testbed, tmp_path, playbook: str, extra: dict, *options: str) -> subprocess.CompletedProcess:
-    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    extra_file = tmp_path / f"extra-{playbook}.json"
-    extra_file.write_text(json.dumps(extra))
-    extra_file.chmod(0o600)
-    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), *options, "-i", str(inventory), str(ROOT / "playbooks" / playbook), "-e", f"@{extra_file}"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
-
-
-def restore_vars(testbed, backup, restored, primary, **overrides) -> dict:
-    options = (
-        f"-c listen_addresses={restored.host} -c port={restored.port} -c unix_socket_directories={restored.socket_dir} "
-        f"-c cluster_name={restored.name} -c archive_mode=off"  # never into the primary's archive
-    )
-    return {
-        "backup_restore_hosts": testbed.hosts[0].name,
-        "backup_restore_source_dir": str(backup),
-        "backup_restore_data_dir": str(restored.datadir),
-        "backup_restore_pg_bindir": str(restored.pg.bindir),
-        "backup_restore_pg_ctl_options": ["-o", options],
-        "backup_restore_log_file": str(restored.log_file),
-        "backup_restore_socket_dir": str(restored.socket_dir),
-        "backup_restore_port": restored.port,
-        "backup_restore_login_password": primary.password,
-        "backup_restore_timeout": 120,
-        **overrides,
-    }
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +44,7 @@ def backup(primary_standby, testbed, ansible_env, tmp_path, pg_major, _backups):
     dest = testbed.scratch_dir(f"rs-backup-{pg_major}-{time.monotonic_ns()}") / "backup"
     with testbed.load(primary, 600, clients=2) as load:
         time.sleep(1)
-        code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
+        code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
         load.stop()
     assert code == 0, output[-5000:]
     _backups[pg_major] = (primary, dest)
@@ -91,7 +60,7 @@ def test_point_in_time_restore_stops_at_the_target(backup, primary_standby, test
     primary.sql(f"INSERT INTO {canary} VALUES (2)")  # noqa: S608 - after the target: must not be restored
     (after,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
     primary.sql("SELECT pg_switch_wal()")
-    _wait(lambda: _archived(primary, after), "the segment after the target being archived")
+    wait_for(lambda: archived(primary, after), "the segment after the target being archived")
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-pitr")
     extra = restore_vars(
         testbed,
@@ -104,12 +73,12 @@ def test_point_in_time_restore_stops_at_the_target(backup, primary_standby, test
         backup_restore_restore_command=f"cp {primary.archive_dir}/%f %p",
     )
     try:
-        run = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
+        run = run_restore_playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert restored.sql(f"SELECT n FROM {canary} ORDER BY n") == [(1,)], "the canary before the target, nothing after it"  # noqa: S608
         assert restored.sql("SELECT pg_is_in_recovery()") == [(False,)]
         assert restored.sql("SELECT count(*) FROM pgbench_accounts")[0][0] > 0
-        _amcheck(restored, pg_major)
+        amcheck(restored, pg_major)
         assert primary.password not in run.stdout + run.stderr
         result = re.search(r'"backup_restore_result": (\{.*?\n    \})', run.stdout, re.S)
         assert result and json.loads(result.group(1))["verified"] is True, run.stdout[-3000:]
@@ -134,9 +103,9 @@ def test_restore_as_a_standby_streams_from_the_primary(backup, primary_standby, 
         backup_restore_restore_command=f"cp {primary.archive_dir}/%f %p",
     )
     try:
-        run = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
+        run = run_restore_playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-        _wait(
+        wait_for(
             lambda: primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'", (restored.name,)) == [(1,)],
             "the restored standby streaming",
         )
@@ -152,7 +121,7 @@ def test_verify_backup_playbook_passes_a_good_backup_and_names_a_missing_segment
 
     def verify(path):
         extra = {"verify_backup_hosts": testbed.hosts[0].name, "verify_backup_dir": str(path), "verify_backup_pg_bindir": str(primary.pg.bindir)}
-        return _playbook(ansible_env, testbed, tmp_path, "verify_backup.yml", extra)
+        return run_restore_playbook(ansible_env, testbed, tmp_path, "verify_backup.yml", extra)
 
     good = verify(backup)
     assert good.returncode == 0, good.stdout[-4000:]
@@ -169,14 +138,14 @@ def test_verify_backup_playbook_passes_a_good_backup_and_names_a_missing_segment
 def test_restore_check_is_a_plan_and_an_unfinished_backup_is_refused(backup, primary_standby, testbed, ansible_env, tmp_path, pg_major):
     primary, _standby = primary_standby
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rs-check")
-    plan = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", restore_vars(testbed, backup, restored, primary), "--check")
+    plan = run_restore_playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", restore_vars(testbed, backup, restored, primary), "--check")
     assert plan.returncode == 0, plan.stdout[-4000:]
     assert "backup_restore : Plan]" in plan.stdout and '"ends_in": "promoted"' in plan.stdout, plan.stdout[-3000:]
     assert not restored.datadir.exists() or not any(restored.datadir.iterdir()), "check mode wrote nothing"
     marker = backup / ".pgbackup-incomplete"
     marker.write_text("a failed backup\n")
     try:
-        refused = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", restore_vars(testbed, backup, restored, primary))
+        refused = run_restore_playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", restore_vars(testbed, backup, restored, primary))
     finally:
         marker.unlink()  # the backup is shared with the other tests of the major
     assert refused.returncode != 0
@@ -205,7 +174,7 @@ def test_restore_from_the_backup_host_over_ssh(netns_testbed, netns_pair, ansibl
         standby_backup_ssh_key=key,
         standby_backup_ssh_options=SSH_OPTIONS,
     )
-    made = _playbook(ansible_env, bed, tmp_path, "standby_backup.yml", extra)
+    made = run_restore_playbook(ansible_env, bed, tmp_path, "standby_backup.yml", extra)
     assert made.returncode == 0, made.stdout[-5000:] + made.stderr[-2000:]
     extra_restore = restore_vars(
         bed,
@@ -218,7 +187,7 @@ def test_restore_from_the_backup_host_over_ssh(netns_testbed, netns_pair, ansibl
         backup_restore_ssh_options=SSH_OPTIONS,
     )
     try:
-        run = _playbook(ansible_env, bed, tmp_path, "restore_backup.yml", extra_restore)
+        run = run_restore_playbook(ansible_env, bed, tmp_path, "restore_backup.yml", extra_restore)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert restored.sql("SELECT pg_is_in_recovery()") == [(False,)], "recovered to the end of the backup's WAL and promoted"
         assert restored.sql("SELECT system_identifier FROM pg_control_system()") == primary.sql("SELECT system_identifier FROM pg_control_system()")
@@ -241,7 +210,7 @@ def test_restore_maps_tablespaces(lone_primary, testbed, ansible_env, tmp_path, 
     try:
         primary.sql(f"CREATE TABLESPACE rs_ts LOCATION '{ts_src}'")
         primary.sql("CREATE TABLE rs_ts_t TABLESPACE rs_ts AS SELECT g FROM generate_series(1, 1000) g")
-        code, output = _role_run(
+        code, output = role_run(
             ansible_env,
             testbed,
             tmp_path,
@@ -254,7 +223,7 @@ def test_restore_maps_tablespaces(lone_primary, testbed, ansible_env, tmp_path, 
         )
         assert code == 0, output[-5000:]
         extra = restore_vars(testbed, dest, restored, primary, backup_restore_tablespace_mapping={str(ts_bak): str(ts_new)})
-        run = _playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
+        run = run_restore_playbook(ansible_env, testbed, tmp_path, "restore_backup.yml", extra)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert restored.sql("SELECT count(*) FROM rs_ts_t") == [(1000,)]
         assert restored.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'rs_ts'") == [(str(ts_new),)]

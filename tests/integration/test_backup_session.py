@@ -17,7 +17,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_label imp
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 
-from .test_cluster_info import _one_major, _playbook
+from .support.playbooks import one_major, run_playbook
 
 # Where these tests run (conftest._skip_outside_its_majors): the backup API is pg_start_backup up to 14 and pg_backup_start from 15.
 pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 14, 15, 18)]
@@ -49,7 +49,7 @@ def _run(env, testbed, tmp_path: Path, cluster, **extra) -> tuple:
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     result_file = tmp_path / f"result-{uuid.uuid4().hex[:8]}.json"
     args = {"cluster_name": cluster.name, "state_dir": str(tmp_path / "keepers"), "result_file": str(result_file), **extra}
-    proc = _playbook(env, inventory, "backup_session.yml", args, "--limit", cluster.node.name)
+    proc = run_playbook(env, inventory, "backup_session.yml", args, "--limit", cluster.node.name)
     return json.loads(result_file.read_text()), proc.stdout + proc.stderr
 
 
@@ -221,13 +221,13 @@ def test_max_duration_abort_and_mismatched_standby(primary_standby, tmp_path, pg
 
 
 def test_check_mode_starts_nothing(primary_standby, testbed, ansible_env, tmp_path, pg_major):
-    if pg_major != _one_major():
+    if pg_major != one_major():
         pytest.skip("check mode is the same code on every version")
     primary, _standby = primary_standby
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     result_file = tmp_path / "check.json"
     args = {"cluster_name": primary.name, "state_dir": str(tmp_path / "keepers"), "result_file": str(result_file), "do_stop": False}
-    _playbook(ansible_env, inventory, "backup_session.yml", args, "--limit", primary.node.name, "--check")
+    run_playbook(ansible_env, inventory, "backup_session.yml", args, "--limit", primary.node.name, "--check")
     data = json.loads(result_file.read_text())
     assert data["started"]["changed"] is True and data["started"]["server_role"] == "primary", data["started"]
     assert "start_lsn" not in data["started"] and data["activity"] == []
@@ -235,7 +235,7 @@ def test_check_mode_starts_nothing(primary_standby, testbed, ansible_env, tmp_pa
 
 
 def test_stop_waiting_for_archive_is_never_cancelled(primary_standby, tmp_path, pg_major):
-    if pg_major not in (13, _one_major()):
+    if pg_major not in (13, one_major()):
         pytest.skip("the archive wait is the server's; one old-API and one new-API version show it")
     primary, _standby = primary_standby
     state_dir = tmp_path / "keepers"

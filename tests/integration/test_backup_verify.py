@@ -7,7 +7,6 @@ mode, and an unguarded copy whose backup_label was deleted."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import subprocess
@@ -23,22 +22,11 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import 
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import read_control_file
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import segments_between
 
-from .test_cluster_info import _playbook
+from .support.copies import run_verify, verified_backup
 
 # Where these tests run (conftest._skip_outside_its_majors): the verifier's WAL parsing runs on every major in
 # test_wal_collect; whole, it runs on 13, 15 (pg_verifybackup), 17 (WAL summaries) and 18.
 pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 15, 17, 18)]
-
-
-def _verify(env, testbed, tmp_path: Path, copies: list, *args: str) -> list:
-    """backup_verify on each (data_dir, options) in one ansible-playbook run; the results in that order."""
-    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    result_file = tmp_path / f"verify-{uuid.uuid4().hex[:8]}.json"
-    extra = {"copies": [{"data_dir": str(d), "args": a} for d, a in copies], "result_file": str(result_file)}
-    _playbook(env, inventory, "backup_verify.yml", extra, "--limit", testbed.hosts[0].name, *args)
-    results = json.loads(result_file.read_text())
-    assert [r["item"]["data_dir"] for r in results] == [str(d) for d, _a in copies]
-    return results
 
 
 def _clone(testbed, src: Path, name: str) -> Path:
@@ -46,29 +34,6 @@ def _clone(testbed, src: Path, name: str) -> Path:
     shutil.rmtree(dst)
     subprocess.run(["cp", "-a", str(src), str(dst)], check=True)  # owners and modes kept
     return dst
-
-
-def _backup(primary, testbed, tmp_path: Path, dest: Path, ts_map: dict, canary: str) -> tuple:
-    """A copy of the primary under backup_start/backup_stop, pgbench writing, WAL switched three times in between."""
-    state_dir = tmp_path / "keepers"
-    state_dir.mkdir(mode=0o700)
-    params = {"login_host": primary.host, "login_port": primary.port, "login_user": "postgres", "login_password": primary.password}
-    with testbed.load(primary, 30, clients=2):
-        time.sleep(0.5)
-        started = backup_session.start_backup(
-            params, backup_id="bv", label="backup_verify test", fast=True, max_duration=0, state_dir=str(state_dir), timeout=120
-        )
-        primary.sql(f"CREATE TABLE {canary} AS SELECT 42 AS answer")
-        source = Source(str(primary.datadir))
-        plan = make_plan(source, str(dest), ts_map, [])
-        check_destination(source, plan, str(dest), False)
-        execute(source, plan, str(dest), parallel=2, owner="postgres")
-        for _unused in range(3):  # a WAL range of at least four segments: one in the middle can go missing
-            time.sleep(0.3)
-            primary.sql("SELECT pg_switch_wal()")
-        time.sleep(0.3)
-        stopped = backup_session.stop_backup(backup_id="bv", state_dir=str(state_dir), state="stopped", wait_for_archive=True, timeout=120)
-    return started, stopped
 
 
 def _foreign_segment(testbed, pg_major: int) -> Path:
@@ -101,7 +66,7 @@ def test_backup_verify(lone_primary, testbed, ansible_env, tmp_path, pg_major):
         primary.sql(f"CREATE TABLESPACE bv_ts LOCATION '{ts_src}'")
         primary.sql("CREATE TABLE bv_ts_t TABLESPACE bv_ts AS SELECT g FROM generate_series(1, 1000) g")
         primary.sql("CREATE INDEX ON bv_ts_t (g)")
-        started, stopped = _backup(primary, testbed, tmp_path, dest, {str(ts_src): str(ts_dst)}, canary)
+        started, stopped = verified_backup(primary, testbed, tmp_path, dest, {str(ts_src): str(ts_dst)}, canary)
         unguarded = _clone(testbed, dest, f"bv-unguarded-{pg_major}")  # still with its pending pg_control
         label = base64.b64decode(stopped["backup_label_base64"])
         tsmap = base64.b64decode(stopped["tablespace_map_base64"])
@@ -152,7 +117,7 @@ def test_backup_verify(lone_primary, testbed, ansible_env, tmp_path, pg_major):
 
         args = {"stop_lsn": stop_lsn, "stop_timeline": stop_tli, "pg_bindir": str(primary.pg.bindir), "restore_test": True}
         copies = [(dest, args), (faulty, args), (unguarded, {"stop_lsn": stop_lsn}), (broken, args)]
-        good, bad, lost, damaged = _verify(ansible_env, testbed, tmp_path, copies)
+        good, bad, lost, damaged = run_verify(ansible_env, testbed, tmp_path, copies)
 
         # the good copy passes, and a scratch copy of it recovers to consistency, is promoted and amcheck finds nothing
         assert good.get("failed") is not True and good["problems"] == [], (good["problems"], good.get("restore_test"))
@@ -215,7 +180,7 @@ def test_backup_verify(lone_primary, testbed, ansible_env, tmp_path, pg_major):
         assert not [p for p in dest.parent.iterdir() if p.name.startswith(".pgbackup-restore-test-")]
 
         if pg_major == 15:  # check mode reads the same, never runs the restore test
-            (checked,) = _verify(ansible_env, testbed, tmp_path, [(dest, args)], "--check")
+            (checked,) = run_verify(ansible_env, testbed, tmp_path, [(dest, args)], "--check")
             assert checked.get("failed") is not True and checked["problems"] == [], checked
             assert checked["restore_test"] == {"ran": False, "reason": "check mode"}
     finally:
@@ -271,7 +236,7 @@ def test_backup_verify_standby_only(primary_standby, testbed, ansible_env, tmp_p
         "restore_test_dir": str(scratch),
         "restore_test_port": 6543,
     }
-    (good,) = _verify(ansible_env, testbed, tmp_path, [(dest, args)])
+    (good,) = run_verify(ansible_env, testbed, tmp_path, [(dest, args)])
     assert good.get("failed") is not True and good["problems"] == [], (good["problems"], good.get("restore_test"))
     assert good["label"]["backup_from"] == "standby" and good["wal"]["checked"] == needed
     rt = good["restore_test"]

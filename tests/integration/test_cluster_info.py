@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,31 +14,12 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.cluster_facts im
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connect, run_query
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 
-from .harness.pgbins import ROOT, selected_majors
+from .support.playbooks import one_major, run_playbook
 
 pytestmark = pytest.mark.integration
 
-PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
-ANSIBLE_PLAYBOOK = str(ROOT / ".venv" / "bin" / "ansible-playbook")
 # Characters that break naive DSN building, shell quoting or URL encoding; no Jinja delimiters (Ansible would template them).
 WRONG_PASSWORD = "Wr0ng pa$$ 'sq' \"dq\" back\\slash =;&@:/?#"
-
-
-def _one_major() -> int:
-    """The major for the tests that need only one: Debian's 15 when selected, else the newest selected."""
-    majors = selected_majors()
-    return 15 if 15 in majors else majors[-1]
-
-
-def _playbook(env: dict, inventory: Path, playbook: str, extra: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    extra_file = inventory.parent / f"extra-{playbook}.json"
-    extra_file.write_text(json.dumps(extra))
-    extra_file.chmod(0o600)
-    argv = [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(PLAYBOOKS / playbook), "-e", f"@{extra_file}", *args]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}")
-    return proc
 
 
 def _results(result_dir: Path, host: str) -> dict:
@@ -81,7 +61,7 @@ def test_primary_standby_and_stopped_copy_through_ansible(primary_standby, testb
     result_dir = tmp_path / "results"
     result_dir.mkdir()
     extra = {"cluster_names": [primary.name, standby.name], "extra_data_dirs": [{"data_dir": str(copy)}], "result_dir": str(result_dir)}
-    proc = _playbook(ansible_env, inventory, "cluster_info.yml", extra, "--limit", primary.node.name)
+    proc = run_playbook(ansible_env, inventory, "cluster_info.yml", extra, "--limit", primary.node.name)
     results = _results(result_dir, primary.node.name)
     primary_truth, standby_truth = _truth(primary), _truth(standby)
     # the insert position: the write position (pg_current_wal_lsn) may still be behind an insert LSN read before it
@@ -139,11 +119,11 @@ def test_primary_standby_and_stopped_copy_through_ansible(primary_standby, testb
     assert results["data_dirs"][str(copy)]["queries"] == []
 
 
-@pytest.mark.parametrize("pg_major", [_one_major()], indirect=True, ids=lambda m: f"pg{m}")
+@pytest.mark.parametrize("pg_major", [one_major()], indirect=True, ids=lambda m: f"pg{m}")
 def test_wrong_password_fails_clearly_and_never_shows_it(primary_standby, testbed, ansible_env, tmp_path):
     primary = primary_standby[0]
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    proc = _playbook(
+    proc = run_playbook(
         ansible_env,
         inventory,
         "cluster_info_bad_password.yml",
@@ -167,7 +147,7 @@ def test_wrong_password_fails_clearly_and_never_shows_it(primary_standby, testbe
 @pytest.mark.netns
 def test_two_namespace_hosts_over_ssh(netns_testbed, ansible_env, tmp_path):
     bed = netns_testbed
-    major = _one_major()
+    major = one_major()
     primary = bed.new_primary(major, host=bed.host("db1"), name=f"pg{major}-ci-primary")
     standby = bed.new_standby(primary, host=bed.host("db2"), name=f"pg{major}-ci-standby")
     try:
@@ -176,7 +156,7 @@ def test_two_namespace_hosts_over_ssh(netns_testbed, ansible_env, tmp_path):
         result_dir.mkdir()
         extra = {"cluster_names": [primary.name, standby.name], "result_dir": str(result_dir)}
         # --check: cluster_info runs in check mode like any read-only module.
-        _playbook(ansible_env, inventory, "cluster_info.yml", extra, "--limit", "db1,db2", "--check")
+        run_playbook(ansible_env, inventory, "cluster_info.yml", extra, "--limit", "db1,db2", "--check")
         sysid = _truth(primary)["system_identifier"]
         on_db1, on_db2 = _results(result_dir, "db1"), _results(result_dir, "db2")
         assert set(on_db1["servers"]) == {primary.name} and set(on_db2["servers"]) == {standby.name}
@@ -219,7 +199,7 @@ def test_a_role_without_privileges_gets_warnings_not_failures(primary_standby):
             assert facts["timeline"] == 1, "without the WAL receiver's row the timeline still comes from pg_control"
 
 
-@pytest.mark.parametrize("pg_major", [_one_major()], indirect=True, ids=lambda m: f"pg{m}")
+@pytest.mark.parametrize("pg_major", [one_major()], indirect=True, ids=lambda m: f"pg{m}")
 def test_timeline_right_after_a_promotion(primary_standby, testbed, pg_major):
     primary = primary_standby[0]
     promoted = testbed.new_standby(primary, name=f"pg{pg_major}-ci-promoted")

@@ -19,22 +19,13 @@ from .contract import assert_failure_contract
 from .harness.pgbins import selected_majors
 from .jobs import alive as _alive
 from .jobs import copy_job as _copy_job
-from .test_cluster_info import ANSIBLE_PLAYBOOK, PLAYBOOKS
-from .test_recovery_config import _wait
-from .test_standby_backup_role import SSH_OPTIONS, _start_playbook, backup_vars
+from .support.faults import throttle, unthrottle
+from .support.playbooks import ANSIBLE_PLAYBOOK, PLAYBOOKS
+from .support.roles import SSH_OPTIONS, backup_vars, start_playbook
+from .support.waiting import KEEPERS, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 TERMINATE = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
-KEEPERS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
-
-
-def _throttle(host, rate: str = "4mbit") -> None:
-    subprocess.run(["ip", "netns", "exec", host.netns, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate,
-                    "burst", "32kbit", "latency", "400ms"], check=True)  # fmt: skip
-
-
-def _unthrottle(host) -> None:
-    subprocess.run(["ip", "netns", "exec", host.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False, stderr=subprocess.DEVNULL)  # none: fine
 
 
 @pytest.mark.parametrize("fault", ["keeper_killed", "backend_terminated"])
@@ -50,11 +41,11 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
     extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
                         standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS,
                         standby_backup_progress_interval=0.5)  # fmt: skip
-    _throttle(standby.node)
+    throttle(standby.node)
     try:
-        proc = _start_playbook(ansible_env, inventory, extra)
+        proc = start_playbook(ansible_env, inventory, extra)
         progress = dest.parent / ".copy.progress.json"
-        _wait(lambda: progress.exists() and b'"bytes_done": 0,' not in progress.read_bytes(), "the copy moving")
+        wait_for(lambda: progress.exists() and b'"bytes_done": 0,' not in progress.read_bytes(), "the copy moving")
         assert stat.S_IMODE(progress.stat().st_mode) == 0o600, "the progress file is private"
         pid = int(next(keepers.glob("*/keeper.pid")).read_text())
         job = _copy_job(dest)  # this test's async copy (its sessions), not another test's or a concurrent tool's
@@ -67,7 +58,7 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
         stdout, stderr = proc.communicate(timeout=300)
         seconds = time.monotonic() - killed
     finally:
-        _unthrottle(standby.node)
+        unthrottle(standby.node)
     output = stdout + stderr
     print(f"the play ended {seconds:.1f} s after the fault ({fault})")
     assert proc.returncode != 0
@@ -81,12 +72,12 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
     assert last["bytes_done"] < last["bytes_total"], last
     assert (dest / ".pgbackup-incomplete").exists(), "the stopped copy is marked incomplete"
     assert [line for p, line in job.items() if _alive(p)] == [], "no process of the copy's job is left"
-    _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the keeper's session ending")
+    wait_for(lambda: primary.sql(KEEPERS) == [(0,)], "the keeper's session ending")
     assert primary.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
     assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
 
     def rerun() -> tuple:  # the same backup, unthrottled, into a fresh destination
-        again = _start_playbook(ansible_env, inventory, dict(extra, standby_backup_dest=str(dest.parent / "again")))
+        again = start_playbook(ansible_env, inventory, dict(extra, standby_backup_dest=str(dest.parent / "again")))
         out, err = again.communicate(timeout=600)
         return again.returncode, out + err
 

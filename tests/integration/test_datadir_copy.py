@@ -10,79 +10,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import write_manifest
 
-from .harness.pgbins import ROOT, client_bindir
+from .harness.pgbins import ROOT
+from .support.copies import place_label, postgres_refuses, start_backup, stop_backup, tree, verifybackup
 
 pytestmark = pytest.mark.integration
-
-
-def tree(root: Path) -> set:
-    """Relative paths of every file and directory, following pg_tblspc's symlinks."""
-    out = set()
-    for dirpath, dirs, files in os.walk(root, followlinks=True):
-        for name in dirs + files:
-            out.add(os.path.relpath(os.path.join(dirpath, name), root))
-    return out
-
-
-def start_backup(conn, major: int) -> None:
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_backup_start('datadir_copy test', true)" if major >= 15 else "SELECT pg_start_backup('datadir_copy test', true, false)")
-
-
-def stop_backup(conn, major: int) -> tuple:
-    with conn.cursor() as cur:
-        if major >= 15:
-            cur.execute("SELECT lsn::text, labelfile, spcmapfile, substr(pg_walfile_name(lsn), 1, 8) FROM pg_backup_stop(true)")
-        else:
-            cur.execute("SELECT lsn::text, labelfile, spcmapfile, substr(pg_walfile_name(lsn), 1, 8) FROM pg_stop_backup(false, true)")
-        lsn, label, spcmap, tli = cur.fetchone()
-    return parse_lsn(lsn), int(tli, 16), label, spcmap
-
-
-def place_label(dest: Path, label: str, spcmap: str) -> None:
-    (dest / "backup_label").write_text(label)
-    if spcmap:
-        (dest / "tablespace_map").write_text(spcmap)
-    os.rename(dest / copy_state.PENDING_CONTROL, dest / "global" / "pg_control")
-    for name in ("backup_label", "tablespace_map"):
-        if (dest / name).exists():
-            shutil.chown(dest / name, "postgres", "postgres")
-            (dest / name).chmod(0o600)
-
-
-def verifybackup(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(client_bindir() / "pg_verifybackup"), *args], capture_output=True, text=True, check=False)
-
-
-def postgres_refuses(cluster, dest: Path, tmp: Path) -> str:
-    """Try to start a server on the copy; return its complaint (it must not start)."""
-    sock = tmp / "sock"
-    sock.mkdir(exist_ok=True)
-    shutil.chown(sock, "postgres", "postgres")
-    argv = [
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        str(cluster.pg.bindir / "postgres"),
-        "-D",
-        str(dest),
-        "-c",
-        "listen_addresses=",
-        "-c",
-        f"unix_socket_directories={sock}",
-    ]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode != 0
-    return proc.stderr
 
 
 def test_copy_manifest_verify(lone_primary, testbed, pg_major, tmp_path):

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,33 +22,9 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 
 from .harness.pgbins import ROOT
+from .support.faults import MIB, small_filesystem
 
 pytestmark = pytest.mark.integration
-
-MIB = 1 << 20
-FS_SIZE = 64 * MIB
-
-
-@contextmanager
-def small_filesystem(where: Path, size: int = FS_SIZE):
-    """A fresh ext4 filesystem of ``size`` bytes mounted at ``where/mnt`` (loop device); unmounted and removed after."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a loop device needs root")
-    image, mnt = where / "small.img", where / "mnt"
-    mnt.mkdir()
-    subprocess.run(["truncate", "-s", str(size), str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)], check=True, capture_output=True)
-    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        image.unlink()
-        pytest.fail(f"mount -o loop failed: {mounted.stderr}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
-        image.unlink()
 
 
 def fake_datadir(root: Path, sizes_mib: list) -> Path:

@@ -19,7 +19,7 @@ import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
 
 from .harness.pgbins import ROOT, client_bindir
-from .test_datadir_copy import start_backup, stop_backup, tree
+from .support.copies import start_backup, stop_backup, tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 

@@ -20,9 +20,9 @@ import uuid
 import pytest
 
 from .conftest import one_end
-from .test_backup_procedure import _fingerprints, recover_and_check
-from .test_source_recheck import _copy_module_pid
-from .test_standby_backup_role import _role_run
+from .support.faults import copy_module_pid
+from .support.restore_checks import fingerprints, recover_and_check
+from .support.roles import role_run
 
 pytestmark = [pytest.mark.integration]
 
@@ -49,7 +49,7 @@ def _ddl_during_the_copy(primary, standby, n: dict, seen: dict) -> None:
     it (its files now differ from what the copy saw), then let the copy go on."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not seen.get("done"):
-        pid = _copy_module_pid(standby.datadir)
+        pid = copy_module_pid(standby.datadir)
         if pid is None:
             time.sleep(0.002)
             continue
@@ -81,7 +81,7 @@ def _ddl_during_the_copy(primary, standby, n: dict, seen: dict) -> None:
 def _check_the_ddl(primary, restored, n: dict) -> None:
     """Every table the DDL touched equals the primary's; what was dropped is gone, what was created is there."""
     tables = [n[t] for t in ("truncated", "vacuumed", "retyped", "created")]
-    assert _fingerprints(restored, tables) == _fingerprints(primary, tables)
+    assert fingerprints(restored, tables) == fingerprints(primary, tables)
     assert restored.sql("SELECT to_regclass(%s)::text", (n["dropped"],)) == [(None,)], "the dropped table is gone"
     retyped = "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'v'"
     assert restored.sql(retyped, (n["retyped"],)) == [("bigint",)]
@@ -109,7 +109,7 @@ def test_ddl_during_the_copy_backs_up_and_restores(primary_standby, testbed, ans
             ddl.start()
             began = time.monotonic()
             try:
-                code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, restored.datadir, standby_backup_mode=mode)
+                code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, restored.datadir, standby_backup_mode=mode)
             finally:
                 seen["done"] = True
                 ddl.join(timeout=180)

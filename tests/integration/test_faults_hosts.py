@@ -28,10 +28,9 @@ import pytest
 
 from .conftest import one_end
 from .contract import KEEPERS, assert_failure_contract
-from .test_abort_backup import _run
-from .test_copy_wait import _throttle, _unthrottle
-from .test_recovery_config import _wait
-from .test_standby_backup_role import SSH_OPTIONS, _start_playbook, backup_vars
+from .support.faults import throttle, unthrottle
+from .support.roles import SSH_OPTIONS, backup_vars, run_to_end, start_playbook
+from .support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 RECHECK = "Check that the standby is still the backup's source"
@@ -68,16 +67,16 @@ class _Run:
                            standby_backup_progress_interval=1)  # fmt: skip
 
     def start(self) -> subprocess.Popen:
-        _throttle(self.standby.node, self.rate)
-        self.proc = _start_playbook(self.env, self.inventory, self.vars(self.dest))
-        _wait(lambda: self.progress.exists() and b'"bytes_done": 0,' not in self.progress.read_bytes(), "the copy moving", timeout=180)
+        throttle(self.standby.node, self.rate)
+        self.proc = start_playbook(self.env, self.inventory, self.vars(self.dest))
+        wait_for(lambda: self.progress.exists() and b'"bytes_done": 0,' not in self.progress.read_bytes(), "the copy moving", timeout=180)
         self.started = json.loads(next(self.keepers.glob("*/started.json")).read_text())
         return self.proc
 
     def rerun(self) -> tuple:
         """The same backup, once the fault is gone, unthrottled into a fresh destination (a new backup id)."""
-        _unthrottle(self.standby.node)
-        proc = _start_playbook(self.env, self.inventory, self.vars(self.dest.parent / "again"))
+        unthrottle(self.standby.node)
+        proc = start_playbook(self.env, self.inventory, self.vars(self.dest.parent / "again"))
         stdout, stderr = proc.communicate(timeout=600)
         return proc.returncode, stdout + stderr
 
@@ -87,7 +86,7 @@ class _Run:
         return stdout + stderr
 
     def stop(self) -> None:
-        _unthrottle(self.standby.node)
+        unthrottle(self.standby.node)
         if getattr(self, "proc", None) is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
@@ -150,16 +149,16 @@ def test_standby_killed_mid_copy(fault_run, pg_major):
     try:
         os.kill(standby.postmaster_pid(), signal.SIGKILL)
         fault = time.monotonic()
-        _wait(lambda: not standby.is_running() or run.proc.poll() is not None, "the standby gone", timeout=60)
+        wait_for(lambda: not standby.is_running() or run.proc.poll() is not None, "the standby gone", timeout=60)
         # Its files stay readable: does copy_wait notice within seconds, or does the copy go on?
         time.sleep(10)
         going_on = run.proc.poll() is None
-        _unthrottle(standby.node)  # let the rest of the copy go at full speed
+        unthrottle(standby.node)  # let the rest of the copy go at full speed
         output = run.finish()
         seconds = time.monotonic() - fault
     finally:
         if standby.postmaster_pid() is None or not standby.is_running():
-            _wait(lambda: not any(_children_of(standby)), "the killed standby's processes exiting", timeout=60)
+            wait_for(lambda: not any(_children_of(standby)), "the killed standby's processes exiting", timeout=60)
             standby.start()
     print(f"standby killed: copy still running 10 s after the fault: {going_on}; the play ended {seconds:.1f} s after the fault")
     where = f"{standby.host}:{standby.port}"
@@ -170,7 +169,7 @@ def test_standby_killed_mid_copy(fault_run, pg_major):
     slot = "pgbackup_" + backup_id.lower().replace("-", "_")
     assert f"the slot {slot} of backup {backup_id} is left on the standby {where}" in output, output[-3000:]
     assert standby.sql("SELECT slot_name FROM pg_replication_slots") == [(slot,)]
-    code, aborted = _run(run.env, run.inventory, "abort_backup.yml", dict(run.vars(run.dest), standby_backup_abort_id=backup_id))
+    code, aborted = run_to_end(run.env, run.inventory, "abort_backup.yml", dict(run.vars(run.dest), standby_backup_abort_id=backup_id))
     assert code == 0 and f"slot {slot}" in aborted, aborted[-3000:]
     _contract(run, output, (where, "did not answer after the copy", "abort_backup.yml"), pg_major)
 
@@ -208,7 +207,7 @@ def test_primary_link_cut_past_the_keepalives(fault_run, pg_major):
     back = time.monotonic()
     output = run.finish()
     seconds = ended if ended is not None else time.monotonic() - fault
-    _wait(lambda: primary.sql(KEEPERS) == [(0,)], "the keeper's old backend ending on the primary", timeout=180)
+    wait_for(lambda: primary.sql(KEEPERS) == [(0,)], "the keeper's old backend ending on the primary", timeout=180)
     print(f"link cut: the play ended {seconds:.1f} s after the cut; the old backend {backend} was still on the primary when the link came "
           f"back: {held}; it ended {time.monotonic() - back:.1f} s after")  # fmt: skip
     where = f"{primary.host}:{primary.port}"

@@ -25,9 +25,8 @@ from psycopg2 import errors as pg_errors
 from .conftest import one_end
 from .contract import assert_failure_contract
 from .harness.cluster import chown_postgres
-from .test_datadir_copy_diskfull import small_filesystem
-from .test_source_recheck import _copy_module_pid
-from .test_standby_backup_role import _role_run
+from .support.faults import copy_module_pid, small_filesystem
+from .support.roles import role_run
 
 pytestmark = [pytest.mark.integration]
 MIB = 1 << 20
@@ -47,7 +46,7 @@ def _fill_during_the_copy(datadir, mount, dest, seen: dict) -> None:
     begun; the module's open directories while it lists the source are too early (its space check would refuse)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not seen.get("done"):
-        pid = _copy_module_pid(datadir) if (dest / INCOMPLETE_MARKER).exists() else None
+        pid = copy_module_pid(datadir) if (dest / INCOMPLETE_MARKER).exists() else None
         if pid is None:
             time.sleep(0.002)
             continue
@@ -87,7 +86,7 @@ def test_the_destination_filling_up_during_the_copy(primary_standby, testbed, an
         filler.start()
         began = time.monotonic()
         try:
-            code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
+            code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
         finally:
             seen["done"] = True
             filler.join(timeout=120)
@@ -102,7 +101,7 @@ def test_the_destination_filling_up_during_the_copy(primary_standby, testbed, an
             rerun_state = tmp_path / "rerun"
             rerun_state.mkdir()
             chown_postgres(rerun_state)
-            return _role_run(ansible_env, testbed, rerun_state, primary, standby, again / "backup")
+            return role_run(ansible_env, testbed, rerun_state, primary, standby, again / "backup")
 
         assert_failure_contract(
             output,
@@ -175,7 +174,7 @@ def test_a_standby_that_does_not_replay_fails_at_the_wait(primary_standby, testb
     try:
         with _load(testbed, primary, 60):
             began = time.monotonic()
-            code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_replay_timeout=120)
+            code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_replay_timeout=120)
         print(f"the run against a standby held by {held} failed after {time.monotonic() - began:.1f} s")
         print(output[output.find("failed in") : output.find("failed in") + 1200])
         if held == "apply_delay":
@@ -187,7 +186,7 @@ def test_a_standby_that_does_not_replay_fails_at_the_wait(primary_standby, testb
             rerun_state = tmp_path / "rerun"
             rerun_state.mkdir()
             resume = {"standby_backup_resume_paused": True} if held == "paused" else {}
-            result = _role_run(ansible_env, testbed, rerun_state, primary, standby, again, **resume)
+            result = role_run(ansible_env, testbed, rerun_state, primary, standby, again, **resume)
             if held == "paused":
                 assert "resumed it with pg_wal_replay_resume()" in result[1], result[1][-3000:]
             return result

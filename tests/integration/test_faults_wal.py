@@ -26,8 +26,8 @@ import pytest
 
 from .conftest import one_end, per_major_cache, spot_check
 from .contract import assert_failure_contract
-from .test_source_recheck import RECHECK, _copy_module_pid, _promote_during_the_copy
-from .test_standby_backup_role import _role_run
+from .support.faults import RECHECK, copy_module_pid, promote_during_the_copy
+from .support.roles import role_run
 
 pytestmark = [pytest.mark.integration]
 COLLECT = "Collect the WAL from the start to the stop"
@@ -71,7 +71,7 @@ def _recycle_during_the_copy(primary, standby, state_dir: Path, seen: dict) -> N
     primary, a checkpoint there, replayed, then a restartpoint on the standby); let the copy go on."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not seen.get("done"):
-        pid = _copy_module_pid(standby.datadir)
+        pid = copy_module_pid(standby.datadir)
         if pid is None:
             time.sleep(0.002)
             continue
@@ -106,7 +106,7 @@ def test_wal_recycled_before_collection_is_named_with_its_cause(recycling_pair, 
     recycler.start()
     began = time.monotonic()
     try:
-        code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_use_slot=False, standby_backup_wal_timeout=3)
+        code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_use_slot=False, standby_backup_wal_timeout=3)
     finally:
         seen["done"] = True
         recycler.join(timeout=120)
@@ -126,7 +126,7 @@ def test_wal_recycled_before_collection_is_named_with_its_cause(recycling_pair, 
         thread = threading.Thread(target=_recycle_during_the_copy, args=(primary, standby, rerun_state / "keepers", rerun_seen), daemon=True)
         thread.start()
         try:
-            result = _role_run(ansible_env, testbed, rerun_state, primary, standby, again, standby_backup_wal_timeout=30)
+            result = role_run(ansible_env, testbed, rerun_state, primary, standby, again, standby_backup_wal_timeout=30)
         finally:
             rerun_seen["done"] = True
             thread.join(timeout=120)
@@ -163,11 +163,11 @@ def test_a_standby_promoted_during_a_standby_only_copy_fails_at_once(primary_sta
     standby.wait_replayed(primary.current_lsn())
     dest = testbed.scratch_dir(f"fpromo-{wal_source[:4]}-{pg_major}")  # short: the contract's restore target is named after it
     seen: dict = {}
-    promoter = threading.Thread(target=_promote_during_the_copy, args=(standby, seen), daemon=True)
+    promoter = threading.Thread(target=promote_during_the_copy, args=(standby, seen), daemon=True)
     promoter.start()
     began = time.monotonic()
     try:
-        code, output = _role_run(
+        code, output = role_run(
             ansible_env,
             testbed,
             tmp_path,
@@ -213,7 +213,7 @@ def test_wal_missing_from_the_archive_names_the_archiver_and_its_server(primary_
     dest = testbed.scratch_dir(f"farch-{pg_major}")
     elsewhere = testbed.scratch_dir(f"farch-elsewhere-{pg_major}")
     began = time.monotonic()
-    code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_wal_source="archive",
+    code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_wal_source="archive",
                              standby_backup_archive_dir=str(elsewhere), standby_backup_wal_timeout=5)  # fmt: skip
     print(f"the run with the wrong archive failed after {time.monotonic() - began:.1f} s")
     print(output[output.find("failed in") : output.find("failed in") + 1500])
@@ -226,7 +226,7 @@ def test_wal_missing_from_the_archive_names_the_archiver_and_its_server(primary_
     def rerun():
         again = testbed.scratch_dir(f"farch-rerun-{pg_major}")
         (tmp_path / "rerun").mkdir()
-        return _role_run(ansible_env, testbed, tmp_path / "rerun", primary, standby, again, standby_backup_wal_source="archive",
+        return role_run(ansible_env, testbed, tmp_path / "rerun", primary, standby, again, standby_backup_wal_source="archive",
                          standby_backup_archive_dir=str(primary.archive_dir), standby_backup_wal_timeout=60)  # fmt: skip
 
     server = f"{primary.host}:{primary.port}"

@@ -15,12 +15,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, copy_state
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import GUARD_CHECKPOINT_LSN, read_control_file
 
-from .test_cluster_info import _playbook
-from .test_datadir_copy import postgres_refuses
+from .support.copies import backup_copy, postgres_refuses
+from .support.playbooks import run_playbook
 
 # Where these tests run (conftest._skip_outside_its_majors): the label comes from pg_stop_backup up to 14 and pg_backup_stop from 15 (17 and 18: the newest).
 pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 15, 17, 18)]
@@ -30,27 +29,8 @@ def _place(env, testbed, tmp_path: Path, data_dir: Path, **place_args) -> dict:
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     result_file = tmp_path / f"place-{uuid.uuid4().hex[:8]}.json"
     extra = {"data_dir": str(data_dir), "place_args": place_args, "result_file": str(result_file)}
-    _playbook(env, inventory, "label_place.yml", extra, "--limit", testbed.hosts[0].name)
+    run_playbook(env, inventory, "label_place.yml", extra, "--limit", testbed.hosts[0].name)
     return json.loads(result_file.read_text())
-
-
-def _backup_copy(primary, testbed, tmp_path: Path, dest: Path, ts_map: dict, canary: str) -> tuple:
-    """A copy of the primary under backup_start/backup_stop, with pgbench writing; returns (started, stopped)."""
-    state_dir = tmp_path / "keepers"
-    state_dir.mkdir(mode=0o700)
-    params = {"login_host": primary.host, "login_port": primary.port, "login_user": "postgres", "login_password": primary.password}
-    with testbed.load(primary, 30, clients=2):
-        time.sleep(1)
-        started = backup_session.start_backup(
-            params, backup_id="lp", label="label_place test", fast=True, max_duration=0, state_dir=str(state_dir), timeout=120
-        )
-        primary.sql(f"CREATE TABLE {canary} AS SELECT 42 AS answer")
-        source = Source(str(primary.datadir))
-        plan = make_plan(source, str(dest), ts_map, [])
-        check_destination(source, plan, str(dest), False)
-        execute(source, plan, str(dest), parallel=2, owner="postgres")
-        stopped = backup_session.stop_backup(backup_id="lp", state_dir=str(state_dir), state="stopped", wait_for_archive=True, timeout=120)
-    return started, stopped
 
 
 def test_label_place_then_recover(lone_primary, testbed, ansible_env, tmp_path, pg_major):
@@ -64,7 +44,7 @@ def test_label_place_then_recover(lone_primary, testbed, ansible_env, tmp_path, 
     try:
         primary.sql(f"CREATE TABLESPACE lp_ts LOCATION '{ts_src}'")
         primary.sql("CREATE TABLE lp_ts_t TABLESPACE lp_ts AS SELECT g FROM generate_series(1, 1000) g")
-        started, stopped = _backup_copy(primary, testbed, tmp_path, dest, {str(ts_src): str(ts_dst)}, canary)
+        started, stopped = backup_copy(primary, testbed, tmp_path, dest, {str(ts_src): str(ts_dst)}, canary)
         assert stopped["tablespace_map"].endswith(f" {ts_src}\n")
         assert (dest / copy_state.PENDING_CONTROL).exists() and not (dest / "global" / "pg_control").exists()
 

@@ -15,7 +15,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import 
 
 from .conftest import spot_check
 from .mixed_copy import standby_only_copy
-from .test_backup_verify import _verify
+from .support.copies import run_verify
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_page_audit_on_standby_only_copies(primary_standby, testbed, ansible_env
 
     args = {"stop_lsn": right["stop_lsn"], "stop_timeline": right["stop_timeline"], "parallel": 2}
     copies = [(good, args), (mixed, {"stop_lsn": wrong["stop_lsn"], "stop_timeline": wrong["stop_timeline"], "parallel": 1}), (damaged, args)]
-    ok, refused, broken = _verify(ansible_env, testbed, tmp_path, copies)
+    ok, refused, broken = run_verify(ansible_env, testbed, tmp_path, copies)
 
     assert ok.get("failed") is not True and ok["problems"] == [], ok["problems"]
     pages = ok["pages"]

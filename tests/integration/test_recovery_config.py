@@ -4,9 +4,7 @@ primary through a slot, with the password in a passfile and the inherited settin
 
 from __future__ import annotations
 
-import json
 import stat
-import time
 import uuid
 from pathlib import Path
 
@@ -14,29 +12,12 @@ import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import label_placer
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 
-from .test_cluster_info import _playbook
-from .test_label_place import _backup_copy
+from .support.copies import backup_copy
+from .support.restore_checks import configure_recovery
+from .support.waiting import wait_for
 
 # Where these tests run (conftest._skip_outside_its_majors): recovery settings and standby.signal are the same from 12 on.
 pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 18)]
-
-
-def _configure(env, testbed, tmp_path: Path, data_dir: Path, *args: str, **config_args) -> tuple:
-    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    result_file = tmp_path / f"config-{uuid.uuid4().hex[:8]}.json"
-    extra = {"data_dir": str(data_dir), "config_args": config_args, "result_file": str(result_file)}
-    proc = _playbook(env, inventory, "recovery_config.yml", extra, "--limit", testbed.hosts[0].name, *args)
-    return json.loads(result_file.read_text()), proc.stdout + proc.stderr
-
-
-def _wait(predicate, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"{what} did not happen within {timeout}s")
 
 
 def test_recover_to_stop_then_stream_as_standby(primary_standby, testbed, ansible_env, tmp_path, pg_major):
@@ -47,7 +28,7 @@ def test_recover_to_stop_then_stream_as_standby(primary_standby, testbed, ansibl
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-rc-restored")
     dest = restored.datadir
     try:
-        started, stopped = _backup_copy(primary, testbed, tmp_path, dest, {}, canary)
+        started, stopped = backup_copy(primary, testbed, tmp_path, dest, {}, canary)
         label_placer.place(str(dest), label=stopped["backup_label"].encode(), expected_start_lsn=started["start_lsn"])
         restored.write_settings()
         with open(dest / "postgresql.auto.conf", "a") as conf:  # what a copy of a standby would carry, twice
@@ -61,17 +42,17 @@ def test_recover_to_stop_then_stream_as_standby(primary_standby, testbed, ansibl
             "recovery_target_lsn": stopped["stop_lsn"],
             "recovery_target_action": "pause",
         }
-        result, output = _configure(ansible_env, testbed, tmp_path, dest, "--diff", **recover)
+        result, output = configure_recovery(ansible_env, testbed, tmp_path, dest, "--diff", **recover)
         assert result.get("failed") is not True and result["changed"] is True, result
         assert sorted(result["files"]) == ["postgresql.auto.conf", "recovery.signal", "standby.signal (removed)"]
         assert "host=elsewhere" in output, "diff mode shows what was replaced"
         auto = (dest / "postgresql.auto.conf").read_text()
         assert "elsewhere" not in auto and auto.count("restore_command") == 1 and "primary_conninfo = ''" in auto
         assert (dest / "recovery.signal").exists() and not (dest / "standby.signal").exists()
-        again, _output = _configure(ansible_env, testbed, tmp_path, dest, **recover)
+        again, _output = configure_recovery(ansible_env, testbed, tmp_path, dest, **recover)
         assert again["changed"] is False and again["files"] == [], again
         restored.start()
-        _wait(lambda: restored.sql("SELECT pg_is_wal_replay_paused()")[0][0], "recovery pausing at its target")
+        wait_for(lambda: restored.sql("SELECT pg_is_wal_replay_paused()")[0][0], "recovery pausing at its target")
         replayed = parse_lsn(restored.sql("SELECT pg_last_wal_replay_lsn()::text")[0][0])
         assert replayed >= parse_lsn(stopped["stop_lsn"])
         assert restored.sql(f"SELECT answer FROM {canary}") == [(42,)]  # noqa: S608 - a name the test made
@@ -87,7 +68,7 @@ def test_recover_to_stop_then_stream_as_standby(primary_standby, testbed, ansibl
             "primary_application_name": f"rc-{pg_major}",
             "primary_slot_name": slot,
         }
-        result, output = _configure(ansible_env, testbed, tmp_path, dest, "--diff", **standby_args)
+        result, output = configure_recovery(ansible_env, testbed, tmp_path, dest, "--diff", **standby_args)
         assert result.get("failed") is not True and result["changed"] is True, result
         assert primary.password not in output and primary.password not in (dest / "postgresql.auto.conf").read_text()
         passfile = Path(result["passfile"])
@@ -98,7 +79,7 @@ def test_recover_to_stop_then_stream_as_standby(primary_standby, testbed, ansibl
         assert auto.count("primary_conninfo") == 1 and "recovery_target" not in auto
         assert (dest / "standby.signal").exists() and not (dest / "recovery.signal").exists()
         restored.start()
-        _wait(
+        wait_for(
             lambda: primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'", (f"rc-{pg_major}",))[0][0],
             "the copy streaming from the primary",
         )

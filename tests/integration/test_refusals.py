@@ -22,11 +22,10 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import Pg
 
 from .conftest import role_majors
 from .harness.pgbins import ROOT, selected_majors
-from .test_standby_backup_role import SSH_OPTIONS, backup_vars
+from .support.roles import SSH_OPTIONS, backup_vars
+from .support.waiting import KEEPERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
-
-KEEPERS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
 
 
 def _checkpoints_requested(cluster) -> int:

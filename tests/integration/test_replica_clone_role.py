@@ -4,28 +4,17 @@ primary table by table; run again, the role changes nothing."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import time
 
 import pytest
 
 from .conftest import one_end
-from .harness.pgbins import ROOT
-from .test_backup_procedure import TABLES, _amcheck, _fingerprints
-from .test_recovery_config import _wait
-from .test_standby_backup_role import SSH_OPTIONS
+from .support.restore_checks import TABLES, amcheck, fingerprints
+from .support.roles import SSH_OPTIONS, run_clone
+from .support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
-
-
-def _run(env, inventory, extra: dict) -> subprocess.CompletedProcess:
-    extra_file = inventory.parent / "extra-clone.json"
-    extra_file.write_text(json.dumps(extra))
-    extra_file.chmod(0o600)
-    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "clone_replica.yml"), "-e", f"@{extra_file}"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 @pytest.mark.parametrize("upstream_role", ["primary", "standby"])
@@ -65,34 +54,34 @@ def test_clone_reaches_streaming_and_is_idempotent(netns_testbed, netns_pair, an
     try:
         with bed.load(primary, 600, clients=2) as load:
             time.sleep(1)
-            first = _run(ansible_env, inventory, extra)
+            first = run_clone(ansible_env, inventory, extra)
             assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
-            again = _run(ansible_env, inventory, extra)
+            again = run_clone(ansible_env, inventory, extra)
             load.stop()
         assert again.returncode == 0, again.stdout[-4000:]
         assert re.search(rf"{db3.name}\s*:\s*ok=\d+\s+changed=0\s", again.stdout), again.stdout[-3000:]
         assert "nothing to do" in again.stdout
         assert primary.password not in first.stdout + again.stdout
-        _wait(
+        wait_for(
             lambda: upstream.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'", (clone.name,)) == [(1,)],
             "the clone streaming from its upstream",
         )
         assert upstream.sql("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (extra["replica_clone_slot_name"],)) == [(True,)]
-        _wait(lambda: primary.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == [(0,)], "pgbench's sessions ending")
+        wait_for(lambda: primary.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == [(0,)], "pgbench's sessions ending")
         (lsn,) = primary.sql("SELECT pg_current_wal_lsn()::text")[0]
         if upstream_role == "standby":
             standby.wait_replayed(lsn)
         clone.wait_replayed(lsn)
-        assert _fingerprints(clone, TABLES) == _fingerprints(primary, TABLES)
-        _amcheck(clone, pg_major)
+        assert fingerprints(clone, TABLES) == fingerprints(primary, TABLES)
+        amcheck(clone, pg_major)
         if upstream_role == "primary":
             # replica_clone_force re-seeds a replica whose server is stopped already (pg_ctl stop used to fail there)
             clone.stop()
-            reseeded = _run(ansible_env, inventory, {**extra, "replica_clone_force": True})
+            reseeded = run_clone(ansible_env, inventory, {**extra, "replica_clone_force": True})
             assert reseeded.returncode == 0, reseeded.stdout[-6000:] + reseeded.stderr[-3000:]
             assert "Ask pg_ctl whether the replica runs" in reseeded.stdout
             clone.wait_replayed(primary.current_lsn())
-            assert _fingerprints(clone, TABLES) == _fingerprints(primary, TABLES)
+            assert fingerprints(clone, TABLES) == fingerprints(primary, TABLES)
     finally:
         if clone.is_running():
             clone.stop("immediate")

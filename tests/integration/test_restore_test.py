@@ -19,7 +19,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.restore_test import run_restore_test
 
 from .conftest import spot_check
-from .test_backup_verify import _backup
+from .support.copies import verified_backup
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_restore_test_stops_at_the_end_point(primary_standby, testbed, tmp_path,
     dest = testbed.scratch_dir(f"rt-copy-{pg_major}")
     canary = f"rt_canary_{uuid.uuid4().hex[:8]}"
     try:
-        started, stopped = _backup(primary, testbed, tmp_path, dest, {}, canary)
+        started, stopped = verified_backup(primary, testbed, tmp_path, dest, {}, canary)
         label_placer.place(str(dest), label=base64.b64decode(stopped["backup_label_base64"]), expected_start_lsn=started["start_lsn"])
         primary.sql("SELECT pg_switch_wal()")  # WAL beyond the end point, archived: the restore test must not replay it
         primary.sql(f"CREATE TABLE {canary}_after AS SELECT 1 AS x")

@@ -6,32 +6,19 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 
 import pytest
 
 from .conftest import role_majors
-from .harness.pgbins import ROOT
-from .test_standby_backup_role import _role_run, backup_vars
+from .support.roles import check_mode_vars, check_run, nothing_happened, role_run
 
 pytestmark = [pytest.mark.integration]
-
-KEEPERS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
 
 
 def _oldest_and_newest(pg_major: int) -> None:
     if pg_major not in role_majors():
         pytest.skip("check mode reads the same catalog on every version: the oldest and newest show it")
-
-
-def _check_run(env, testbed, tmp_path, playbook: str, extra: dict) -> subprocess.CompletedProcess:
-    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    extra_file = tmp_path / "extra.json"
-    extra_file.write_text(json.dumps(extra))
-    extra_file.chmod(0o600)
-    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "--check", "-i", str(inventory), str(ROOT / "playbooks" / playbook), "-e", f"@{extra_file}"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def _plan(stdout: str) -> dict:
@@ -41,24 +28,13 @@ def _plan(stdout: str) -> dict:
     return json.loads(found[-1])["msg"]
 
 
-def _nothing_happened(primary, standby, state_dir) -> None:
-    for server in (primary, standby):
-        assert server.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)], "no slot was made"
-        assert server.sql(KEEPERS) == [(0,)], "no backup session was opened"
-    assert not state_dir.exists() or not any(state_dir.iterdir()), "no keeper was started"
-
-
-def _backup_vars(primary, standby, dest, state_dir, **overrides) -> dict:
-    return backup_vars("all", primary, standby, dest, state_dir, **overrides)
-
-
 @pytest.mark.parametrize("mode", ["coordinated", "standby_only"])
 def test_standby_backup_check_is_a_plan(primary_standby, testbed, ansible_env, tmp_path, pg_major, mode):
     _oldest_and_newest(pg_major)
     primary, standby = primary_standby
     dest = testbed.scratch_dir(f"check-{mode}-{pg_major}") / "backup"
     state_dir = tmp_path / "keepers"
-    run = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir, standby_backup_mode=mode))
+    run = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", check_mode_vars(primary, standby, dest, state_dir, standby_backup_mode=mode))
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
     plan = _plan(run.stdout)
     server = primary if mode == "coordinated" else standby
@@ -68,7 +44,7 @@ def test_standby_backup_check_is_a_plan(primary_standby, testbed, ansible_env, t
     assert plan["slot_on_standby"].startswith("pgbackup_")
     assert (plan["wait_for_replay_on"] is not None) == (mode == "coordinated")
     assert not dest.exists(), "the destination was not made"
-    _nothing_happened(primary, standby, state_dir)
+    nothing_happened(primary, standby, state_dir)
     assert primary.password not in run.stdout + run.stderr
 
 
@@ -78,11 +54,11 @@ def test_standby_backup_check_meets_the_refusals_of_a_run(primary_standby, testb
     dest = testbed.scratch_dir(f"check-busy-{pg_major}")
     (dest / "somebody_elses_file").write_text("keep me")
     state_dir = tmp_path / "keepers"
-    run = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir))
+    run = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", check_mode_vars(primary, standby, dest, state_dir))
     assert run.returncode != 0
     assert "is not empty" in run.stdout, run.stdout[-3000:]
     assert sorted(p.name for p in dest.iterdir()) == ["somebody_elses_file"]
-    _nothing_happened(primary, standby, state_dir)
+    nothing_happened(primary, standby, state_dir)
 
 
 def test_standby_backup_session_role_reaches_every_connection(primary_standby, testbed, ansible_env, tmp_path, pg_major):
@@ -92,17 +68,17 @@ def test_standby_backup_session_role_reaches_every_connection(primary_standby, t
     primary, standby = primary_standby
     dest = testbed.scratch_dir(f"check-session-role-{pg_major}") / "backup"
     state_dir = tmp_path / "keepers"
-    missing = _backup_vars(primary, standby, dest, state_dir, standby_backup_session_role="pgbt_no_such_role")
-    run = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", missing)
+    missing = check_mode_vars(primary, standby, dest, state_dir, standby_backup_session_role="pgbt_no_such_role")
+    run = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", missing)
     assert run.returncode != 0
     assert "cannot switch to session_role 'pgbt_no_such_role'" in run.stdout, run.stdout[-3000:]
     primary.sql("DO $$BEGIN CREATE ROLE pgbt_backup_admin SUPERUSER NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
     try:
         _wait_for_role(standby)
-        present = _backup_vars(primary, standby, dest, state_dir, standby_backup_session_role="pgbt_backup_admin")
-        run = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", present)
+        present = check_mode_vars(primary, standby, dest, state_dir, standby_backup_session_role="pgbt_backup_admin")
+        run = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", present)
         assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
-        _nothing_happened(primary, standby, state_dir)
+        nothing_happened(primary, standby, state_dir)
     finally:
         primary.sql("DROP ROLE IF EXISTS pgbt_backup_admin")  # the pair is shared with other tests
 
@@ -133,7 +109,7 @@ def test_replica_clone_check_is_a_plan(primary_standby, testbed, ansible_env, tm
         "replica_clone_slot_name": "check_mode_clone",
         "replica_clone_pg_bindir": str(standby.pg.bindir),
     }
-    run = _check_run(ansible_env, testbed, tmp_path, "clone_replica.yml", extra)
+    run = check_run(ansible_env, testbed, tmp_path, "clone_replica.yml", extra)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
     copy_plan = re.search(r"TASK \[pgbackup\.lowlevel\.standby_backup : Plan\]", run.stdout)
     assert copy_plan, "the copy's plan comes from standby_backup"
@@ -141,7 +117,7 @@ def test_replica_clone_check_is_a_plan(primary_standby, testbed, ansible_env, tm
     assert plan["streams_from"] == f"{standby.host}:{standby.port}" and plan["slot_on_upstream"] == "check_mode_clone"
     assert plan["action"] == "copy into an empty directory"
     assert not clone_dir.exists()
-    _nothing_happened(primary, standby, state_dir)
+    nothing_happened(primary, standby, state_dir)
 
 
 def test_login_db_lets_a_role_without_a_database_of_its_name_connect(primary_standby, testbed, ansible_env, tmp_path, pg_major):
@@ -157,15 +133,15 @@ def test_login_db_lets_a_role_without_a_database_of_its_name_connect(primary_sta
     state_dir = tmp_path / "keepers"
     dest = testbed.scratch_dir(f"check-login-db-{pg_major}") / "backup"
     try:
-        plain = _backup_vars(primary, standby, dest, state_dir, standby_backup_login_user=user)
-        passes = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", plain)
+        plain = check_mode_vars(primary, standby, dest, state_dir, standby_backup_login_user=user)
+        passes = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", plain)
         assert passes.returncode == 0, passes.stdout[-4000:]
-        wrong = _backup_vars(primary, standby, dest, state_dir, standby_backup_login_user=user, standby_backup_login_db="no_such_database")
-        refused = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", wrong)
+        wrong = check_mode_vars(primary, standby, dest, state_dir, standby_backup_login_user=user, standby_backup_login_db="no_such_database")
+        refused = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", wrong)
         assert refused.returncode != 0
         assert 'database "no_such_database" does not exist' in refused.stdout, refused.stdout[-3000:]
         assert f"host={standby.host}, port={standby.port}" in refused.stdout, "the refusal names the server"
-        _nothing_happened(primary, standby, state_dir)
+        nothing_happened(primary, standby, state_dir)
     finally:
         primary.sql(f"DROP ROLE IF EXISTS {user}")
 
@@ -178,15 +154,15 @@ def test_max_rate_limits_the_copy_and_a_useless_one_is_refused_first(primary_sta
     primary, standby = primary_standby
     state_dir = tmp_path / "keepers"
     dest = testbed.scratch_dir(f"max-rate-{pg_major}") / "backup"
-    refused = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", _backup_vars(primary, standby, dest, state_dir, standby_backup_max_rate=1000))
+    refused = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", check_mode_vars(primary, standby, dest, state_dir, standby_backup_max_rate=1000))
     assert refused.returncode != 0 and "max_rate must be 0 (no limit) or at least 1024 bytes/s per stream" in refused.stdout, refused.stdout[-3000:]
-    _nothing_happened(primary, standby, state_dir)
-    local_stream = _backup_vars(primary, standby, dest, state_dir, standby_backup_transport="stream")
-    refused = _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", local_stream)
+    nothing_happened(primary, standby, state_dir)
+    local_stream = check_mode_vars(primary, standby, dest, state_dir, standby_backup_transport="stream")
+    refused = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", local_stream)
     assert refused.returncode != 0, refused.stdout[-3000:]
     assert "standby_backup_transport: stream copies from another host (standby_backup_standby_ssh_host)" in refused.stdout, refused.stdout[-3000:]
-    _nothing_happened(primary, standby, state_dir)
-    code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_max_rate=16 * 2**20)
+    nothing_happened(primary, standby, state_dir)
+    code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_max_rate=16 * 2**20)
     assert code == 0, output[-4000:]
     rate = re.findall(r"copied [^\n]* MiB/s", output)
     print(f"with standby_backup_max_rate 16 MiB/s: {rate[-1] if rate else '?'}")

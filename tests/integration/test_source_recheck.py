@@ -4,65 +4,21 @@ as the standby's. Each run must refuse, naming what it found, and leave nothing 
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 
 import pytest
 
 from .conftest import one_end, role_majors
-from .test_role_check_mode import _backup_vars, _check_run, _nothing_happened
-from .test_standby_backup_role import _clean_after_failure, _role_run
+from .support.faults import RECHECK, promote_during_the_copy
+from .support.roles import check_mode_vars, check_run, clean_after_failure, nothing_happened, role_run
 
 pytestmark = [pytest.mark.integration]
-RECHECK = "Check that the standby is still the backup's source"
 
 
 def _oldest_and_newest(pg_major: int) -> None:
     if pg_major not in role_majors():
         pytest.skip("the role's checks are the same on every version: the oldest and newest show them")
-
-
-def _copy_module_pid(datadir):
-    """The datadir_copy process copying ``datadir``: it has a file under it open (the preflight's check-mode run of the
-    module opens none, and another test's copy has other files open)."""
-    prefix = str(datadir) + "/"
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    cmdline = handle.read()
-                if b"AnsiballZ_datadir_copy" not in cmdline or b"/bin/sh" in cmdline.split(b"\0")[0]:
-                    continue
-                for fd in os.listdir(f"/proc/{entry}/fd"):
-                    target = os.readlink(f"/proc/{entry}/fd/{fd}")
-                    if target.startswith(prefix) and not target.endswith("/global/pg_control"):  # the preflight reads that
-                        return int(entry)
-            except OSError:
-                continue
-    return None
-
-
-def _promote_during_the_copy(standby, seen: dict) -> None:
-    """Freeze the copy as soon as it runs, promote the standby, let the copy go on: a promotion in the middle of the copy."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not seen.get("done"):
-        pid = _copy_module_pid(standby.datadir)
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-                seen["frozen"] = True
-            except ProcessLookupError:
-                pass
-            try:
-                standby.sql("SELECT pg_promote(true, 60)")
-                seen["promoted"] = True
-            finally:
-                if seen.get("frozen"):
-                    os.kill(pid, signal.SIGCONT)
-            return
-        time.sleep(0.002)
 
 
 @pytest.mark.parametrize("wal_source", ["standby_pg_wal", "archive"])
@@ -73,11 +29,11 @@ def test_a_standby_promoted_during_the_copy_fails_at_once(primary_standby, testb
     standby.wait_replayed(primary.current_lsn())
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-recheck-{wal_source.replace('_', '-')}")
     seen: dict = {}
-    promoter = threading.Thread(target=_promote_during_the_copy, args=(standby, seen), daemon=True)
+    promoter = threading.Thread(target=promote_during_the_copy, args=(standby, seen), daemon=True)
     promoter.start()
     began = time.monotonic()
     try:
-        code, output = _role_run(
+        code, output = role_run(
             ansible_env,
             testbed,
             tmp_path,
@@ -98,7 +54,7 @@ def test_a_standby_promoted_during_the_copy_fails_at_once(primary_standby, testb
     assert "promoted" in output and f"{standby.host}:{standby.port}" in output and "discard this copy" in output, output[-3000:]
     assert "The backup was aborted" in output and (restored.datadir / ".pgbackup-incomplete").exists()
     assert standby.sql("SELECT pg_is_in_recovery()") == [(False,)]
-    _clean_after_failure(primary, standby, tmp_path)
+    clean_after_failure(primary, standby, tmp_path)
     assert list((tmp_path / "keepers").glob("*/aborted.json")), "the backup on the primary was aborted, not left running"
 
 
@@ -109,23 +65,23 @@ def test_another_clusters_data_dir_is_refused_before_anything_starts(primary_sta
     other_sysid = other.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
     standby_sysid = standby.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
     dest = testbed.scratch_dir(f"sb-recheck-wrongdir-{pg_major}")
-    code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_standby_data_dir=str(other.datadir))
+    code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_standby_data_dir=str(other.datadir))
     assert code != 0
     assert "Check that the data directory to copy is the standby's" in output, output[-3000:]
     for words in (other_sysid, standby_sysid, str(other.datadir), f"{standby.host}:{standby.port}", "standby_backup_standby_data_dir"):
         assert words in output, (words, output[-3000:])
-    _nothing_happened(primary, standby, tmp_path / "keepers")
+    nothing_happened(primary, standby, tmp_path / "keepers")
     assert list(dest.iterdir()) == []
     # --check meets the same refusal (preflight runs before the plan)
-    checked = _check_run(
+    checked = check_run(
         ansible_env,
         testbed,
         tmp_path,
         "standby_backup.yml",
-        _backup_vars(primary, standby, dest, tmp_path / "keepers", standby_backup_standby_data_dir=str(other.datadir)),
+        check_mode_vars(primary, standby, dest, tmp_path / "keepers", standby_backup_standby_data_dir=str(other.datadir)),
     )
     assert checked.returncode != 0 and "Check that the data directory to copy is the standby's" in checked.stdout + checked.stderr, checked.stdout[-3000:]
     assert other_sysid in checked.stdout + checked.stderr
-    _nothing_happened(primary, standby, tmp_path / "keepers")
+    nothing_happened(primary, standby, tmp_path / "keepers")
     # The positive control is every other role test: the standby's own directory passes this check.
     other.stop()

@@ -16,8 +16,9 @@ import pytest
 
 from .conftest import role_majors
 from .harness.pgbins import ROOT
-from .test_backup_procedure import recover_and_check
-from .test_recovery_config import _wait
+from .support.restore_checks import recover_and_check
+from .support.roles import SSH_OPTIONS, backup_vars, clean_after_failure, role_run, start_playbook
+from .support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
@@ -25,33 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.netns]
 def _only_some_majors(pg_major: int) -> None:
     if pg_major not in role_majors():
         pytest.skip(f"role tests across hosts run on ROLE_MAJORS={os.environ.get('ROLE_MAJORS')!r} only")
-
-
-SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-
-
-def backup_vars(hosts: str, primary, standby, dest, state_dir, **overrides) -> dict:
-    """Extra vars of playbooks/standby_backup.yml for a backup of ``standby`` (coordinated with ``primary``) into ``dest``."""
-    return {
-        "standby_backup_hosts": hosts,
-        "standby_backup_primary_host": primary.host,
-        "standby_backup_primary_port": primary.port,
-        "standby_backup_standby_host": standby.host,
-        "standby_backup_standby_port": standby.port,
-        "standby_backup_login_password": primary.password,
-        "standby_backup_standby_data_dir": str(standby.datadir),
-        "standby_backup_dest": str(dest),
-        "standby_backup_state_dir": str(state_dir),
-        **overrides,
-    }
-
-
-def _start_playbook(env: dict, inventory, extra: dict) -> subprocess.Popen:
-    extra_file = inventory.parent / "extra-standby-backup.json"
-    extra_file.write_text(json.dumps(extra))
-    extra_file.chmod(0o600)
-    argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / "standby_backup.yml"), "-e", f"@{extra_file}"]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 PSYCOPG3_PYTHON = ROOT / ".venv" / "psycopg3" / "bin" / "python"  # psycopg 3 and no psycopg2 (scripts/bootstrap-venv.sh)
@@ -116,10 +90,10 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
         with bed.load(primary, 600, clients=2) as load:
             time.sleep(1)
             # the canary is made right after the start, from a second ansible-playbook run watching for the keeper
-            proc = _start_playbook(ansible_env, inventory, extra)
+            proc = start_playbook(ansible_env, inventory, extra)
             server = primary if mode == "coordinated" else standby
             # this run's keeper: a session another test's keeper left behind may still be going away
-            seen = _wait(lambda: _this_runs_keeper_sessions(server, tmp_path / "keepers") or (proc.poll() is not None and "ended"), "the backup starting")
+            seen = wait_for(lambda: _this_runs_keeper_sessions(server, tmp_path / "keepers") or (proc.poll() is not None and "ended"), "the backup starting")
             if seen == "ended":  # the play ended before any keeper appeared: say why
                 out, err = proc.communicate()
                 pytest.fail(f"the playbook ended (rc {proc.returncode}) before the backup started:\n{out[-6000:]}{err[-3000:]}")
@@ -144,34 +118,18 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
             restored.stop("immediate")
 
 
-def _role_run(env, testbed, tmp_path, primary, standby, dest, **overrides):
-    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    extra = backup_vars(testbed.hosts[0].name, primary, standby, dest, tmp_path / "keepers", standby_backup_progress_interval=2, **overrides)
-    proc = _start_playbook(env, inventory, extra)
-    stdout, stderr = proc.communicate(timeout=600)
-    return proc.returncode, stdout + stderr
-
-
-def _clean_after_failure(primary, standby, tmp_path) -> None:
-    keepers = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackup.lowlevel keeper %'"
-    _wait(lambda: primary.sql(keepers) == [(0,)] and standby.sql(keepers) == [(0,)], "every keeper's session ending")
-    assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)], "the slot is dropped whatever happened"
-    for started in (tmp_path / "keepers").glob("*/started.json"):
-        assert (started.parent / "aborted.json").exists() or (started.parent / "stopped.json").exists()
-
-
 def test_role_refuses_a_busy_destination_before_the_start(primary_standby, testbed, ansible_env, tmp_path, pg_major):
     if pg_major not in role_majors():
         pytest.skip("the cleanup path is the role's, the same on every version: the oldest and newest show it")
     primary, standby = primary_standby
     dest = testbed.scratch_dir(f"sb-busy-{pg_major}")
     (dest / "somebody_elses_file").write_text("keep me")
-    code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
+    code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest)
     assert code != 0
     assert "Refuse the destination" in output and "is not empty" in output and "Nothing was started (no slot, no backup)" in output, output[-3000:]
     assert "marked incomplete" not in output, "nothing was written there, so nothing is said to be marked"
     assert sorted(p.name for p in dest.iterdir()) == ["somebody_elses_file"], "a destination the copy refused is left as it was"
-    _clean_after_failure(primary, standby, tmp_path)
+    clean_after_failure(primary, standby, tmp_path)
     assert not list((tmp_path / "keepers").glob("*/started.json")), "the preflight refused it: no backup was started"
 
 
@@ -181,7 +139,7 @@ def test_role_failure_after_the_copy_marks_it_incomplete(primary_standby, testbe
     primary, standby = primary_standby
     restored = testbed.empty_cluster(pg_major, name=f"pg{pg_major}-sb-fail")
     empty_archive = testbed.scratch_dir(f"sb-empty-archive-{pg_major}")
-    code, output = _role_run(
+    code, output = role_run(
         ansible_env,
         testbed,
         tmp_path,
@@ -196,4 +154,4 @@ def test_role_failure_after_the_copy_marks_it_incomplete(primary_standby, testbe
     assert 'failed in "Collect the WAL from the start to the stop"' in output, output[-3000:]
     assert "The backup had been stopped on " in output and f"{restored.datadir} is marked incomplete" in output, output[-3000:]
     assert (restored.datadir / ".pgbackup-incomplete").exists(), "a finished copy of a failed backup is marked incomplete"
-    _clean_after_failure(primary, standby, tmp_path)
+    clean_after_failure(primary, standby, tmp_path)

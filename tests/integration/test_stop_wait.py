@@ -10,8 +10,8 @@ import pytest
 
 from .conftest import role_majors
 from .contract import assert_failure_contract
-from .test_recovery_config import _wait
-from .test_standby_backup_role import _role_run
+from .support.roles import role_run
+from .support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -29,7 +29,7 @@ def test_a_stop_waiting_for_archiving_says_what_it_waits_for(primary_standby, te
     state_dir = tmp_path / "keepers"
     _archiving(primary, "false")
     try:
-        code, output = _role_run(
+        code, output = role_run(
             ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_stop_timeout=14, standby_backup_wait_for_archive="always"
         )
     finally:
@@ -40,7 +40,7 @@ def test_a_stop_waiting_for_archiving_says_what_it_waits_for(primary_standby, te
     assert "BackupWaitWalArchive" in lines[-1] and "last failed" in lines[-1] and "archive_command fails" in lines[-1], lines[-1]
     assert f"host={primary.host}, port={primary.port}" in lines[-1], lines[-1]
     # The stop is never cancelled: once archiving works it ends by itself, and then nothing is left open.
-    _wait(lambda: list(state_dir.glob("*/stopped.json")), "the stop ending by itself once archiving works", timeout=120)
+    wait_for(lambda: list(state_dir.glob("*/stopped.json")), "the stop ending by itself once archiving works", timeout=120)
     cause = (
         'failed in "Stop the backup"',
         "within 14 seconds (timeout; the role's standby_backup_stop_timeout)",
@@ -60,7 +60,7 @@ def test_by_default_a_backup_with_its_own_wal_does_not_wait(primary_standby, tes
     dest = testbed.scratch_dir(f"stop-nowait-{pg_major}") / "copy"
     _archiving(primary, "false")
     try:
-        code, output = _role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_stop_timeout=30)
+        code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_stop_timeout=30)
     finally:
         _archiving(primary, "")
     assert code == 0, output[-4000:]

@@ -26,8 +26,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_stat
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import write_manifest
 
 from .harness.pgbins import ROOT
-from .test_datadir_copy import place_label, start_backup, stop_backup, verifybackup
-from .test_datadir_copy_diskfull import small_filesystem
+from .support.copies import place_label, start_backup, stop_backup, verifybackup
+from .support.faults import small_filesystem
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 

@@ -13,8 +13,7 @@ import pytest
 
 from .conftest import spot_check
 from .harness.cluster import chown_postgres
-from .test_replica_clone_role import _run as _clone_run
-from .test_role_check_mode import _backup_vars, _check_run, _nothing_happened
+from .support.roles import check_mode_vars, check_run, nothing_happened, run_clone
 
 pytestmark = [pytest.mark.integration]
 USER = "pgbk_tls_only"
@@ -72,8 +71,8 @@ def test_the_roles_connect_with_verify_full_and_refuse_what_does_not_verify(tls_
     dest = testbed.scratch_dir(f"tls-{pg_major}") / "backup"
 
     def check(**tls):
-        extra = _backup_vars(primary, standby, dest, state_dir, standby_backup_login_user=USER, **tls)
-        return _check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", extra)
+        extra = check_mode_vars(primary, standby, dest, state_dir, standby_backup_login_user=USER, **tls)
+        return check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", extra)
 
     good = check(standby_backup_ssl_mode="verify-full", standby_backup_ca_cert=str(certs / "ca.crt"))
     assert good.returncode == 0, good.stdout[-4000:]
@@ -82,7 +81,7 @@ def test_the_roles_connect_with_verify_full_and_refuse_what_does_not_verify(tls_
     assert plain.returncode != 0 and ("no encryption" in plain.stdout or "SSL off" in plain.stdout), plain.stdout[-3000:]
     wrong = check(standby_backup_ssl_mode="verify-full", standby_backup_ca_cert=str(certs / "other-ca.crt"))
     assert wrong.returncode != 0 and "certificate verify failed" in wrong.stdout, wrong.stdout[-3000:]
-    _nothing_happened(primary, standby, state_dir)
+    nothing_happened(primary, standby, state_dir)
 
 
 def test_a_clone_streams_over_tls_with_the_roles_settings(tls_pair, testbed, ansible_env, tmp_path, pg_major):
@@ -111,7 +110,7 @@ def test_a_clone_streams_over_tls_with_the_roles_settings(tls_pair, testbed, ans
     }
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     try:
-        run = _clone_run(ansible_env, inventory, extra)
+        run = run_clone(ansible_env, inventory, extra)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
         conninfo = (clone.datadir / "postgresql.auto.conf").read_text()
         assert "sslmode=verify-full" in conninfo.replace("'", "") and str(certs / "ca.crt") in conninfo, conninfo

@@ -18,7 +18,7 @@ import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
 
 from .harness.pgbins import selected_majors
-from .test_cluster_info import _playbook
+from .support.playbooks import run_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def _copy(testbed, primary, tag: str) -> Path:
 def _run(testbed, ansible_env, tmp_path: Path, runs: list) -> dict:
     inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     result_file = tmp_path / f"wal-collect-{uuid.uuid4().hex[:8]}.json"
-    _playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", testbed.hosts[0].name)
+    run_playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", testbed.hosts[0].name)
     return {r["item"]["name"]: r for r in json.loads(result_file.read_text())}
 
 
@@ -284,7 +284,7 @@ def test_remote_archive_over_ssh(netns_testbed, ansible_env, tmp_path):
     ]
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     result_file = tmp_path / "remote.json"
-    _playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", db2.name)
+    run_playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", db2.name)
     results = {r["item"]["name"]: r for r in json.loads(result_file.read_text())}
     assert _ok(results["check"])["segments"] == expected and _wal_files(check / "pg_wal") == []
     assert _ok(results["collect"])["segments"] == expected
@@ -346,7 +346,7 @@ def test_across_a_promotion_with_its_history_over_ssh(netns_testbed, ansible_env
     ]
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     result_file = tmp_path / "timeline.json"
-    _playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", db2.name)
+    run_playbook(ansible_env, inventory, "wal_collect.yml", {"runs": runs, "result_file": str(result_file)}, "--limit", db2.name)
     results = {r["item"]["name"]: r for r in json.loads(result_file.read_text())}
     across = _ok(results["across"])
     # and timeline 1's file of the switch segment, for pg_verifybackup (the manifest's timeline 1 range ends inside it):
