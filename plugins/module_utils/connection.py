@@ -376,6 +376,46 @@ class Session:
         self.close()
 
 
+class LazySession:
+    """A session opened by its first statement, and again by the next one after its connection was lost.
+
+    For modules that may need no server at all (wal_collect connects only to switch WAL or to read pg_stat_archiver)
+    and for waits that outlive a server restart (replay_wait). Each distinct statement is kept in ``queries`` once,
+    after it ran. A failure to connect raises PgBackupError with ``connect_failed=True`` (and the SQLSTATE: 57P03
+    while the server starts up); a statement whose connection broke raises with ``connection_lost=True``.
+    """
+
+    def __init__(self, params: Mapping[str, Any], *, application_name: str, connect_function: Optional[Callable[..., Any]] = None) -> None:
+        self.params = params
+        self.application_name = application_name
+        self.connect_function = connect_function
+        self.session: Optional[Session] = None
+        self.queries: list = []
+
+    def query(self, sql: str) -> list[dict]:
+        if self.session is None:
+            try:
+                self.session = connect(self.params, application_name=self.application_name, connect_function=self.connect_function)
+            except PgBackupError as exc:
+                raise PgBackupError(exc.message, connect_failed=True, **exc.details) from None
+        try:
+            rows = run_query(self.session, sql, record=False)
+        except PgBackupError as exc:
+            if getattr(self.session.connection, "closed", 0):
+                self.close()
+                raise PgBackupError(exc.message, connection_lost=True, **exc.details) from None
+            raise
+        text = " ".join(sql.split())
+        if text not in self.queries:
+            self.queries.append(text)
+        return rows
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
 def connect(
     params: Mapping[str, Any],
     *,

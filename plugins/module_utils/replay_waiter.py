@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .connection import Session, connect, run_query
+from .connection import LazySession
 from .errors import PgBackupError
 from .lsn import format_lsn, parse_lsn
 
@@ -704,11 +704,9 @@ class ReplayWaiter:
 # --- talking to the server -----------------------------------------------------------------------------
 
 
-class ServerQuery:
-    """``query(sql)`` for the waiter: connects on first use and again after a refusal, records each distinct statement.
-
-    A failure to connect raises ``PgBackupError`` with ``connect_failed=True`` (and the SQLSTATE, 57P03 while the
-    server is starting up); a statement that failed because the connection broke raises with ``connection_lost=True``.
+class ServerQuery(LazySession):
+    """``query(sql)`` for the waiter: a LazySession (connects on first use and again after a refusal, records each
+    distinct statement) called as a function.
 
     A statement a hot standby cancelled for a conflict with recovery (SQLSTATE 40001) is run again, up to
     ``CONFLICT_ATTEMPTS`` times, on a new connection if it ended the old one, or if it refused the connection's start
@@ -719,20 +717,15 @@ class ServerQuery:
     """
 
     def __init__(self, params: dict, *, application_name: str, connect_function: Optional[Callable[..., Any]] = None) -> None:
-        self.params = params
-        self.application_name = application_name
-        self.connect_function = connect_function
-        self.session: Optional[Session] = None
-        self.queries: list = []
+        super().__init__(params, application_name=application_name, connect_function=connect_function)
         self.conflict_pause = CONFLICT_PAUSE
 
     def __call__(self, sql: str) -> list:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                rows = self._once(sql)
-                break
+                return self.query(sql)
             except PgBackupError as exc:
-                if exc.details.get("sqlstate") != RECOVERY_CONFLICT:  # a connection it ended is made again (_once closed it)
+                if exc.details.get("sqlstate") != RECOVERY_CONFLICT:  # a connection it ended is made again (query closed it)
                     raise
                 if attempt == CONFLICT_ATTEMPTS:
                     raise PgBackupError(
@@ -742,29 +735,7 @@ class ServerQuery:
                         **exc.details,
                     ) from None
                 time.sleep(self.conflict_pause)
-        text = " ".join(sql.split())
-        if text not in self.queries:
-            self.queries.append(text)
-        return rows
-
-    def _once(self, sql: str) -> list:
-        if self.session is None:
-            try:
-                self.session = connect(self.params, application_name=self.application_name, connect_function=self.connect_function)
-            except PgBackupError as exc:
-                raise PgBackupError(exc.message, connect_failed=True, **exc.details) from None
-        try:
-            return run_query(self.session, sql, record=False)
-        except PgBackupError as exc:
-            if getattr(self.session.connection, "closed", 0):
-                self.close()
-                raise PgBackupError(exc.message, connection_lost=True, **exc.details) from None
-            raise
-
-    def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def data_dir_probe(data_dir: str) -> Callable[[], FileProbe]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import copy_state
+from .connection import LazySession
 from .durable import fsync_dir, fsync_file
 from .errors import PgBackupError
 from .lsn import format_lsn
@@ -566,3 +567,34 @@ def _same_content(path: str, data: bytes) -> bool:
             return handle.read() == data
     except OSError:
         return False
+
+
+class ArchiveServer:
+    """The server wal_collect may ask, connected only when it must: to switch WAL (switch_wal), or to say why a
+    segment is not in the archive (pg_stat_archiver)."""
+
+    def __init__(self, params: dict, *, application_name: str, connect_function: Optional[Callable] = None) -> None:
+        self.params = params
+        self.session = LazySession(params, application_name=application_name, connect_function=connect_function)
+
+    @property
+    def queries(self) -> list:
+        return self.session.queries
+
+    def switch_wal(self) -> str:
+        return self.session.query("SELECT pg_switch_wal()::text AS lsn")[0]["lsn"]
+
+    def archiver_status(self):
+        """pg_stat_archiver's row and the server it is of (host:port), or why it could not be read."""
+        p = self.params
+        server = f"{p['login_unix_socket'] or p['login_host']}:{p['login_port']}"
+        try:
+            row = self.session.query(
+                "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, last_failed_time::text AS last_failed_time FROM pg_stat_archiver"
+            )[0]
+        except PgBackupError as exc:
+            return f"pg_stat_archiver on {server} could not be read: {exc.message}"
+        return dict(row, server=server)
+
+    def close(self) -> None:
+        self.session.close()

@@ -208,11 +208,11 @@ segments_collected:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connect, connection_secrets, with_connection_options
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connection_secrets, with_connection_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import Collector, open_target
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import ArchiveServer, Collector, open_target
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_source import WalSource
 
 APPLICATION_NAME = "pgbackup.lowlevel/wal_collect"
@@ -236,43 +236,7 @@ ARGS = {
 }
 
 
-class Server:
-    """The connection, opened when first needed."""
-
-    def __init__(self, params: dict) -> None:
-        self.params = params
-        self.session = None
-
-    def _session(self):
-        if self.session is None:
-            self.session = connect(self.params, application_name=APPLICATION_NAME)
-        return self.session
-
-    @property
-    def queries(self) -> list:
-        return self.session.queries if self.session is not None else []
-
-    def switch_wal(self) -> str:
-        return self._session().query("SELECT pg_switch_wal()::text AS lsn")[0]["lsn"]
-
-    def archiver_status(self):
-        """pg_stat_archiver's row and the server it is of (host:port), or why it could not be read."""
-        p = self.params
-        server = f"{p['login_unix_socket'] or p['login_host']}:{p['login_port']}"
-        try:
-            row = self._session().query(
-                "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, last_failed_time::text AS last_failed_time FROM pg_stat_archiver"
-            )[0]
-        except PgBackupError as exc:
-            return f"pg_stat_archiver on {server} could not be read: {exc.message}"
-        return dict(row, server=server)
-
-    def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-
-
-def run_module(module: AnsibleModule, server: Server) -> dict:
+def run_module(module: AnsibleModule, server: ArchiveServer) -> dict:
     p = module.params
     began = time.monotonic()
     for name in ("timeout", "poll_interval"):
@@ -330,7 +294,7 @@ def run_module(module: AnsibleModule, server: Server) -> dict:
 def main() -> None:
     module = AnsibleModule(argument_spec=with_connection_options(ARGS), supports_check_mode=True)
     module.no_log_values.update(connection_secrets(module.params))
-    server = Server(module.params)
+    server = ArchiveServer(module.params, application_name=APPLICATION_NAME)
     try:
         result = run_module(module, server)
     except PgBackupError as exc:

@@ -586,3 +586,22 @@ def test_what_a_killed_run_left_is_removed(world):
     put(world.dest, name(5) + ".pgbackup-tmp", b"half")
     _plan, out = collector(world).run(*args)
     assert out.segments == [name(5)] and sorted(os.listdir(world.dest)) == [name(5)]
+
+
+def test_the_archive_server_connects_only_when_asked_and_says_why_it_could_not():
+    from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import ArchiveServer
+
+    tries = []
+
+    def refuse(**kwargs):
+        tries.append(kwargs)
+        raise RuntimeError('connection to server at "db1", port 5433 failed: Connection refused')
+
+    server = ArchiveServer({"login_host": "db1", "login_port": 5433, "login_unix_socket": None}, application_name="t", connect_function=refuse)
+    assert tries == [] and server.queries == []
+    status = server.archiver_status()
+    assert status.startswith("pg_stat_archiver on db1:5433 could not be read: ") and "Connection refused" in status
+    with pytest.raises(PgBackupError) as caught:
+        server.switch_wal()
+    assert caught.value.details["connect_failed"] is True and len(tries) == 2
+    server.close()
