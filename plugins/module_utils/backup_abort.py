@@ -23,8 +23,9 @@ import socket
 import time
 from typing import Optional
 
-from . import backup_session, copy_gate, copy_state, keeper_files, keeper_protocol
+from . import copy_gate, copy_state
 from .errors import PgBackupError
+from .session import backup_session, keeper_files, keeper_protocol
 from .slots import DEFAULT_PREFIX, slot_name_for_backup
 
 ABORT_REASON = "ended by the abort of standby_backup (its run was interrupted)"

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Optional
 
-from . import keeper_files, keeper_protocol
+from .session import keeper_files, keeper_protocol
 
 PHASES = {"copy": "copying", "sync": "fsync", "done": "pg_control and done"}
 

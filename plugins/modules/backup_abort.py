@@ -106,7 +106,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_abort import abort
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.keeper_files import default_state_dir, ensure_state_dir
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import default_state_dir, ensure_state_dir
 
 ARGS = {
     "backup_id": {"type": "str"},

@@ -186,11 +186,11 @@ queries:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_api import check_label
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_session import check_only, start_backup
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connection_secrets, with_connection_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.keeper_files import check_backup_id, default_state_dir, ensure_state_dir, new_backup_id
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.backup_api import check_label
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.backup_session import check_only, start_backup
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import check_backup_id, default_state_dir, ensure_state_dir, new_backup_id
 
 ARGS = {
     "backup_id": {"type": "str"},

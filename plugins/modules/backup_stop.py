@@ -181,9 +181,9 @@ queries:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_session import stop_backup
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.keeper_files import check_backup_id, default_state_dir, ensure_state_dir
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.backup_session import stop_backup
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import check_backup_id, default_state_dir, ensure_state_dir
 
 ARGS = {
     "backup_id": {"type": "str", "required": True},

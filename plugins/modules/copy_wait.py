@@ -108,7 +108,7 @@ lost:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_watch import one_round
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.keeper_files import default_state_dir
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import default_state_dir
 
 # The module runs one round on the target (the action plugin calls it with round_wait); alone it is one round.
 ARGUMENT_SPEC = {

@@ -11,11 +11,12 @@ import shutil
 import time
 from pathlib import Path
 
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, copy_state, label_placer
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state, label_placer
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import write_manifest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import read_control_file
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_session
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import segments_between
 
 

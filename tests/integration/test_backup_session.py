@@ -12,10 +12,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, keeper_files
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_label import parse_backup_label
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_session, keeper_files
 
 from .support.playbooks import one_major, run_playbook
 

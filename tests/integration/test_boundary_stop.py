@@ -12,10 +12,10 @@ import shutil
 import time
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_session
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import wal_file_name
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import Collector, open_target
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_source import WalSource

@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, label_placer
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import label_placer
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_verifier import verify
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import write_manifest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_session
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal import parse_history, wal_file_name
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import Collector, open_target
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_source import WalSource

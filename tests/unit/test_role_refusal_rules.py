@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.keeper_files import check_backup_id
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import check_backup_id
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.slots import slot_name_for_backup
 
 ROOT = Path(__file__).resolve().parents[2]

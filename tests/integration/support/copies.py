@@ -11,9 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, copy_state
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_state
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Source, check_destination, execute, make_plan
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_session
 
 from ..harness.pgbins import client_bindir
 from .playbooks import run_playbook

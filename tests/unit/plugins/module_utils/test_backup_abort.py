@@ -8,7 +8,8 @@ import sys
 import time
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_abort, copy_state, keeper_files
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_abort, copy_state
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import keeper_files
 
 SLEEP = "import time; time.sleep(60)"
 

@@ -6,8 +6,8 @@ import base64
 import datetime
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_api
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_api
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -7,8 +7,9 @@ import subprocess
 import sys
 import time
 
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_watch, keeper_files
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_watch
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine import Progress
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import keeper_files
 
 
 def test_progress_line_never_exceeds_the_total_and_names_the_phase():

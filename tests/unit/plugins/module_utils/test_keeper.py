@@ -15,8 +15,8 @@ import time
 import types
 
 import pytest
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_session, keeper, keeper_files, keeper_protocol
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_session, keeper, keeper_files, keeper_protocol
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -507,7 +507,7 @@ def test_launch_timeout_kills_the_keeper(tmp_path):
 def test_scrub_environment_hides_the_password_from_proc(tmp_path):
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_session import scrub_environment;"
+        "from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.backup_session import scrub_environment;"
         "scrub_environment(); import os;"
         "print('PGPASSWORD' in os.environ, b's3cret' in open('/proc/self/environ', 'rb').read())"
     )

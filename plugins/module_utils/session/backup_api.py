@@ -16,9 +16,9 @@ import datetime
 import re
 from typing import Any, Callable, Optional
 
-from .errors import PgBackupError
-from .lsn import format_lsn, parse_lsn
-from .wal import wal_file_name_of_lsn
+from ..errors import PgBackupError
+from ..lsn import format_lsn, parse_lsn
+from ..wal import wal_file_name_of_lsn
 
 MAX_LABEL_BYTES = 1023  # recovery reads at most 1023 bytes of "LABEL: ..." (the server itself allows 1024)
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")

@@ -31,8 +31,8 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
+from ..errors import PgBackupError
 from . import backup_api, keeper_files, keeper_protocol
-from .errors import PgBackupError
 
 ACCEPT_READ_TIMEOUT = 5.0
 IDLE_WAKEUP = 30.0

@@ -16,9 +16,9 @@ import shutil
 import socket
 from typing import Any, Callable, Optional
 
+from ..connection import connect
+from ..errors import PgBackupError
 from . import backup_api, keeper, keeper_files, keeper_protocol
-from .connection import connect
-from .errors import PgBackupError
 
 KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "6"}
 SERVER_KEEPALIVES = {"tcp_keepalives_idle": "60", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "6"}

@@ -25,8 +25,8 @@ import secrets
 import stat
 from typing import Optional
 
-from .durable import write_atomically
-from .errors import PgBackupError
+from ..durable import write_atomically
+from ..errors import PgBackupError
 
 BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 PID_FILE = "keeper.pid"

@@ -19,7 +19,7 @@ import struct
 import time
 from typing import Iterator, Optional
 
-from .errors import PgBackupError
+from ..errors import PgBackupError
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
