@@ -28,6 +28,7 @@ from typing import Optional
 
 from .durable import fsync_dir, write_atomically
 from .errors import PgBackupError
+from .postmaster import postmaster_status
 
 INCOMPLETE_MARKER = ".pgbackup-incomplete"
 PENDING_CONTROL = "global/pg_control.pgbackup-pending"
@@ -86,6 +87,21 @@ def check_not_incomplete(data_dir: str) -> None:
             "run datadir_copy again (delta: true reuses what was copied) before using it",
             path=data_dir,
         )
+
+
+def check_stopped_copy(data_dir: str, *, writing: str, because: str) -> None:
+    """``data_dir`` is a finished copy (PG_VERSION, no incomplete marker) that no server runs on: the only kind of data
+    directory label_place and recovery_config write into. ``writing`` and ``because`` say what would be written and
+    what it would do to a live server."""
+    if not os.path.isfile(os.path.join(data_dir, "PG_VERSION")):
+        raise PgBackupError(f"{data_dir} is not a PostgreSQL data directory (no PG_VERSION): give the copy datadir_copy made")
+    postmaster = postmaster_status(data_dir)
+    if postmaster["running"]:
+        raise PgBackupError(
+            f"a postmaster (PID {postmaster['pid']}) runs on {data_dir}: {writing} only in a stopped copy, never in a live cluster ({because})",
+            pid=postmaster["pid"],
+        )
+    check_not_incomplete(data_dir)
 
 
 def write_marker(data_dir: str, text: str) -> None:

@@ -21,7 +21,6 @@ from .durable import fsync_dir, write_atomically
 from .errors import PgBackupError
 from .lsn import format_lsn, parse_lsn
 from .pg_control import PG_CONTROL_FILE_SIZE, guard_control_bytes, is_guarded, parse_control_file
-from .postmaster import postmaster_status
 from .tablespace_map import format_tablespace_map, parse_tablespace_map
 from .wal import classify_wal_file, history_file_name, parse_history, segments_between
 
@@ -59,16 +58,7 @@ def remap_tablespace_map(text: bytes, mapping: Mapping[str, str], major: int) ->
 
 def check_data_dir(data_dir: str) -> None:
     """A copy, not a running cluster, and finished."""
-    if not os.path.isfile(os.path.join(data_dir, "PG_VERSION")):
-        raise PgBackupError(f"{data_dir} is not a PostgreSQL data directory (no PG_VERSION): give the copy datadir_copy made")
-    postmaster = postmaster_status(data_dir)
-    if postmaster["running"]:
-        raise PgBackupError(
-            f"a postmaster (PID {postmaster['pid']}) runs on {data_dir}: a label is placed only in a stopped copy, never in a live "
-            "cluster (it would make its next start a backup recovery from the wrong point)",
-            pid=postmaster["pid"],
-        )
-    copy_state.check_not_incomplete(data_dir)
+    copy_state.check_stopped_copy(data_dir, writing="a label is placed", because="it would make its next start a backup recovery from the wrong point")
 
 
 def missing_wal(data_dir: str, *, start_lsn: int, stop_lsn: int, stop_tli: int, seg_size: int) -> list:

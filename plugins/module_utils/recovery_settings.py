@@ -19,7 +19,6 @@ from typing import Mapping, Optional
 from . import copy_state
 from .durable import fsync_dir, write_atomically
 from .errors import PgBackupError
-from .label_placer import check_data_dir
 
 AUTO_CONF = "postgresql.auto.conf"
 STANDBY_SIGNAL = "standby.signal"
@@ -127,7 +126,11 @@ def configure(
 ) -> dict:
     """Write postgresql.auto.conf, the passfile and the signal file; return what changed and the diff."""
     data_dir = os.path.abspath(data_dir)
-    check_data_dir(data_dir)
+    copy_state.check_stopped_copy(
+        data_dir,
+        writing="recovery settings are written",
+        because="its next start would recover to the target or follow another server as a standby",
+    )
     if os.path.exists(os.path.join(data_dir, copy_state.PENDING_CONTROL)):
         raise PgBackupError(f"{data_dir} still has its pg_control under the pending name: run label_place first")
     if os.path.exists(os.path.join(data_dir, "recovery.conf")):

@@ -4,7 +4,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 
@@ -24,6 +23,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
     stream_rate_limit,
 )
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+
+from .fake_postmaster import fake_postmaster
 
 ODD = ["with space", "quo'te\"d", "-leading-dash", "new\nline"]
 
@@ -138,16 +139,9 @@ def test_refusals(datadir, tmp_path):
     write(busy / "postmaster.pid", f"{os.getpid()}\n{busy}\n".encode())
     with pytest.raises(PgBackupError, match="delta refuses the destination"):  # past the server check, refused as no copy
         check_destination(src, make_plan(src, str(busy), mapping, []), str(busy), True)
-    fake = tmp_path / "postgres"  # a live process named postgres whose working directory is the destination: a server
-    shutil.copy(shutil.which("sleep"), fake)
-    proc = subprocess.Popen([str(fake), "30"], cwd=busy)
-    try:
-        write(busy / "postmaster.pid", f"{proc.pid}\n{busy}\n".encode())
+    with fake_postmaster(busy, tmp_path):  # a live process named postgres working in the destination: a server
         with pytest.raises(PgBackupError, match=r"data directory of a running server \(postmaster PID \d+\)"):
             check_destination(src, make_plan(src, str(busy), mapping, []), str(busy), True)
-    finally:
-        proc.kill()
-        proc.wait()
     with pytest.raises(PgBackupError, match="own source"):
         make_plan(src, str(tmp_path / "x"), {"16499": str(tmp_path / "ts_src")}, [])
 

@@ -12,6 +12,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils import copy_stat
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import GUARD_CHECKPOINT_LSN, parse_control_file, read_control_file
 
+from .fake_postmaster import fake_postmaster
+
 VECTORS = Path(__file__).parent / "vectors"
 MAJORS = (13, 14, 15, 16, 17, 18)
 # The vectors' clusters use 1 MB segments: 0/C000A8 is in segment 0x0C.
@@ -128,3 +130,12 @@ def test_missing_wal_listed_only_when_pg_wal_holds_wal(tmp_path):
     assert failure.value.details["missing"] == ["00000001000000000000000D", "00000001000000000000000F"]
     with pytest.raises(PgBackupError, match=r"00000002\.history"):
         label_placer.place(str(copy), label=LABEL, stop_lsn="0/F00010", stop_timeline=2)
+
+
+def test_a_live_server_on_the_directory_is_refused_in_its_own_words(tmp_path):
+    copy = make_copy(tmp_path)
+    with (
+        fake_postmaster(copy, tmp_path) as pid,
+        pytest.raises(PgBackupError, match=rf"a postmaster \(PID {pid}\) runs on .*: a label is placed only in a stopped copy"),
+    ):
+        label_placer.place(str(copy), label=LABEL)

@@ -10,6 +10,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import Pg
 from hypothesis import given
 from hypothesis import strategies as st
 
+from .fake_postmaster import fake_postmaster
+
 
 @pytest.mark.parametrize(
     ("value", "quoted"),
@@ -130,4 +132,13 @@ def test_configure_refusals(tmp_path, prepare, message):
     copy = make_copy(tmp_path)
     prepare(copy)
     with pytest.raises(PgBackupError, match=message):
+        recovery_settings.configure(str(copy), mode="standby", values=base())
+
+
+def test_a_live_server_on_the_directory_is_refused_in_its_own_words(tmp_path):
+    copy = make_copy(tmp_path)
+    with (
+        fake_postmaster(copy, tmp_path) as pid,
+        pytest.raises(PgBackupError, match=rf"a postmaster \(PID {pid}\) runs on .*: recovery settings are written only in a stopped copy"),
+    ):
         recovery_settings.configure(str(copy), mode="standby", values=base())
