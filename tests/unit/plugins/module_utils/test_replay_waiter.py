@@ -192,6 +192,12 @@ def test_equal_to_target_is_reached():
     assert result["reached"] and result["replay_lsn"] == TARGET_TEXT
 
 
+def test_replay_one_byte_short_of_the_target_never_passes():
+    clock = Clock()
+    exc = fails(waiter(Standby(clock, replay=TARGET - 1), clock, stall_timeout=5), "stalled")
+    assert format_lsn(TARGET - 1) in exc.message
+
+
 def test_stall_timeout_fails_naming_target_replayed_and_wait():
     clock = Clock()
     standby = Standby(clock, replay=0x4FFF000)  # stuck just before the target
@@ -386,6 +392,16 @@ def test_restartpoint_reissues_checkpoint_until_the_backup_checkpoint_record_is_
     assert result["redo_lsn"] == TARGET_TEXT and result["waited_seconds"] >= 6
     # One CHECKPOINT at the first look (redo stays behind), none while replay does not move, one once it moved.
     assert result["checkpoints_requested"] == 2
+
+
+def test_a_restartpoint_whose_redo_is_one_byte_before_the_target_never_passes():
+    clock = Clock()
+    # Replay is past the target but short of the backup checkpoint's record, and the last restartpoint's redo point is
+    # one byte before the target: a copy whose pg_control says so would start recovery too early.
+    standby = Standby(clock, replay=TARGET + 0x10, receive=TARGET + 0x10)
+    standby.checkpoint = (TARGET - 0x8, TARGET - 1)
+    exc = fails(waiter(standby, clock, restartpoint=True, stall_timeout=5), "stalled")
+    assert format_lsn(TARGET - 1) in exc.message or "redo" in exc.message
 
 
 def test_restartpoint_already_past_the_target_needs_no_checkpoint():
