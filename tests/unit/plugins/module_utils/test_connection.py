@@ -644,3 +644,14 @@ def test_session_role_that_cannot_be_set_fails_naming_both_roles_and_closes():
     assert message.startswith("connected to host=db1, port=5432, user=backup, database=backup but cannot switch to session_role 'monitor'")
     assert "login_user must be a member of 'monitor'" in message and caught.value.details["sqlstate"] == "42501"
     assert connection.closed
+
+
+def test_an_sslpassword_in_connect_params_is_a_secret_and_masked_where_libpq_echoes_it():
+    # docs: "A sslpassword given here is kept out of output and messages like login_password"
+    params = _params(login_password="pw-1", connect_params={"sslpassword": "key-pass-2", "sslcrl": "/x.crl", "connect_timeout": 1})
+    assert conn_mod.connection_secrets(params) == {"pw-1", "key-pass-2"}, "the module's no_log_values get both, nothing else"
+    kwargs = connect_kwargs(params, application_name=APP)
+    assert kwargs["sslpassword"] == "key-pass-2"
+    echoed = RuntimeError("could not load private key file: bad decrypt (sslpassword=key-pass-2) for key-pass-2")
+    message = conn_mod.connect_error(echoed, kwargs).message
+    assert "key-pass-2" not in message and conn_mod.MASK in message
