@@ -179,6 +179,21 @@ def parse_backup_label(text: object, *, seg_size: Optional[int] = None, allow_in
     ``seg_size`` also checks that the WAL file names hold the LSNs next to them. A label of an
     incremental backup (17+) is refused unless ``allow_incremental``: PostgreSQL cannot start from it.
     """
+    lines = _label_lines(_label_text(text))
+    _check_head([key for key, _value in lines])
+    result = BackupLabel(lines=tuple(lines), **_label_facts(lines))
+    if result.is_incremental and not allow_incremental:
+        raise PgBackupError(
+            "this backup_label belongs to an incremental backup (it has INCREMENTAL FROM lines): it is not a data directory PostgreSQL can start "
+            "(this is an incremental backup, not a data directory); combine it with its prior backups with pg_combinebackup first"
+        )
+    if seg_size is not None:
+        result.check_segment_size(seg_size)
+    return result
+
+
+def _label_text(text: object) -> str:
+    """The label as text, refused when empty or truncated (PostgreSQL ends every line with a newline)."""
     if isinstance(text, (bytes, bytearray)):
         try:
             text = bytes(text).decode("utf-8")
@@ -190,6 +205,11 @@ def parse_backup_label(text: object, *, seg_size: Optional[int] = None, allow_in
         raise PgBackupError(
             "backup_label does not end with a newline: it is truncated (PostgreSQL ends every line with one); take it again from pg_backup_stop's labelfile"
         )
+    return text
+
+
+def _label_lines(text: str) -> list:
+    """(key, value) per line: only keys PostgreSQL writes, each once, in the order it reads them."""
     lines: list[tuple[str, str]] = []
     last_rank = -1
     for number, raw in enumerate(text[:-1].split("\n"), start=1):
@@ -212,7 +232,10 @@ def parse_backup_label(text: object, *, seg_size: Optional[int] = None, allow_in
             )
         last_rank = rank
         lines.append((key, value))
-    keys = [line[0] for line in lines]
+    return lines
+
+
+def _check_head(keys: list) -> None:
     expected_head = (
         ["START WAL LOCATION", "STOP WAL LOCATION", "CHECKPOINT LOCATION"] if "STOP WAL LOCATION" in keys else ["START WAL LOCATION", "CHECKPOINT LOCATION"]
     )
@@ -221,10 +244,13 @@ def parse_backup_label(text: object, *, seg_size: Optional[int] = None, allow_in
             f"invalid data in backup_label: it must start with the lines {', '.join(expected_head)}, found {', '.join(keys[:3])}; "
             "PostgreSQL refuses to start from it"
         )
+
+
+def _label_facts(lines: list) -> dict:
+    """The BackupLabel fields of checked ``lines``, each value checked as recovery reads it."""
     values = dict(lines)
-    number_of = {key: number for number, key in enumerate(keys, start=1)}
+    number_of = {key: number for number, (key, _value) in enumerate(lines, start=1)}
     start_lsn, start_file = _location(values["START WAL LOCATION"], "START WAL LOCATION", 1)
-    file_tli = int(start_file[:8], 16)
     facts: dict = {
         "start_lsn": start_lsn,
         "start_wal_file": start_file,
@@ -232,8 +258,26 @@ def parse_backup_label(text: object, *, seg_size: Optional[int] = None, allow_in
         "start_time": values.get("START TIME"),
         "label": values.get("LABEL"),
         "stop_time": values.get("STOP TIME"),
-        "start_timeline": file_tli,
+        "start_timeline": int(start_file[:8], 16),
     }
+    facts.update(_method_and_origin(values, number_of))
+    if "START TIMELINE" in values:
+        start_tli = _timeline(values["START TIMELINE"], "START TIMELINE", number_of["START TIMELINE"])
+        if start_tli != facts["start_timeline"]:
+            raise PgBackupError(
+                f"invalid data in backup_label: START TIMELINE is {start_tli} but the start file {start_file} is on timeline {facts['start_timeline']}; "
+                f"PostgreSQL refuses such a label (Timeline ID parsed is {start_tli}, but expected {facts['start_timeline']})"
+            )
+    facts.update(_stop_facts(values, number_of, start_lsn))
+    if "INCREMENTAL FROM LSN" in values:
+        facts["incremental_from_lsn"] = parse_lsn(values["INCREMENTAL FROM LSN"], what="backup_label INCREMENTAL FROM LSN")
+    if "INCREMENTAL FROM TLI" in values:
+        facts["incremental_from_tli"] = _timeline(values["INCREMENTAL FROM TLI"], "INCREMENTAL FROM TLI", number_of["INCREMENTAL FROM TLI"])
+    return facts
+
+
+def _method_and_origin(values: dict, number_of: dict) -> dict:
+    facts = {}
     if "BACKUP METHOD" in values:
         if values["BACKUP METHOD"] not in BACKUP_METHODS:
             raise PgBackupError(
@@ -247,13 +291,12 @@ def parse_backup_label(text: object, *, seg_size: Optional[int] = None, allow_in
                 f"invalid data in backup_label line {number_of['BACKUP FROM']}: BACKUP FROM is {values['BACKUP FROM']!r}, expected primary, master or standby"
             )
         facts["backup_from"] = BACKUP_FROM_VALUES[values["BACKUP FROM"]]
-    if "START TIMELINE" in values:
-        start_tli = _timeline(values["START TIMELINE"], "START TIMELINE", number_of["START TIMELINE"])
-        if start_tli != file_tli:
-            raise PgBackupError(
-                f"invalid data in backup_label: START TIMELINE is {start_tli} but the start file {start_file} is on timeline {file_tli}; "
-                f"PostgreSQL refuses such a label (Timeline ID parsed is {start_tli}, but expected {file_tli})"
-            )
+    return facts
+
+
+def _stop_facts(values: dict, number_of: dict, start_lsn: int) -> dict:
+    """STOP WAL LOCATION and STOP TIMELINE, which only a backup history file (.backup) has."""
+    facts: dict = {}
     if "STOP WAL LOCATION" in values:
         facts["stop_lsn"], facts["stop_wal_file"] = _location(values["STOP WAL LOCATION"], "STOP WAL LOCATION", 2)
         if facts["stop_lsn"] < start_lsn:
@@ -267,19 +310,7 @@ def parse_backup_label(text: object, *, seg_size: Optional[int] = None, allow_in
                 f"invalid data in backup history file: STOP TIMELINE is {facts['stop_timeline']} but the stop file {facts['stop_wal_file']} "
                 "is on another timeline"
             )
-    if "INCREMENTAL FROM LSN" in values:
-        facts["incremental_from_lsn"] = parse_lsn(values["INCREMENTAL FROM LSN"], what="backup_label INCREMENTAL FROM LSN")
-    if "INCREMENTAL FROM TLI" in values:
-        facts["incremental_from_tli"] = _timeline(values["INCREMENTAL FROM TLI"], "INCREMENTAL FROM TLI", number_of["INCREMENTAL FROM TLI"])
-    result = BackupLabel(lines=tuple(lines), **facts)
-    if result.is_incremental and not allow_incremental:
-        raise PgBackupError(
-            "this backup_label belongs to an incremental backup (it has INCREMENTAL FROM lines): it is not a data directory PostgreSQL can start "
-            "(this is an incremental backup, not a data directory); combine it with its prior backups with pg_combinebackup first"
-        )
-    if seg_size is not None:
-        result.check_segment_size(seg_size)
-    return result
+    return facts
 
 
 def build_backup_label(
