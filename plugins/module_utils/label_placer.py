@@ -89,43 +89,22 @@ def place(
     force: bool = False,
     check_mode: bool = False,
 ) -> dict:
-    """Place the label, the map and pg_control in ``data_dir``; return what was done and what the label says."""
+    """Place the label, the map and pg_control in ``data_dir``; return what was done and what the label says.
+
+    Everything is checked, and what would change decided, before the first write (plan); then written (apply)."""
     data_dir = os.path.abspath(data_dir)
     check_data_dir(data_dir)
-    pending_path = os.path.join(data_dir, copy_state.PENDING_CONTROL)
-    control_path = os.path.join(data_dir, CONTROL)
-    pending = _read(pending_path)
-    source = pending_path if pending is not None else control_path
-    control_bytes = pending if pending is not None else _read(control_path)
-    if control_bytes is None:
-        raise PgBackupError(f"{data_dir} has neither {copy_state.PENDING_CONTROL} nor {CONTROL}: the copy is not finished; run datadir_copy again")
+    pending, control_bytes, source = _control_of(data_dir)
     control = parse_control_file(control_bytes[: PG_CONTROL_FILE_SIZE + 1], source=source)
-    seg_size = control.xlog_seg_size
-    parsed = parse_backup_label(label, seg_size=seg_size)
-    if expected_start_lsn is not None and parsed.start_lsn != parse_lsn(expected_start_lsn, what="expected_start_lsn"):
-        raise PgBackupError(
-            f"the label's START WAL LOCATION is {format_lsn(parsed.start_lsn)}, but the backup started at {expected_start_lsn}: "
-            "this label belongs to another backup; pass the backup_label that backup_stop returned for this copy"
-        )
-    if stop_lsn is not None:
-        tli = stop_timeline if stop_timeline is not None else parsed.start_timeline
-        missing = missing_wal(data_dir, start_lsn=parsed.start_lsn, stop_lsn=parse_lsn(stop_lsn, what="stop_lsn"), stop_tli=tli, seg_size=seg_size)
-        if missing:
-            raise PgBackupError(
-                f"pg_wal of {data_dir} holds WAL but lacks {len(missing)} file(s) recovery needs from {format_lsn(parsed.start_lsn)} to {stop_lsn}: "
-                f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}; run wal_collect into the copy first",
-                missing=missing,
-            )
+    parsed = parse_backup_label(label, seg_size=control.xlog_seg_size)
+    _check_label_fits(data_dir, parsed, control.xlog_seg_size, expected_start_lsn, stop_lsn, stop_timeline)
     new_map = remap_tablespace_map(tablespace_map, tablespace_mapping or {}, control.major_version)
-
-    label_path, map_path = os.path.join(data_dir, LABEL), os.path.join(data_dir, MAP)
-    existing = _read(label_path)
+    existing, existing_map = _read(os.path.join(data_dir, LABEL)), _read(os.path.join(data_dir, MAP))
     if existing is not None and existing != label and not force:
         raise PgBackupError(
-            f"{label_path} exists and differs from the label given: the copy belongs to another backup, or was labelled already; "
+            f"{os.path.join(data_dir, LABEL)} exists and differs from the label given: the copy belongs to another backup, or was labelled already; "
             "use force: true only if you are sure this label is the copy's",
         )
-    existing_map = _read(map_path)
     changes = []
     if existing != label:
         changes.append(LABEL)
@@ -145,13 +124,49 @@ def place(
         "guarded": is_guarded(control) if pending is None else guard_control,
         "tablespace_map": new_map.decode("utf-8", "replace"),
     }
-    if check_mode or not changes:
-        return result
+    if not check_mode and changes:
+        _apply(data_dir, label if existing != label else None, new_map, existing_map, pending, guard_control)
+    return result
 
+
+def _control_of(data_dir: str) -> tuple:
+    """(pending pg_control bytes or None, the pg_control to read, its path): pending first, as datadir_copy leaves it."""
+    pending_path = os.path.join(data_dir, copy_state.PENDING_CONTROL)
+    control_path = os.path.join(data_dir, CONTROL)
+    pending = _read(pending_path)
+    control_bytes = pending if pending is not None else _read(control_path)
+    if control_bytes is None:
+        raise PgBackupError(f"{data_dir} has neither {copy_state.PENDING_CONTROL} nor {CONTROL}: the copy is not finished; run datadir_copy again")
+    return pending, control_bytes, pending_path if pending is not None else control_path
+
+
+def _check_label_fits(data_dir: str, parsed, seg_size: int, expected_start_lsn, stop_lsn, stop_timeline) -> None:
+    """The label is this backup's (its start), and the copy's pg_wal, if it holds WAL, has what recovery reads."""
+    if expected_start_lsn is not None and parsed.start_lsn != parse_lsn(expected_start_lsn, what="expected_start_lsn"):
+        raise PgBackupError(
+            f"the label's START WAL LOCATION is {format_lsn(parsed.start_lsn)}, but the backup started at {expected_start_lsn}: "
+            "this label belongs to another backup; pass the backup_label that backup_stop returned for this copy"
+        )
+    if stop_lsn is None:
+        return
+    tli = stop_timeline if stop_timeline is not None else parsed.start_timeline
+    missing = missing_wal(data_dir, start_lsn=parsed.start_lsn, stop_lsn=parse_lsn(stop_lsn, what="stop_lsn"), stop_tli=tli, seg_size=seg_size)
+    if missing:
+        raise PgBackupError(
+            f"pg_wal of {data_dir} holds WAL but lacks {len(missing)} file(s) recovery needs from {format_lsn(parsed.start_lsn)} to {stop_lsn}: "
+            f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}; run wal_collect into the copy first",
+            missing=missing,
+        )
+
+
+def _apply(data_dir: str, label: Optional[bytes], new_map: bytes, existing_map: Optional[bytes], pending: Optional[bytes], guard_control: bool) -> None:
+    """Write the label (when ``label`` is given), the map, then pg_control from its pending name: pg_control last, so
+    the copy can start only once its label is in place."""
     info = os.stat(data_dir)
     owner, mode = (info.st_uid, info.st_gid), file_mode(data_dir)
-    if existing != label:
-        write_atomically(label_path, bytes(label), mode=mode, owner=owner)
+    if label is not None:
+        write_atomically(os.path.join(data_dir, LABEL), bytes(label), mode=mode, owner=owner)
+    map_path = os.path.join(data_dir, MAP)
     if new_map:
         if existing_map != new_map:
             write_atomically(map_path, new_map, mode=mode, owner=owner)
@@ -159,8 +174,8 @@ def place(
         os.unlink(map_path)  # a stale map would make recovery recreate tablespace links that do not belong here
         fsync_dir(data_dir)
     if pending is not None:
+        pending_path = os.path.join(data_dir, copy_state.PENDING_CONTROL)
         data = guard_control_bytes(pending, source=pending_path) if guard_control else pending
-        write_atomically(control_path, data, mode=mode, owner=owner)
+        write_atomically(os.path.join(data_dir, CONTROL), data, mode=mode, owner=owner)
         os.unlink(pending_path)
         fsync_dir(os.path.dirname(pending_path))
-    return result
