@@ -214,7 +214,7 @@ def test_wal_missing_from_the_archive_names_the_archiver_and_its_server(primary_
     elsewhere = testbed.scratch_dir(f"farch-elsewhere-{pg_major}")
     began = time.monotonic()
     code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_wal_source="archive",
-                             standby_backup_archive_dir=str(elsewhere), standby_backup_wal_timeout=5)  # fmt: skip
+                            standby_backup_archive_dir=str(elsewhere), standby_backup_wal_timeout=5)  # fmt: skip
     print(f"the run with the wrong archive failed after {time.monotonic() - began:.1f} s")
     print(output[output.find("failed in") : output.find("failed in") + 1500])
     assert f'failed in "{COLLECT}"' in output, output[-3000:]
@@ -227,7 +227,7 @@ def test_wal_missing_from_the_archive_names_the_archiver_and_its_server(primary_
         again = testbed.scratch_dir(f"farch-rerun-{pg_major}")
         (tmp_path / "rerun").mkdir()
         return role_run(ansible_env, testbed, tmp_path / "rerun", primary, standby, again, standby_backup_wal_source="archive",
-                         standby_backup_archive_dir=str(primary.archive_dir), standby_backup_wal_timeout=60)  # fmt: skip
+                        standby_backup_archive_dir=str(primary.archive_dir), standby_backup_wal_timeout=60)  # fmt: skip
 
     server = f"{primary.host}:{primary.port}"
     assert_failure_contract(
