@@ -123,10 +123,23 @@ def place(
         "major_version": control.major_version,
         "guarded": is_guarded(control) if pending is None else guard_control,
         "tablespace_map": new_map.decode("utf-8", "replace"),
+        "diff": _diff(data_dir, (existing, label), (existing_map, new_map)),
     }
     if not check_mode and changes:
         _apply(data_dir, label if existing != label else None, new_map, existing_map, pending, guard_control)
     return result
+
+
+def _diff(data_dir: str, labels: tuple, maps: tuple) -> list:
+    """The label and the map before and after, for diff mode (pg_control is binary: ``files`` says when it is placed)."""
+
+    def text(data: Optional[bytes]) -> str:
+        return "" if data is None else data.decode("utf-8", "replace")
+
+    return [
+        {"before_header": os.path.join(data_dir, name), "after_header": os.path.join(data_dir, name), "before": text(before), "after": text(after)}
+        for name, (before, after) in ((LABEL, labels), (MAP, maps))
+    ]
 
 
 def _control_of(data_dir: str) -> tuple:
@@ -142,7 +155,7 @@ def _control_of(data_dir: str) -> tuple:
 
 def _check_label_fits(data_dir: str, parsed, seg_size: int, expected_start_lsn, stop_lsn, stop_timeline) -> None:
     """The label is this backup's (its start), and the copy's pg_wal, if it holds WAL, has what recovery reads."""
-    if expected_start_lsn is not None and parsed.start_lsn != parse_lsn(expected_start_lsn, what="expected_start_lsn"):
+    if expected_start_lsn is not None and parsed.start_lsn != parse_lsn(expected_start_lsn, what="start_lsn"):
         raise PgBackupError(
             f"the label's START WAL LOCATION is {format_lsn(parsed.start_lsn)}, but the backup started at {expected_start_lsn}: "
             "this label belongs to another backup; pass the backup_label that backup_stop returned for this copy"

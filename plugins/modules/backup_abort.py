@@ -12,15 +12,15 @@ description:
   - For a backup whose play was interrupted (Ctrl-C, the controller killed or lost, an AWX job cancelled), so that
     neither its C(rescue) nor its C(always) ran. Runs on the host C(backup_start) and C(datadir_copy) ran on, as the
     same user.
-  - Stops the async P(pgbackup.lowlevel.datadir_copy#module) job writing into O(dest) - only an Ansible async job of this
-    user that runs datadir_copy and names O(dest) on a command line (rsync does) or holds a file under it open, never a
+  - Stops the async P(pgbackup.lowlevel.datadir_copy#module) job writing into O(data_dir) - only an Ansible async job of this
+    user that runs datadir_copy and names O(data_dir) on a command line (rsync does) or holds a file under it open, never a
     process found by its name alone - with SIGTERM, then SIGKILL, to every process of that job's session. Removes the
-    copy's progress file and file lists beside O(dest).
+    copy's progress file and file lists beside O(data_dir).
   - Aborts the backup session of O(backup_id) (or of every backup in O(state_dir) whose keeper still holds one) as
     P(pgbackup.lowlevel.backup_stop#module) with C(state=aborted) does - the keeper closes its session and PostgreSQL ends
     the backup, without a label.
   - Returns the slot names of those backups (RV(slot_names)) for P(pgbackup.lowlevel.wal_retain#module) with
-    C(state=absent), and whether O(dest) holds a copy the run wrote (RV(dest_written)) that must be marked incomplete.
+    C(state=absent), and whether O(data_dir) holds a copy the run wrote (RV(dest_written)) that must be marked incomplete.
   - Idempotent - a second run finds nothing to end and returns C(changed=false).
 author:
   - pgbackup.lowlevel developers (@pgbackup)
@@ -31,9 +31,12 @@ options:
   state_dir:
     description: The O(pgbackup.lowlevel.backup_start#module:state_dir) C(backup_start) used.
     type: path
-  dest:
-    description: The copy's destination (O(pgbackup.lowlevel.datadir_copy#module:dest)); omitted, no copy is looked for.
+  data_dir:
+    description:
+      - The copy's data directory (O(pgbackup.lowlevel.datadir_copy#module:dest)); omitted, no copy is looked for.
+      - The alias O(dest) is deprecated and goes in 0.3.0.
     type: path
+    aliases: [dest]
   slot_prefix:
     description: The O(pgbackup.lowlevel.wal_retain#module:slot_prefix) the slots were made with.
     type: str
@@ -54,7 +57,7 @@ EXAMPLES = r"""
 - name: End what the interrupted backup left on this host
   pgbackup.lowlevel.backup_abort:
     state_dir: /var/lib/postgresql/.cache/pgbackup.lowlevel/keepers
-    dest: /backups/pg/latest
+    data_dir: /backups/pg/latest
   register: ended
 
 - name: Drop the slots those backups made on the standby
@@ -82,7 +85,7 @@ aborted:
   type: list
   elements: dict
 copies:
-  description: The async copy jobs into O(dest) this run stopped (in check mode, would stop) - C(jid), C(pids), C(commands).
+  description: The async copy jobs into O(data_dir) this run stopped (in check mode, would stop) - C(jid), C(pids), C(commands).
   returned: always
   type: list
   elements: dict
@@ -92,11 +95,11 @@ slot_names:
   type: list
   elements: str
 dest_written:
-  description: Whether O(dest) holds an unfinished copy (a copy was stopped, or it keeps C(.pgbackup-incomplete) or a pending pg_control).
+  description: Whether O(data_dir) holds an unfinished copy (a copy was stopped, or it keeps C(.pgbackup-incomplete) or a pending pg_control).
   returned: always
   type: bool
 dest_marked:
-  description: Whether O(dest) already carries C(.pgbackup-incomplete).
+  description: Whether O(data_dir) already carries C(.pgbackup-incomplete).
   returned: always
   type: bool
 """
@@ -106,12 +109,13 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.backup_abort import abort
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.option_names import renamed_from
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import default_state_dir, ensure_state_dir
 
 ARGS = {
     "backup_id": {"type": "str"},
     "state_dir": {"type": "path"},
-    "dest": {"type": "path"},
+    "data_dir": renamed_from({"type": "path"}, "dest"),
     "slot_prefix": {"type": "str", "default": "pgbackup_"},
 }
 
@@ -125,7 +129,7 @@ def main() -> None:
             # a missing state_dir holds no backup (nothing to end); an existing one must be private and ours
             state_dir=ensure_state_dir(state_dir, create=False) if os.path.isdir(state_dir) else state_dir,
             backup_id=p["backup_id"],
-            dest=p["dest"],
+            dest=p["data_dir"],
             slot_prefix=p["slot_prefix"],
             check_mode=module.check_mode,
         )

@@ -25,20 +25,34 @@ options:
     description: The copy.
     type: path
     required: true
-  wal_end_lsn:
-    description: The backup's end (the LSN C(pg_backup_stop) returned).
+  start_lsn:
+    description:
+      - The backup's start, RV(pgbackup.lowlevel.backup_start#module:start_lsn); default C(START WAL LOCATION) of the copy's
+        backup_label.
+      - The alias O(wal_start_lsn) is deprecated and goes in 0.3.0.
+    type: str
+    aliases: [wal_start_lsn]
+  start_timeline:
+    description:
+      - Timeline of the start, RV(pgbackup.lowlevel.backup_start#module:start_timeline); default C(START TIMELINE) of the
+        copy's backup_label.
+      - The alias O(wal_start_timeline) is deprecated and goes in 0.3.0.
+    type: int
+    aliases: [wal_start_timeline]
+  stop_lsn:
+    description:
+      - The backup's end, RV(pgbackup.lowlevel.backup_stop#module:stop_lsn) (the LSN C(pg_backup_stop) returned).
+      - The alias O(wal_end_lsn) is deprecated and goes in 0.3.0.
     type: str
     required: true
-  wal_end_timeline:
-    description: Timeline of O(wal_end_lsn).
+    aliases: [wal_end_lsn]
+  stop_timeline:
+    description:
+      - Timeline of O(stop_lsn), RV(pgbackup.lowlevel.backup_stop#module:stop_timeline).
+      - The alias O(wal_end_timeline) is deprecated and goes in 0.3.0.
     type: int
     required: true
-  wal_start_lsn:
-    description: The backup's start; default C(START WAL LOCATION) of the copy's backup_label.
-    type: str
-  wal_start_timeline:
-    description: Timeline of the start; default C(START TIMELINE) of the copy's backup_label.
-    type: int
+    aliases: [wal_end_timeline]
   history_dir:
     description: Where the end timeline's C(.history) file is (the WAL archive); default the copy's C(pg_wal).
     type: path
@@ -60,8 +74,8 @@ EXAMPLES = r"""
 - name: Manifest of the copy, from the stop position
   pgbackup.lowlevel.backup_manifest:
     data_dir: /srv/restore/pgdata
-    wal_end_lsn: "{{ stop.lsn }}"
-    wal_end_timeline: "{{ stop.timeline }}"
+    stop_lsn: "{{ stopped.stop_lsn }}"
+    stop_timeline: "{{ stopped.stop_timeline }}"
     history_dir: /srv/wal_archive
 """
 
@@ -111,13 +125,18 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.manifest import ALGORITHMS, write_manifest
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.option_names import backup_range_argument_spec
 
 ARGS = {
     "data_dir": {"type": "path", "required": True},
-    "wal_end_lsn": {"type": "str", "required": True},
-    "wal_end_timeline": {"type": "int", "required": True},
-    "wal_start_lsn": {"type": "str"},
-    "wal_start_timeline": {"type": "int"},
+    **backup_range_argument_spec(
+        "start_lsn",
+        "start_timeline",
+        "stop_lsn",
+        "stop_timeline",
+        required=("stop_lsn", "stop_timeline"),
+        old_names={"wal_start_lsn": "start_lsn", "wal_start_timeline": "start_timeline", "wal_end_lsn": "stop_lsn", "wal_end_timeline": "stop_timeline"},
+    ),
     "history_dir": {"type": "path"},
     "checksum_algorithm": {"type": "str", "default": "SHA256", "choices": list(ALGORITHMS)},
 }
@@ -125,13 +144,13 @@ ARGS = {
 
 def run_module(module: AnsibleModule) -> dict:
     p = module.params
-    start = None if p["wal_start_lsn"] is None else parse_lsn(p["wal_start_lsn"], what="wal_start_lsn")
+    start = None if p["start_lsn"] is None else parse_lsn(p["start_lsn"], what="start_lsn")
     result = write_manifest(
         p["data_dir"],
-        end_lsn=parse_lsn(p["wal_end_lsn"], what="wal_end_lsn"),
-        end_tli=p["wal_end_timeline"],
+        end_lsn=parse_lsn(p["stop_lsn"], what="stop_lsn"),
+        end_tli=p["stop_timeline"],
         start_lsn=start,
-        start_tli=p["wal_start_timeline"],
+        start_tli=p["start_timeline"],
         history_dir=p["history_dir"],
         algorithm=p["checksum_algorithm"],
         check_mode=module.check_mode,

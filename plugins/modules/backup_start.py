@@ -117,8 +117,15 @@ start_wal_file:
   returned: success and not check mode
   type: str
   sample: "000000010000000000000009"
+start_timeline:
+  description:
+    - The start point's timeline, C(START TIMELINE) of the label.
+    - Passed on as O(pgbackup.lowlevel.wal_collect#module:start_timeline) and O(pgbackup.lowlevel.backup_manifest#module:start_timeline).
+  returned: success
+  type: int
+  sample: 1
 timeline:
-  description: The start point's timeline.
+  description: The same as RV(start_timeline), its name before 0.2.0; deprecated, it goes in 0.3.0.
   returned: always
   type: int
   sample: 1

@@ -20,9 +20,10 @@ description:
     label and starts normally; if someone deletes the label later, startup fails instead of running crash recovery from
     the wrong checkpoint, which would silently corrupt the copy.
   - Refuses a data directory with a live postmaster, one datadir_copy did not finish, a label that is not a label,
-    a label whose C(START WAL LOCATION) is not O(expected_start_lsn), a different existing C(backup_label) (unless
+    a label whose C(START WAL LOCATION) is not O(start_lsn), a different existing C(backup_label) (unless
     O(force=true)), and - when O(stop_lsn) is given and C(pg_wal) of the copy holds WAL - WAL missing for the label's range.
-  - Idempotent - a second run with the same label changes nothing.
+  - Idempotent - a second run with the same label changes nothing; diff mode shows C(backup_label) and C(tablespace_map)
+    before and after.
 author:
   - pgbackup.lowlevel developers (@pgbackup)
 options:
@@ -48,9 +49,12 @@ options:
         the new paths. Applied to the map's paths; recovery creates the C(pg_tblspc) links from the map.
     type: dict
     default: {}
-  expected_start_lsn:
-    description: The backup's start LSN (RV(pgbackup.lowlevel.backup_start#module:start_lsn)); the label must say the same.
+  start_lsn:
+    description:
+      - The backup's start LSN (RV(pgbackup.lowlevel.backup_start#module:start_lsn)); the label must say the same.
+      - The alias O(expected_start_lsn) is deprecated and goes in 0.3.0.
     type: str
+    aliases: [expected_start_lsn]
   stop_lsn:
     description: The backup's stop LSN; with it, WAL in the copy's C(pg_wal) is checked for completeness up to it.
     type: str
@@ -70,8 +74,8 @@ attributes:
     description: Checks everything and reports the files it would write.
     support: full
   diff_mode:
-    description: Not supported.
-    support: none
+    description: Shows C(backup_label) and C(tablespace_map) before and after.
+    support: full
 seealso:
   - module: pgbackup.lowlevel.datadir_copy
   - module: pgbackup.lowlevel.backup_stop
@@ -84,7 +88,7 @@ EXAMPLES = r"""
     backup_label_base64: "{{ stopped.backup_label_base64 }}"
     tablespace_map_base64: "{{ stopped.tablespace_map_base64 }}"
     tablespace_mapping: {"/srv/pg/ts1": "/srv/restore/ts1"}
-    expected_start_lsn: "{{ backup.start_lsn }}"
+    start_lsn: "{{ backup.start_lsn }}"
     stop_lsn: "{{ stopped.stop_lsn }}"
     stop_timeline: "{{ stopped.stop_timeline }}"
 """
@@ -144,6 +148,7 @@ import binascii
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.label_placer import place
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.option_names import backup_range_argument_spec
 
 ARGS = {
     "data_dir": {"type": "path", "required": True},
@@ -152,9 +157,7 @@ ARGS = {
     "tablespace_map": {"type": "str"},
     "tablespace_map_base64": {"type": "str"},
     "tablespace_mapping": {"type": "dict", "default": {}},
-    "expected_start_lsn": {"type": "str"},
-    "stop_lsn": {"type": "str"},
-    "stop_timeline": {"type": "int"},
+    **backup_range_argument_spec("start_lsn", "stop_lsn", "stop_timeline", old_names={"expected_start_lsn": "start_lsn"}),
     "guard_control": {"type": "bool", "default": True},
     "force": {"type": "bool", "default": False},
 }
@@ -178,7 +181,7 @@ def run_module(module: AnsibleModule) -> dict:
         label=_bytes(p, "backup_label"),
         tablespace_map=_bytes(p, "tablespace_map"),
         tablespace_mapping=mapping,
-        expected_start_lsn=p["expected_start_lsn"],
+        expected_start_lsn=p["start_lsn"],
         stop_lsn=p["stop_lsn"],
         stop_timeline=p["stop_timeline"],
         guard_control=p["guard_control"],
@@ -198,6 +201,9 @@ def main() -> None:
         result = run_module(module)
     except PgBackupError as exc:
         module.fail_json(msg=exc.message, **exc.details)
+    diff = result.pop("diff")
+    if module._diff:
+        result["diff"] = diff
     module.exit_json(**result)
 
 

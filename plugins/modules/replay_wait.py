@@ -60,7 +60,8 @@ options:
       - The system identifier of the cluster the backup belongs to (C(pg_control_system()) on the primary, or
         RV(system_identifier) of P(pgbackup.lowlevel.cluster_info#module)). A server with another one fails at once,
         naming both.
-    type: int
+      - A string of digits, as every module of this collection takes and returns it.
+    type: str
   expect_timeline:
     description:
       - The timeline the backup started on (the primary's). A server on a newer timeline fails at once; with
@@ -346,6 +347,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter im
     ServerQuery,
     data_dir_probe,
 )
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.system_identifier import expected_system_identifier
 
 APPLICATION_NAME = "pgbackup.lowlevel/replay_wait"
 
@@ -353,7 +355,7 @@ ARGS = {
     "mode": {"type": "str", "choices": list(MODES), "default": "target_lsn"},
     "target_lsn": {"type": "str"},
     "restartpoint": {"type": "bool", "default": False},
-    "expect_system_identifier": {"type": "int"},
+    "expect_system_identifier": {"type": "str"},
     "expect_timeline": {"type": "int"},
     "resume_paused": {"type": "bool", "default": False},
     "upstream_host": {"type": "str"},
@@ -381,7 +383,7 @@ def run_module(module: AnsibleModule) -> dict:
         mode=p["mode"],
         target_lsn=p["target_lsn"],
         restartpoint=p["restartpoint"],
-        expect_system_identifier=p["expect_system_identifier"],
+        expect_system_identifier=expected_system_identifier(p["expect_system_identifier"]),
         expect_timeline=p["expect_timeline"],
         resume_paused=p["resume_paused"],
         upstream_host=p["upstream_host"],

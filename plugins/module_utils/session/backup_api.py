@@ -198,7 +198,8 @@ def start_position(before: dict, after: dict, start_lsn: str, seg_size: int) -> 
             timeline, checkpoint = int(reading["timeline"]), reading["checkpoint_lsn"]
             break
     return {
-        "timeline": timeline,
+        "start_timeline": timeline,
+        "timeline": timeline,  # the name before 0.2.0, kept until 0.3.0 (doc: backup_start's RETURN)
         "checkpoint_lsn": checkpoint,
         "start_wal_file": wal_file_name_of_lsn(timeline, parse_lsn(start_lsn), seg_size),
     }

@@ -135,6 +135,7 @@ def test_start_position_prefers_the_reading_whose_redo_is_the_start():
     before = snapshot(redo_lsn="0/2000028", checkpoint_lsn="0/2000060", timeline=1)
     after = snapshot(redo_lsn="0/3000028", checkpoint_lsn="0/3000060", timeline=2)
     assert backup_api.start_position(before, after, "0/2000028", SEG) == {
+        "start_timeline": 1,
         "timeline": 1,
         "checkpoint_lsn": "0/2000060",
         "start_wal_file": "000000010000000000000002",
@@ -144,7 +145,7 @@ def test_start_position_prefers_the_reading_whose_redo_is_the_start():
 
 def test_start_position_unknown_checkpoint():
     position = backup_api.start_position(snapshot(redo_lsn="0/1000028"), snapshot(redo_lsn="0/4000028", timeline=3), "0/3000028", SEG)
-    assert position == {"timeline": 3, "checkpoint_lsn": None, "start_wal_file": "000000030000000000000003"}
+    assert position == {"start_timeline": 3, "timeline": 3, "checkpoint_lsn": None, "start_wal_file": "000000030000000000000003"}
 
 
 def test_stop_result_is_byte_exact_and_names_the_file_before_the_stop():

@@ -139,3 +139,17 @@ def test_a_live_server_on_the_directory_is_refused_in_its_own_words(tmp_path):
         pytest.raises(PgBackupError, match=rf"a postmaster \(PID {pid}\) runs on .*: a label is placed only in a stopped copy"),
     ):
         label_placer.place(str(copy), label=LABEL)
+
+
+def test_diff_shows_the_label_and_the_map_before_and_after(tmp_path):
+    copy = make_copy(tmp_path)
+    tsmap = b"16400 /srv/ts1\n"
+    planned = label_placer.place(str(copy), label=LABEL, tablespace_map=tsmap, check_mode=True)
+    label_diff, map_diff = planned["diff"]
+    assert label_diff == {"before_header": str(copy / "backup_label"), "after_header": str(copy / "backup_label"), "before": "", "after": LABEL.decode()}
+    assert (map_diff["before"], map_diff["after"]) == ("", tsmap.decode())
+    assert not (copy / "backup_label").exists(), "check mode wrote nothing"
+    label_placer.place(str(copy), label=LABEL, tablespace_map=tsmap)
+    again = label_placer.place(str(copy), label=LABEL, check_mode=True)
+    assert again["diff"][0]["before"] == again["diff"][0]["after"] == LABEL.decode()
+    assert (again["diff"][1]["before"], again["diff"][1]["after"]) == (tsmap.decode(), ""), "a map dropped shows as removed"

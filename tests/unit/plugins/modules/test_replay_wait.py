@@ -58,7 +58,7 @@ def test_options_reach_the_waiter_and_the_result_comes_back(monkeypatch, capsys)
     )  # fmt: skip
     assert result["changed"] is False and result["replay_lsn"] == "0/5000100" and result["queries"] == ["CHECKPOINT"]
     assert seen["target_lsn"] == "0/5000028" and seen["restartpoint"] is True and seen["mode"] == "target_lsn"
-    assert seen["expect_system_identifier"] == 7311234567890123456 and seen["expect_timeline"] == 1
+    assert seen["expect_system_identifier"] == "7311234567890123456" and seen["expect_timeline"] == 1
     assert seen["timeout"] == 60.0 and seen["stall_timeout"] == 10.0 and seen["poll_interval"] == 0.5
     assert seen["check_mode"] is False and seen["probe_files"] is None
     query = _Query.instances[0]

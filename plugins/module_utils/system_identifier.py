@@ -1,0 +1,27 @@
+# Copyright: contributors to pgbackup.lowlevel
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A system identifier as a user passes it (``expect_system_identifier``): one rule for every module that takes one.
+
+Every module takes and returns it as a string of digits, as ``pg_controldata`` prints it: it is an unsigned 64-bit
+number, and a play that hands it through Jinja or JSON as a number may lose digits or see it signed (SQL shows
+``pg_control_system()``'s value as a signed bigint).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .errors import PgBackupError
+
+SYSID_MODULUS = 1 << 64
+
+
+def expected_system_identifier(value: Any, what: str = "expect_system_identifier") -> Optional[str]:
+    """``value`` as a string of digits (unsigned), or None when it is not given; a clear error for anything else."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = str(value).strip()
+    negative = text.startswith("-") and text[1:].isdigit()
+    if not (text.isdigit() or negative) or isinstance(value, (bool, float)):
+        raise PgBackupError(f"{what} must be a system identifier (digits, as pg_controldata prints it), got {value!r}")
+    return str(int(text) % SYSID_MODULUS)
