@@ -27,7 +27,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
-        timeout = int(args.get("timeout", 3600))
+        timeout = float(args.get("timeout", 3600))
         interval = max(1, int(args.get("report_interval", 30)))
         host = task_vars.get("inventory_hostname", "?") if task_vars else "?"
         if self._play_context.check_mode or args.get("state", "stopped") != "stopped" or timeout <= 0:
@@ -47,9 +47,9 @@ class ActionModule(ActionBase):
                 return answer
             if waited >= timeout - 0.5:
                 answer["msg"] = answer["msg"].replace(
-                    f"within {args['timeout']} seconds", f"within {timeout} seconds (timeout; the role's standby_backup_stop_timeout)"
+                    f"within {args['timeout']} seconds", f"within {timeout:g} seconds (timeout; the role's standby_backup_stop_timeout)"
                 )
                 result.update(answer)
                 return result
             what = str(answer.get("msg", "")).split("). ", 1)[-1].split(" Run backup_stop again")[0]
-            display.display(f"{host}: the stop has not answered after {waited:.0f} s of at most {timeout} s: {what}")
+            display.display(f"{host}: the stop has not answered after {waited:.0f} s of at most {timeout:g} s: {what}")

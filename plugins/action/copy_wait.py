@@ -26,7 +26,7 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
         interval = max(0.1, float(args.get("interval", 30)))
-        timeout = int(args["timeout"])
+        timeout = float(args["timeout"])
         start = time.monotonic()
         rounds = 0
         args["round_wait"] = interval
@@ -59,7 +59,7 @@ class ActionModule(ActionBase):
                 return self._finished(result, answer, rounds, progress, host)
             display.display(f"{host}: {progress_line(progress, elapsed)}")
             if time.monotonic() - start >= timeout:
-                msg = f"the copy on {host} did not finish within {timeout} s (the timeout option; the role's standby_backup_copy_timeout)"
+                msg = f"the copy on {host} did not finish within {timeout:g} s (the timeout option; the role's standby_backup_copy_timeout)"
                 result.update(failed=True, finished=False, rounds=rounds, progress=progress, msg=msg)
                 return result
 

@@ -282,7 +282,7 @@ class RestoreTest:
                         f"and before consistency; the server's log says: {error}"
                     )
             if time.monotonic() > deadline:
-                raise PgBackupError(f"the scratch copy did not reach the end point {end} within {self.timeout} seconds")
+                raise PgBackupError(f"the scratch copy did not reach the end point {end} within {self.timeout:g} seconds")
             time.sleep(0.3)
 
     def databases(self) -> list:

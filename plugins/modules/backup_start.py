@@ -52,7 +52,7 @@ options:
     default: 86400
   timeout:
     description: Seconds to wait for the start (its checkpoint); past it the keeper is killed and nothing is left running.
-    type: int
+    type: float
     default: 1800
   state_dir:
     description:
@@ -204,7 +204,7 @@ ARGS = {
     "label": {"type": "str"},
     "fast": {"type": "bool", "default": False},
     "max_duration": {"type": "int", "default": 86400},
-    "timeout": {"type": "int", "default": 1800},
+    "timeout": {"type": "float", "default": 1800},
     "state_dir": {"type": "path"},
 }
 

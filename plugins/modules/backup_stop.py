@@ -44,7 +44,7 @@ options:
     default: true
   timeout:
     description: Seconds to wait for the keeper's answer (the stop itself goes on past it).
-    type: int
+    type: float
     default: 3600
   report_interval:
     description:
@@ -189,7 +189,7 @@ ARGS = {
     "backup_id": {"type": "str", "required": True},
     "state": {"type": "str", "choices": ["stopped", "aborted"], "default": "stopped"},
     "wait_for_archive": {"type": "bool", "default": True},
-    "timeout": {"type": "int", "default": 3600},
+    "timeout": {"type": "float", "default": 3600},
     "report_interval": {"type": "int", "default": 30},
     "expect_system_identifier": {"type": "str"},
     "expect_timeline": {"type": "int"},

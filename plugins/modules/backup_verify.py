@@ -124,7 +124,7 @@ options:
     type: int
   restore_test_timeout:
     description: Seconds to wait for the scratch server to start and to finish recovery.
-    type: int
+    type: float
     default: 300
 attributes:
   check_mode:
@@ -249,7 +249,7 @@ ARGS = {
     "expect_system_identifier": {"type": "str"},
     "restore_test_dir": {"type": "path"},
     "restore_test_port": {"type": "int"},
-    "restore_test_timeout": {"type": "int", "default": 300},
+    "restore_test_timeout": {"type": "float", "default": 300},
     "restore_test_promote": {"type": "bool", "default": True},
 }
 

@@ -41,7 +41,7 @@ options:
     default: 30
   timeout:
     description: Seconds to wait in all (the copy's C(async)); the task fails after them.
-    type: int
+    type: float
     required: true
   primary:
     description: C(host:port) of the server the backup runs on, named in the failure when the backup is lost.
@@ -118,7 +118,7 @@ ARGUMENT_SPEC = {
     "state_dir": {"type": "path"},
     "backup_id": {"type": "str"},
     "interval": {"type": "float", "default": 30},
-    "timeout": {"type": "int", "required": True},
+    "timeout": {"type": "float", "required": True},
     "primary": {"type": "str"},
     "async_dir": {"type": "str", "default": "~/.ansible_async"},
     "round_wait": {"type": "float", "default": 0},
