@@ -1,4 +1,4 @@
-"""Every role's defaults/main.yml and meta/argument_specs.yml (entry point main) list the same variables, with the
+"""Every role's defaults/main.yml and meta/argument_specs.yml (its entry points) list the same variables, with the
 role's prefix and the same default values; exit 1 naming every difference. Run by `make lint`."""
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def check(role: Path) -> list:
     problems = []
     defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
-    spec = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    entries = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    spec = {}
+    # A public role's variables are its entry point main's; the private server role has no main, but one entry point
+    # per tasks file, all taking its variables.
+    for entry in [entries["main"]] if "main" in entries else entries.values():
+        spec.update(entry["options"])
     prefix = f"{role.name}_"
     for name in sorted(set(defaults) | set(spec)):
         if not name.startswith(prefix):

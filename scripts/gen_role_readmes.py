@@ -65,7 +65,13 @@ def render(readme: str, spec: dict, where: str) -> str:
 
 
 def roles(root: Path = ROOT) -> list[Path]:
-    return sorted(p for p in (root / "roles").iterdir() if (p / "meta" / "argument_specs.yml").is_file())
+    """The public roles, those with the entry point main: the private roles/server (one entry point per tasks file) has a
+    hand-written README."""
+    return sorted(p for p in (root / "roles").iterdir() if (p / "meta" / "argument_specs.yml").is_file() and _has_main(p))
+
+
+def _has_main(role: Path) -> bool:
+    return "main" in yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
 
 
 def main(argv: list[str] | None = None, root: Path = ROOT) -> int:

@@ -33,7 +33,7 @@ options:
     type: path
   data_dir:
     description:
-      - The copy's data directory (O(pgbackup.lowlevel.datadir_copy#module:dest)); omitted, no copy is looked for.
+      - The copy's data directory (O(pgbackup.lowlevel.datadir_copy#module:data_dir)); omitted, no copy is looked for.
       - The alias O(dest) is deprecated and goes in 0.3.0.
     type: path
     aliases: [dest]

@@ -41,8 +41,11 @@ options:
   source_host:
     description: Host to pull from over ssh; omit for a copy on this host.
     type: str
-  dest:
-    description: The destination data directory on this host. Must be absent or empty unless O(delta).
+  data_dir:
+    description:
+      - The copy's data directory on this host, the destination. Must be absent or empty unless O(delta).
+      - The alias O(dest) is deprecated and goes in 0.3.0.
+    aliases: [dest]
     type: path
     required: true
   tablespace_mapping:
@@ -103,7 +106,7 @@ options:
   gate:
     description:
       - A start gate (launched async before the backup starts, the copy waits there and writes nothing until it opens).
-        The path of the gate file, beside O(dest) by convention; V(pgbackup.lowlevel.replay_wait#module:open_gate)
+        The path of the gate file, beside O(data_dir) by convention; V(pgbackup.lowlevel.replay_wait#module:open_gate)
         opens it once the standby replayed past the backup's start, and a C(cancel) written there ends the wait.
       - Only the source's listing and copy come after the gate, so nothing copied is older than the start.
     type: path
@@ -133,7 +136,7 @@ EXAMPLES = r"""
     source_host: db2.example.com
     source_user: postgres
     source_path: /var/lib/postgresql/16/main
-    dest: /srv/restore/pgdata
+    data_dir: /srv/restore/pgdata
     tablespace_mapping:
       "16400": /srv/restore/ts1
     parallel: 2
@@ -144,7 +147,7 @@ EXAMPLES = r"""
   pgbackup.lowlevel.datadir_copy:
     source_host: db1.example.com
     source_path: /var/lib/postgresql/16/main
-    dest: /var/lib/postgresql/16/main
+    data_dir: /var/lib/postgresql/16/main
     delta: true
 """
 
@@ -180,7 +183,7 @@ major:
   type: int
   sample: 16
 pending_control:
-  description: Where pg_control was written, relative to O(dest).
+  description: Where pg_control was written, relative to O(data_dir).
   returned: always
   type: str
   sample: global/pg_control.pgbackup-pending
@@ -206,7 +209,7 @@ removed:
 would_remove:
   description:
     - What a run would remove from the destination because the source does not have it (O(delta), check mode),
-      relative to O(dest), or absolute for a tablespace's destination.
+      relative to O(data_dir), or absolute for a tablespace's destination.
   returned: check mode with O(delta)
   type: list
   elements: str
@@ -233,13 +236,14 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_gate import check_token, wait_for_gate
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_state import PENDING_CONTROL
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.option_names import renamed_from
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
 
 ARGS = {
     "source_path": {"type": "path", "required": True},
     "source_host": {"type": "str"},
     **ssh_argument_spec(),
-    "dest": {"type": "path", "required": True},
+    "data_dir": renamed_from({"type": "path", "required": True}, "dest"),
     "tablespace_mapping": {"type": "dict", "default": {}},
     "excludes": {"type": "list", "elements": "str", "default": []},
     "parallel": {"type": "int", "default": 1},
@@ -264,11 +268,11 @@ def run_module(module: AnsibleModule) -> dict:
         raise PgBackupError(f"max_rate must be 0 (no limit) or at least 1024 bytes/s per stream ({least} for parallel {p['parallel']}), not {p['max_rate']}")
     if p["piece_size"] < 1024 * 1024:
         raise PgBackupError(f"piece_size must be at least 1048576 bytes (1 MiB), not {p['piece_size']}")
-    if not os.path.isabs(p["dest"]):
-        raise PgBackupError(f"dest {p['dest']!r} must be an absolute path")
+    if not os.path.isabs(p["data_dir"]):
+        raise PgBackupError(f"data_dir {p['data_dir']!r} must be an absolute path")
     if p["gate"]:
         check_token(p["gate_token"])
-    dest = os.path.normpath(p["dest"])
+    dest = os.path.normpath(p["data_dir"])
     source = Source(p["source_path"], *ssh_settings(p))
     check_transport(source, p["transport"], p["delta"], p["max_rate"])  # before listing anything
     waited = None

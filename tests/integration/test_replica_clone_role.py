@@ -79,7 +79,7 @@ def test_clone_reaches_streaming_and_is_idempotent(netns_testbed, netns_pair, an
             clone.stop()
             reseeded = run_clone(ansible_env, inventory, {**extra, "replica_clone_force": True})
             assert reseeded.returncode == 0, reseeded.stdout[-6000:] + reseeded.stderr[-3000:]
-            assert "Ask pg_ctl whether the replica runs" in reseeded.stdout
+            assert "Ask pg_ctl whether the server runs" in reseeded.stdout
             clone.wait_replayed(primary.current_lsn())
             assert fingerprints(clone, TABLES) == fingerprints(primary, TABLES)
     finally:

@@ -121,6 +121,7 @@ def check_only(params: dict, backup_id: str) -> dict:
         "server_role": "standby" if snapshot["in_recovery"] else "primary",
         "server_version": snapshot["server_version"],
         "system_identifier": snapshot["system_identifier"],
+        "start_timeline": snapshot["timeline"],
         "timeline": snapshot["timeline"],
         "queries": list(session.queries),
     }
@@ -272,7 +273,18 @@ def _known_ids(state_dir: str) -> list:
 
 
 def _stopped(directory: str, started: dict, stored: dict, changed: bool) -> dict:
-    keys = ("backup_id", "label", "start_lsn", "start_wal_file", "timeline", "checkpoint_lsn", "server_role", "system_identifier", "started_at")
+    keys = (
+        "backup_id",
+        "label",
+        "start_lsn",
+        "start_wal_file",
+        "start_timeline",
+        "timeline",
+        "checkpoint_lsn",
+        "server_role",
+        "system_identifier",
+        "started_at",
+    )
     result = {k: started.get(k) for k in keys}
     result.update(stored)
     result.update(changed=changed, state="stopped", session_dir=directory)
