@@ -160,14 +160,45 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
     removed: list = []
     if delta:
         removed = delta_remove(plan, dest)
-    # directories first (parents before children), with the source's modes
+    _make_directories(plan)
+    ts_links = _link_tablespaces(plan, dest)
+    if transport == "stream":
+        sums, vanished, copy_seconds = _stream_copy(source, plan, dest, ts_links, parallel, uid, gid, progress, start, piece_size)
+    elif source.remote or delta or max_rate:
+        # (A rate limit on one host goes through rsync too: its --bwlimit is the limiter.)
+        sums, vanished, copy_seconds = _rsync_copy(source, plan, dest, ts_links, parallel, delta, uid, gid, progress, tmpdir, start, max_rate)
+    else:
+        sums, vanished = local_copy_all(source, plan, dest, ts_links, parallel, uid, gid, progress)
+        copy_seconds = _start_sync_phase(progress, start)
+    _settle_tree(plan, dest, ts_links, uid, gid)
+    _record_sums(dest, sums, uid, gid)
+    seconds = time.monotonic() - start
+    total = sum(v[0] for v in sums.values())
+    progress.phase = "done"
+    progress.write(force=True)
+    return {
+        "bytes": total,
+        "files": len(sums),
+        "seconds": round(seconds, 3),
+        "copy_seconds": round(copy_seconds, 3),
+        "throughput_bytes_per_second": int(total / max(seconds, 1e-6)),
+        "vanished": vanished,
+        "removed": removed,
+    }
+
+
+def _make_directories(plan: Plan) -> None:
+    """Every directory before any file, parents before children (the source's modes come in _settle_tree)."""
     for _src, droot, es in plan.roots:
         os.makedirs(droot, mode=0o700, exist_ok=True)
         for e in sorted((e for e in es if e.kind == "d"), key=lambda x: x.rel.count("/")):
             path = os.path.join(droot, e.rel) if e.rel else droot
             if e.rel and not os.path.isdir(path):
                 os.mkdir(path, 0o700)
-    # tablespace symlinks point to the mapped paths
+
+
+def _link_tablespaces(plan: Plan, dest: str) -> dict:
+    """Tablespace symlinks point to the mapped paths; returns {link relative to dest: target}."""
     ts_links = {f"pg_tblspc/{ts['oid']}": ts["dest"] for ts in plan.tablespaces if not ts["in_place"]}
     for rel, target in ts_links.items():
         link = os.path.join(dest, rel)
@@ -176,37 +207,49 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
                 continue
             os.unlink(link)
         os.symlink(target, link)
+    return ts_links
 
-    if transport == "stream":
-        # Each file is hashed, fsynced and chowned (from the page cache) once all its pieces are in, while others stream.
-        with ThreadPoolExecutor(max_workers=max(2, parallel)) as early_pool:
-            early: Optional[dict] = {"pool": early_pool, "files": {}}
-            pending = os.path.join(dest, copy_state.PENDING_CONTROL)
-            done = functools.partial(_hash_early, early, "", uid, gid)
-            stream_transport.stream_all(source, plan, dest, ts_links, parallel, progress, pending, done, piece_size)
-            copy_seconds = time.monotonic() - start
-            progress.phase = "sync"
-            progress.write(force=True)
-            sums, vanished = _hash_pass(plan, dest, parallel, uid, gid, early)
-    elif source.remote or delta or max_rate:
-        # (A rate limit on one host goes through rsync too: its --bwlimit is the limiter.)
-        # Without delta, a file rsync has put in place is final: hash and fsync it while the others are copied.
-        # (In delta mode rsync does not log the files it leaves as they are, so all wait for the pass after it.)
-        with ThreadPoolExecutor(max_workers=max(2, parallel)) as early_pool:
-            # Only when pulling from another host: there the receiving rsync (ours) logs a file once it is in place. A
-            # local rsync may log it before its receiver renamed it into place (seen: files left owned by root).
-            early = None if delta or not source.remote else {"pool": early_pool, "files": {}}
-            on_done_for = None if early is None else (lambda droot: functools.partial(_hash_early, early, droot, uid, gid))
-            rsync_all(source, plan, dest, ts_links, parallel, delta, progress, tmpdir, on_done_for, max_rate)
-            copy_seconds = time.monotonic() - start
-            progress.phase = "sync"
-            progress.write(force=True)
-            sums, vanished = _hash_pass(plan, dest, parallel, uid, gid, early)
-    else:
-        sums, vanished = local_copy_all(source, plan, dest, ts_links, parallel, uid, gid, progress)
-        copy_seconds = time.monotonic() - start
-        progress.phase = "sync"
-        progress.write(force=True)
+
+def _start_sync_phase(progress: Progress, start: float) -> float:
+    """The bytes have moved: returns the copy's seconds and reports the fsync phase."""
+    copy_seconds = time.monotonic() - start
+    progress.phase = "sync"
+    progress.write(force=True)
+    return copy_seconds
+
+
+def _stream_copy(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: int, uid: int, gid: int,
+                 progress: Progress, start: float, piece_size: int) -> tuple:  # fmt: skip
+    """Returns (sums, vanished, copy_seconds)."""
+    # Each file is hashed, fsynced and chowned (from the page cache) once all its pieces are in, while others stream.
+    with ThreadPoolExecutor(max_workers=max(2, parallel)) as early_pool:
+        early: Optional[dict] = {"pool": early_pool, "files": {}}
+        pending = os.path.join(dest, copy_state.PENDING_CONTROL)
+        done = functools.partial(_hash_early, early, "", uid, gid)
+        stream_transport.stream_all(source, plan, dest, ts_links, parallel, progress, pending, done, piece_size)
+        copy_seconds = _start_sync_phase(progress, start)
+        sums, vanished = _hash_pass(plan, dest, parallel, uid, gid, early)
+    return sums, vanished, copy_seconds
+
+
+def _rsync_copy(source: Source, plan: Plan, dest: str, ts_links: dict, parallel: int, delta: bool, uid: int, gid: int,
+                progress: Progress, tmpdir: Optional[str], start: float, max_rate: int) -> tuple:  # fmt: skip
+    """Returns (sums, vanished, copy_seconds)."""
+    # Without delta, a file rsync has put in place is final: hash and fsync it while the others are copied.
+    # (In delta mode rsync does not log the files it leaves as they are, so all wait for the pass after it.)
+    with ThreadPoolExecutor(max_workers=max(2, parallel)) as early_pool:
+        # Only when pulling from another host: there the receiving rsync (ours) logs a file once it is in place. A
+        # local rsync may log it before its receiver renamed it into place (seen: files left owned by root).
+        early = None if delta or not source.remote else {"pool": early_pool, "files": {}}
+        on_done_for = None if early is None else (lambda droot: functools.partial(_hash_early, early, droot, uid, gid))
+        rsync_all(source, plan, dest, ts_links, parallel, delta, progress, tmpdir, on_done_for, max_rate)
+        copy_seconds = _start_sync_phase(progress, start)
+        sums, vanished = _hash_pass(plan, dest, parallel, uid, gid, early)
+    return sums, vanished, copy_seconds
+
+
+def _settle_tree(plan: Plan, dest: str, ts_links: dict, uid: int, gid: int) -> None:
+    """Owner of symlinks and directories, directory modes, then every directory fsynced, children before parents."""
     for _src, droot, es in plan.roots:
         dirs = sorted((e for e in es if e.kind == "d"), key=lambda x: -x.rel.count("/"))
         for e in es:
@@ -228,24 +271,15 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
             os.lchown(os.path.join(dest, ts), uid, gid)
     if os.path.isdir(os.path.join(dest, "pg_tblspc")):
         fsync_dir(os.path.join(dest, "pg_tblspc"))
+
+
+def _record_sums(dest: str, sums: dict, uid: int, gid: int) -> None:
+    """The sums go in, then the incomplete marker goes: a copy without the marker is complete and durable."""
     copy_state.write_checksums(dest, "SHA256", sums)
     if uid >= 0:
         os.chown(os.path.join(dest, copy_state.CHECKSUMS_FILE), uid, gid)
     copy_state.remove_marker(dest)
     fsync_dir(os.path.dirname(dest.rstrip("/")) or "/")
-    seconds = time.monotonic() - start
-    total = sum(v[0] for v in sums.values())
-    progress.phase = "done"
-    progress.write(force=True)
-    return {
-        "bytes": total,
-        "files": len(sums),
-        "seconds": round(seconds, 3),
-        "copy_seconds": round(copy_seconds, 3),
-        "throughput_bytes_per_second": int(total / max(seconds, 1e-6)),
-        "vanished": vanished,
-        "removed": removed,
-    }
 
 
 def _hash_early(early: dict, droot: str, uid: int, gid: int, rel: str) -> None:
