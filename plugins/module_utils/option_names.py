@@ -7,7 +7,8 @@ backup_start returns the start, backup_stop the stop, and every module that take
 wal_collect, backup_manifest, backup_verify) takes it under these names, so a play passes ``start.start_lsn`` and
 ``stopped.stop_lsn`` on without renaming. The names some modules used before (``wal_start_lsn``/``wal_end_lsn`` in
 backup_manifest, ``expected_start_lsn`` in label_place) stay as deprecated aliases until ``REMOVED_IN``: Ansible warns
-when a play uses one. Documented in doc_fragments/backup_range.py; keep both in step.
+when a play uses one. Each module documents them itself: whether one is required, and its default, differ by module
+(a doc fragment would have to be overridden whole in each).
 
 A copy's data directory is ``data_dir`` in every module that writes or reads it (datadir_copy and backup_abort called it
 ``dest``), and the WAL directory a module fills or reads is ``wal_dir`` (wal_collect called it ``dest``).

@@ -35,9 +35,10 @@ from . import copy_state
 from .connection import LazySession
 from .durable import fsync_dir, fsync_file
 from .errors import PgBackupError
-from .lsn import format_lsn
+from .lsn import format_lsn, parse_lsn
 from .pg_control import ControlFile, read_control_file
 from .postmaster import postmaster_status
+from .ssh_source import ssh_settings
 from .wal import (
     check_segment_size,
     check_timeline,
@@ -598,3 +599,64 @@ class ArchiveServer:
 
     def close(self) -> None:
         self.session.close()
+
+
+def collect(p: dict, server: ArchiveServer, *, check_mode: bool, warn: Callable[[str], None]) -> dict:
+    """wal_collect's run from its params: the segments from start to stop placed, or PgBackupError saying which are not."""
+    began = time.monotonic()
+    for name in ("timeout", "poll_interval"):
+        if p[name] < 0:
+            raise PgBackupError(f"{name} must not be negative, not {p[name]:g}")
+    start_lsn = parse_lsn(p["start_lsn"], what="start_lsn")
+    stop_lsn = parse_lsn(p["stop_lsn"], what="stop_lsn")
+    target = open_target(p["data_dir"], p["wal_dir"])
+    seg_size = target.control.xlog_seg_size
+    if p["wal_segment_size"] is not None and p["wal_segment_size"] != seg_size:
+        raise PgBackupError(f"wal_segment_size {p['wal_segment_size']} differs from the copy's pg_control ({seg_size}): the copy is not of the server meant")
+    collector = _collector_for(p, server, target, check_mode)
+    stop_tli = p["stop_timeline"]
+    start_tli = p["start_timeline"] if p["start_timeline"] is not None else stop_tli
+    try:
+        plan, outcome = collector.run(start_lsn, start_tli, stop_lsn, stop_tli, seg_size)
+    except PgBackupError as exc:
+        exc.details.setdefault("queries", server.queries)
+        exc.details.setdefault("seconds", round(time.monotonic() - began, 3))
+        raise
+    for warning in outcome.warnings:
+        warn(warning)
+    return {
+        "changed": bool(outcome.segments or outcome.history_files),
+        "segments": outcome.segments,
+        "history_files": outcome.history_files,
+        "present": outcome.present,
+        "needed": plan.segments,
+        "history_needed": plan.history_files,
+        "partial_segment": outcome.partial_segment,
+        "old_timeline_segments": outcome.old_timeline_segments,
+        "old_timeline_needed": [{"file": name, "through": format_lsn(lsn)} for name, lsn in plan.old_timeline],
+        "wal_switched": outcome.wal_switched,
+        "bytes": outcome.bytes,
+        "seconds": round(time.monotonic() - began, 3),
+        "wal_dir": target.dest,
+        "dest": target.dest,
+        "queries": server.queries,
+    }
+
+
+def _collector_for(p: dict, server: ArchiveServer, target, check_mode: bool) -> Collector:
+    """The Collector of wal_collect's params: where the WAL comes from, and what the server of the connection may do."""
+    ssh = ssh_settings(p)
+    source = WalSource(p["source_path"], *ssh)
+    partial_from = WalSource(p["partial_from"], *ssh) if p["partial_from"] else None
+    connected = p["switch_wal"] or bool(p["login_host"] or p["login_unix_socket"])
+    return Collector(
+        target,
+        source,
+        source_type=p["source_type"],
+        partial_from=partial_from,
+        timeout=p["timeout"],
+        poll_interval=p["poll_interval"],
+        check_mode=check_mode,
+        switch_wal=server.switch_wal if p["switch_wal"] else None,
+        archiver_status=server.archiver_status if connected else None,
+    )

@@ -26,7 +26,7 @@ description:
     C(.partial) (what a server archives at promotion), then the same from O(partial_from); its page headers and WAL
     records are checked through the switchpoint, and it is written under the segment's name holding the WAL up to the
     switchpoint and zeros after it. Fails naming the file and where it looked when neither has it.
-  - Writes each segment into O(dest) through a temporary name, fsync, rename and fsync of the directory, owned like
+  - Writes each segment into O(wal_dir) through a temporary name, fsync, rename and fsync of the directory, owned like
     O(data_dir) and with mode C(0600) (C(0640) when O(data_dir) is C(0750)).
   - Fails listing every missing or invalid segment and why, not only the first one; with a connection to the
     server that archives (O(login_host) or O(login_unix_socket)), the message includes C(pg_stat_archiver)'s last failure.
@@ -41,9 +41,12 @@ options:
     description: The copy's data directory on this host; its pg_control gives the system identifier, major version and segment size.
     type: path
     required: true
-  dest:
-    description: Directory the segments are written to. Default is C(pg_wal) of O(data_dir).
+  wal_dir:
+    description:
+      - Directory the segments are written to. Default is C(pg_wal) of O(data_dir).
+      - The alias O(dest) is deprecated and goes in 0.3.0.
     type: path
+    aliases: [dest]
   start_lsn:
     description: The backup's start LSN (RV(pgbackup.lowlevel.backup_start#module:start_lsn)).
     type: str
@@ -79,7 +82,7 @@ options:
     type: str
   timeout:
     description: Seconds to wait for segments not in the source yet (still being archived). V(0) checks once.
-    type: int
+    type: float
     default: 60
   poll_interval:
     description: Seconds between two looks at the source while waiting.
@@ -142,7 +145,7 @@ history_files:
   elements: str
   sample: ["00000002.history"]
 present:
-  description: Segments already in O(dest) and valid, not fetched again.
+  description: Segments already in O(wal_dir) and valid, not fetched again.
   returned: always
   type: list
   elements: str
@@ -184,8 +187,12 @@ seconds:
   description: Wall time of the run (on failure too).
   returned: always
   type: float
-dest:
+wal_dir:
   description: The directory written to.
+  returned: always
+  type: str
+dest:
+  description: The same as RV(wal_dir), its name before 0.2.0; deprecated, it goes in 0.3.0.
   returned: always
   type: str
 queries:
@@ -205,31 +212,26 @@ segments_collected:
   elements: str
 """
 
-import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import connection_secrets, with_connection_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import ArchiveServer, Collector, open_target
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_source import WalSource
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.option_names import backup_range_argument_spec, renamed_from
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.wal_collector import ArchiveServer, collect
 
 APPLICATION_NAME = "pgbackup.lowlevel/wal_collect"
 
 ARGS = {
     "data_dir": {"type": "path", "required": True},
-    "dest": {"type": "path"},
-    "start_lsn": {"type": "str", "required": True},
-    "start_timeline": {"type": "int"},
-    "stop_lsn": {"type": "str", "required": True},
-    "stop_timeline": {"type": "int", "required": True},
+    "wal_dir": renamed_from({"type": "path"}, "dest"),
+    **backup_range_argument_spec("start_lsn", "start_timeline", "stop_lsn", "stop_timeline", required=("start_lsn", "stop_lsn", "stop_timeline")),
     "wal_segment_size": {"type": "int"},
     "source_path": {"type": "path", "required": True},
     "source_type": {"type": "str", "choices": ["archive", "pg_wal"], "default": "archive"},
     "source_host": {"type": "str"},
     **ssh_argument_spec(),
-    "timeout": {"type": "int", "default": 60},
+    "timeout": {"type": "float", "default": 60},
     "poll_interval": {"type": "float", "default": 1.0},
     "switch_wal": {"type": "bool", "default": False},
     "partial_from": {"type": "path"},
@@ -237,58 +239,7 @@ ARGS = {
 
 
 def run_module(module: AnsibleModule, server: ArchiveServer) -> dict:
-    p = module.params
-    began = time.monotonic()
-    for name in ("timeout", "poll_interval"):
-        if p[name] < 0:
-            raise PgBackupError(f"{name} must not be negative, not {p[name]}")
-    start_lsn = parse_lsn(p["start_lsn"], what="start_lsn")
-    stop_lsn = parse_lsn(p["stop_lsn"], what="stop_lsn")
-    target = open_target(p["data_dir"], p["dest"])
-    seg_size = target.control.xlog_seg_size
-    if p["wal_segment_size"] is not None and p["wal_segment_size"] != seg_size:
-        raise PgBackupError(f"wal_segment_size {p['wal_segment_size']} differs from the copy's pg_control ({seg_size}): the copy is not of the server meant")
-    ssh = ssh_settings(p)
-    source = WalSource(p["source_path"], *ssh)
-    partial_from = WalSource(p["partial_from"], *ssh) if p["partial_from"] else None
-    connected = p["switch_wal"] or bool(p["login_host"] or p["login_unix_socket"])
-    collector = Collector(
-        target,
-        source,
-        source_type=p["source_type"],
-        partial_from=partial_from,
-        timeout=p["timeout"],
-        poll_interval=p["poll_interval"],
-        check_mode=module.check_mode,
-        switch_wal=server.switch_wal if p["switch_wal"] else None,
-        archiver_status=server.archiver_status if connected else None,
-    )
-    stop_tli = p["stop_timeline"]
-    start_tli = p["start_timeline"] if p["start_timeline"] is not None else stop_tli
-    try:
-        plan, outcome = collector.run(start_lsn, start_tli, stop_lsn, stop_tli, seg_size)
-    except PgBackupError as exc:
-        exc.details.setdefault("queries", server.queries)
-        exc.details.setdefault("seconds", round(time.monotonic() - began, 3))
-        raise
-    for warning in outcome.warnings:
-        module.warn(warning)
-    return {
-        "changed": bool(outcome.segments or outcome.history_files),
-        "segments": outcome.segments,
-        "history_files": outcome.history_files,
-        "present": outcome.present,
-        "needed": plan.segments,
-        "history_needed": plan.history_files,
-        "partial_segment": outcome.partial_segment,
-        "old_timeline_segments": outcome.old_timeline_segments,
-        "old_timeline_needed": [{"file": name, "through": format_lsn(lsn)} for name, lsn in plan.old_timeline],
-        "wal_switched": outcome.wal_switched,
-        "bytes": outcome.bytes,
-        "seconds": round(time.monotonic() - began, 3),
-        "dest": target.dest,
-        "queries": server.queries,
-    }
+    return collect(module.params, server, check_mode=module.check_mode, warn=module.warn)
 
 
 def main() -> None:
