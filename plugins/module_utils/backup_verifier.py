@@ -19,6 +19,7 @@ from typing import Optional
 
 from . import copy_state, processes
 from .backup_label import parse_backup_label
+from .durable import read_if_exists
 from .errors import PgBackupError
 from .exclusions import Exclusions
 from .lsn import format_lsn, parse_lsn
@@ -34,14 +35,6 @@ MANIFEST_IGNORED = ("backup_manifest", "postgresql.auto.conf", "recovery.signal"
 TOP_EXPECTED = ("backup_label", "tablespace_map", "backup_manifest")
 PG_TOP_FILES = ("PG_VERSION", "backup_label", "tablespace_map", "backup_manifest", "postmaster.pid", "postmaster.opts", "current_logfiles")
 LISTED = 10  # offenders named per kind of problem
-
-
-def _read(path: str) -> Optional[bytes]:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
 
 
 def _few(items: list) -> str:
@@ -115,7 +108,7 @@ class Verifier:
     # --- pg_control and backup_label -------------------------------------------------------------------------
     def check_control(self) -> None:
         path = os.path.join(self.data_dir, "global", "pg_control")
-        data = _read(path)
+        data = read_if_exists(path)
         if data is None:
             if os.path.exists(os.path.join(self.data_dir, copy_state.PENDING_CONTROL)):
                 self.problem(f"global/pg_control is missing, only {copy_state.PENDING_CONTROL} is there: label_place was not run")
@@ -179,7 +172,7 @@ class Verifier:
                 self.notes.append(f"pg_control's minimum recovery point is on timeline {tli}, older than the backup's timeline {timeline}")
 
     def check_label(self) -> None:
-        data = _read(os.path.join(self.data_dir, "backup_label"))
+        data = read_if_exists(os.path.join(self.data_dir, "backup_label"))
         if data is None:
             if self.control is not None and not is_guarded(self.control):
                 self.problem(
@@ -209,7 +202,7 @@ class Verifier:
             for name in sorted(os.listdir(tblspc)):
                 path = os.path.join(tblspc, name)
                 links[name] = os.readlink(path) if os.path.islink(path) else None
-        data = _read(os.path.join(self.data_dir, "tablespace_map"))
+        data = read_if_exists(os.path.join(self.data_dir, "tablespace_map"))
         entries = []
         if data:
             try:
@@ -239,7 +232,7 @@ class Verifier:
 
     # --- backup_manifest ---------------------------------------------------------------------------------------
     def check_manifest(self) -> None:
-        data = _read(os.path.join(self.data_dir, "backup_manifest"))
+        data = read_if_exists(os.path.join(self.data_dir, "backup_manifest"))
         if data is None:
             self.report["manifest"] = None
             self.notes.append("no backup_manifest: file sizes and checksums not checked")
@@ -381,7 +374,7 @@ class Verifier:
         report.update(start_lsn=format_lsn(self.label.start_lsn), stop_lsn=format_lsn(stop), stop_timeline=stop_tli)
         history = []
         if stop_tli > 1:
-            text = _read(os.path.join(self.wal_dir, history_file_name(stop_tli)))
+            text = read_if_exists(os.path.join(self.wal_dir, history_file_name(stop_tli)))
             if text is None:
                 self.problem(f"history file {history_file_name(stop_tli)} of the stop timeline is missing from {self.wal_dir}")
                 return

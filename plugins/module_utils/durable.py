@@ -1,7 +1,8 @@
 # Copyright: contributors to pgbackup.lowlevel
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Durable files, written once for every module: fsync of a file or a directory, and a write that after a crash is
-either the old file or the whole new one (temporary file beside it, fsync, rename, fsync of the directory).
+either the old file or the whole new one (temporary file beside it, fsync, rename, fsync of the directory); and the
+read of a file that may not exist yet.
 
 Used for the keeper's state files, the copy's checksums and marker, backup_label, tablespace_map and pg_control as
 label_place puts them, recovery settings, the manifest, and WAL segments as wal_collect lands them."""
@@ -51,3 +52,12 @@ def write_atomically(path: str, data: bytes, *, mode: int = 0o600, owner: Option
         os.close(fd)
     os.rename(temporary, path)
     fsync_dir(directory)
+
+
+def read_if_exists(path: str) -> Optional[bytes]:
+    """The file's bytes, or None when there is no such file (any other error is raised: it is not "absent")."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None

@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 
 from . import copy_state
 from .backup_label import parse_backup_label
-from .durable import fsync_dir, write_atomically
+from .durable import fsync_dir, read_if_exists, write_atomically
 from .errors import PgBackupError
 from .lsn import format_lsn, parse_lsn
 from .pg_control import PG_CONTROL_FILE_SIZE, guard_control_bytes, is_guarded, parse_control_file
@@ -27,14 +27,6 @@ from .wal import classify_wal_file, history_file_name, parse_history, segments_b
 LABEL = "backup_label"
 MAP = "tablespace_map"
 CONTROL = os.path.join("global", "pg_control")
-
-
-def _read(path: str) -> Optional[bytes]:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
 
 
 def file_mode(data_dir: str) -> int:
@@ -69,7 +61,7 @@ def missing_wal(data_dir: str, *, start_lsn: int, stop_lsn: int, stop_tli: int, 
         return []  # WAL comes from restore_command or streaming, not from the copy
     history = []
     if stop_tli >= 2:
-        text = _read(os.path.join(wal_dir, history_file_name(stop_tli)))
+        text = read_if_exists(os.path.join(wal_dir, history_file_name(stop_tli)))
         if text is None:
             return [history_file_name(stop_tli)]
         history = parse_history(text.decode("utf-8", "replace"), stop_tli)
@@ -99,7 +91,7 @@ def place(
     parsed = parse_backup_label(label, seg_size=control.xlog_seg_size)
     _check_label_fits(data_dir, parsed, control.xlog_seg_size, expected_start_lsn, stop_lsn, stop_timeline)
     new_map = remap_tablespace_map(tablespace_map, tablespace_mapping or {}, control.major_version)
-    existing, existing_map = _read(os.path.join(data_dir, LABEL)), _read(os.path.join(data_dir, MAP))
+    existing, existing_map = read_if_exists(os.path.join(data_dir, LABEL)), read_if_exists(os.path.join(data_dir, MAP))
     if existing is not None and existing != label and not force:
         raise PgBackupError(
             f"{os.path.join(data_dir, LABEL)} exists and differs from the label given: the copy belongs to another backup, or was labelled already; "
@@ -146,8 +138,8 @@ def _control_of(data_dir: str) -> tuple:
     """(pending pg_control bytes or None, the pg_control to read, its path): pending first, as datadir_copy leaves it."""
     pending_path = os.path.join(data_dir, copy_state.PENDING_CONTROL)
     control_path = os.path.join(data_dir, CONTROL)
-    pending = _read(pending_path)
-    control_bytes = pending if pending is not None else _read(control_path)
+    pending = read_if_exists(pending_path)
+    control_bytes = pending if pending is not None else read_if_exists(control_path)
     if control_bytes is None:
         raise PgBackupError(f"{data_dir} has neither {copy_state.PENDING_CONTROL} nor {CONTROL}: the copy is not finished; run datadir_copy again")
     return pending, control_bytes, pending_path if pending is not None else control_path

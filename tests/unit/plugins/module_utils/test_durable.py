@@ -47,3 +47,11 @@ def test_fsync_file_never_follows_a_symlink(tmp_path):
     durable.fsync_dir(str(tmp_path))
     with pytest.raises(OSError):
         durable.fsync_file(str(tmp_path / "link"))
+
+
+def test_read_if_exists_tells_absent_from_unreadable(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    assert durable.read_if_exists(str(tmp_path / "f")) == b"x"
+    assert durable.read_if_exists(str(tmp_path / "missing")) is None
+    with pytest.raises(IsADirectoryError):
+        durable.read_if_exists(str(tmp_path))
