@@ -50,48 +50,14 @@ def _read_head(source: Source, path: str, size: int) -> bytes:
 
 
 def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: list) -> Plan:
+    """What to copy from ``source`` into ``dest``: the main tree, then each tablespace at its mapped place."""
     plan = Plan()
     entries = list_tree(source, source.path)
     names = {e.rel: e for e in entries}
-    if "PG_VERSION" not in names or names["PG_VERSION"].kind != "f" or "global/pg_control" not in names:
-        raise PgBackupError(f"{source.path} is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)", source=source.path)
-    version = source.run(["cat", os.path.join(source.path, "PG_VERSION")]).decode().strip()
-    try:
-        plan.major = int(version.split(".")[0])
-    except ValueError as exc:
-        raise PgBackupError(f"{source.path}/PG_VERSION holds {version!r}, not a major version") from exc
-    if not 13 <= plan.major <= 18:
-        raise PgBackupError(f"{source.path} is PostgreSQL {plan.major}; this collection supports 13 to 18")
+    plan.major = _source_major(source, names)
     rules = Exclusions(plan.major, excludes)
     plan.system_identifier = copy_state.system_identifier_of(_read_head(source, os.path.join(source.path, "global", "pg_control"), 8))
-
-    main: list = []
-    for e in entries:
-        parts = e.rel.split("/")
-        if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "l":
-            oid = parts[1]
-            new = tablespace_mapping.get(oid) or tablespace_mapping.get(e.target) or tablespace_mapping.get(e.target.rstrip("/"))
-            if new is None:
-                if not source.remote:
-                    raise PgBackupError(
-                        f"tablespace {oid} ({e.target}) has no mapping and would land on its source's own path on this host; give tablespace_mapping",
-                        tablespace=oid,
-                    )
-                new = e.target
-            new = os.path.normpath(new)
-            if not os.path.isabs(new):
-                raise PgBackupError(f"tablespace mapping of {oid} to {new!r} must be an absolute path")
-            if not source.remote and (_inside(new, e.target) or _inside(e.target, new)):
-                raise PgBackupError(f"tablespace {oid} would be copied onto or into its own source {e.target} ({new})", tablespace=oid)
-            plan.tablespaces.append({"oid": oid, "source": e.target, "dest": new, "in_place": False})
-            main.append(e)
-            continue
-        if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "d":
-            plan.tablespaces.append({"oid": parts[1], "source": os.path.join(source.path, e.rel), "dest": os.path.join(dest, e.rel), "in_place": True})
-        if e.rel == "pg_wal" and e.kind == "l":
-            continue  # sent as a directory
-        main.append(e)
-
+    main = _main_entries(source, dest, entries, tablespace_mapping, plan)
     main, inner = _skip_tablespaces_inside(main, plan.tablespaces, source)
     plan.excluded.extend(inner)
     kept, dropped = rules.filter([(e.rel, e.kind) for e in main])
@@ -105,17 +71,70 @@ def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: lis
         if d not in have:
             main_entries.append(Entry(d, "d", 0, names[""].mode))
     plan.roots.append((source.path, dest, main_entries))
-
     for ts in plan.tablespaces:
-        if ts["in_place"]:
-            continue
-        tentries = list_tree(source, ts["source"])
-        prefix = f"pg_tblspc/{ts['oid']}/"
-        tk, td = rules.filter([(prefix + e.rel if e.rel else prefix.rstrip("/"), e.kind) for e in tentries])
-        tkeep = {r for r, _k in tk}
-        plan.excluded.extend(td)
-        plan.roots.append((ts["source"], ts["dest"], [e for e in tentries if (prefix + e.rel if e.rel else prefix.rstrip("/")) in tkeep]))
+        if not ts["in_place"]:
+            plan.roots.append(_tablespace_root(source, ts, rules, plan))
     return plan
+
+
+def _source_major(source: Source, names: dict) -> int:
+    """The source's major version from its PG_VERSION; refuses what is not a data directory of 13 to 18."""
+    if "PG_VERSION" not in names or names["PG_VERSION"].kind != "f" or "global/pg_control" not in names:
+        raise PgBackupError(f"{source.path} is not a PostgreSQL data directory (no PG_VERSION or global/pg_control)", source=source.path)
+    version = source.run(["cat", os.path.join(source.path, "PG_VERSION")]).decode().strip()
+    try:
+        major = int(version.split(".")[0])
+    except ValueError as exc:
+        raise PgBackupError(f"{source.path}/PG_VERSION holds {version!r}, not a major version") from exc
+    if not 13 <= major <= 18:
+        raise PgBackupError(f"{source.path} is PostgreSQL {major}; this collection supports 13 to 18")
+    return major
+
+
+def _main_entries(source: Source, dest: str, entries: list, tablespace_mapping: dict, plan: Plan) -> list:
+    """The main tree's entries; each tablespace found in pg_tblspc goes into ``plan.tablespaces`` on the way."""
+    main: list = []
+    for e in entries:
+        parts = e.rel.split("/")
+        if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "l":
+            new = _mapped_place(source, parts[1], e.target, tablespace_mapping)
+            plan.tablespaces.append({"oid": parts[1], "source": e.target, "dest": new, "in_place": False})
+            main.append(e)
+            continue
+        if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "d":
+            plan.tablespaces.append({"oid": parts[1], "source": os.path.join(source.path, e.rel), "dest": os.path.join(dest, e.rel), "in_place": True})
+        if e.rel == "pg_wal" and e.kind == "l":
+            continue  # sent as a directory
+        main.append(e)
+    return main
+
+
+def _mapped_place(source: Source, oid: str, target: str, tablespace_mapping: dict) -> str:
+    """Where tablespace ``oid`` (at ``target`` on the source) is copied: its mapping, keyed by OID or old path."""
+    new = tablespace_mapping.get(oid) or tablespace_mapping.get(target) or tablespace_mapping.get(target.rstrip("/"))
+    if new is None:
+        if not source.remote:
+            raise PgBackupError(
+                f"tablespace {oid} ({target}) has no mapping and would land on its source's own path on this host; give tablespace_mapping",
+                tablespace=oid,
+            )
+        new = target
+    new = os.path.normpath(new)
+    if not os.path.isabs(new):
+        raise PgBackupError(f"tablespace mapping of {oid} to {new!r} must be an absolute path")
+    if not source.remote and (_inside(new, target) or _inside(target, new)):
+        raise PgBackupError(f"tablespace {oid} would be copied onto or into its own source {target} ({new})", tablespace=oid)
+    return new
+
+
+def _tablespace_root(source: Source, ts: dict, rules: Exclusions, plan: Plan) -> tuple:
+    """(source dir, destination dir, entries) of a tablespace kept outside the data directory, with the exclusions."""
+    tentries = list_tree(source, ts["source"])
+    prefix = f"pg_tblspc/{ts['oid']}/"
+    tk, td = rules.filter([(prefix + e.rel if e.rel else prefix.rstrip("/"), e.kind) for e in tentries])
+    tkeep = {r for r, _k in tk}
+    plan.excluded.extend(td)
+    return (ts["source"], ts["dest"], [e for e in tentries if (prefix + e.rel if e.rel else prefix.rstrip("/")) in tkeep])
 
 
 def _skip_tablespaces_inside(main: list, tablespaces: list, source: Source) -> tuple[list, list]:
