@@ -15,16 +15,16 @@ from typing import Optional
 
 def fsync_file(path: str) -> None:
     """fsync of a file we wrote (never through a symlink a source could have planted)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, os.O_RDONLY | os.O_NOFOLLOW)
 
 
 def fsync_dir(path: str) -> None:
     """fsync of a directory: what makes a rename or an unlink in it durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
