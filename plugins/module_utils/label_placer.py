@@ -92,27 +92,12 @@ def place(
     _check_label_fits(data_dir, parsed, control.xlog_seg_size, expected_start_lsn, stop_lsn, stop_timeline)
     new_map = remap_tablespace_map(tablespace_map, tablespace_mapping or {}, control.major_version)
     existing, existing_map = read_if_exists(os.path.join(data_dir, LABEL)), read_if_exists(os.path.join(data_dir, MAP))
-    if existing is not None and existing != label and not force:
-        raise PgBackupError(
-            f"{os.path.join(data_dir, LABEL)} exists and differs from the label given: the copy belongs to another backup, or was labelled already; "
-            "use force: true only if you are sure this label is the copy's",
-        )
-    changes = []
-    if existing != label:
-        changes.append(LABEL)
-    if (existing_map or b"") != new_map:
-        changes.append(MAP if new_map else f"{MAP} (removed)")
-    if pending is not None:
-        changes.append(CONTROL)
+    _refuse_another_label(data_dir, existing, label, force)
+    changes = _changes(existing, label, existing_map, new_map, pending)
     result = {
         "changed": bool(changes),
         "files": changes,
-        "start_lsn": format_lsn(parsed.start_lsn),
-        "checkpoint_lsn": format_lsn(parsed.checkpoint_lsn),
-        "start_timeline": parsed.start_timeline,
-        "backup_from": parsed.backup_from,
-        "system_identifier": str(control.system_identifier),
-        "major_version": control.major_version,
+        **_label_facts(parsed, control),
         "guarded": is_guarded(control) if pending is None else guard_control,
         "tablespace_map": new_map.decode("utf-8", "replace"),
         "diff": _diff(data_dir, (existing, label), (existing_map, new_map)),
@@ -120,6 +105,38 @@ def place(
     if not check_mode and changes:
         _apply(data_dir, label if existing != label else None, new_map, existing_map, pending, guard_control)
     return result
+
+
+def _refuse_another_label(data_dir: str, existing: Optional[bytes], label: bytes, force: bool) -> None:
+    if existing is not None and existing != label and not force:
+        raise PgBackupError(
+            f"{os.path.join(data_dir, LABEL)} exists and differs from the label given: the copy belongs to another backup, or was labelled already; "
+            "use force: true only if you are sure this label is the copy's",
+        )
+
+
+def _changes(existing: Optional[bytes], label: bytes, existing_map: Optional[bytes], new_map: bytes, pending: Optional[bytes]) -> list:
+    """The files placing writes (or removes), in the order it does: label, map, pg_control."""
+    changes = []
+    if existing != label:
+        changes.append(LABEL)
+    if (existing_map or b"") != new_map:
+        changes.append(MAP if new_map else f"{MAP} (removed)")
+    if pending is not None:
+        changes.append(CONTROL)
+    return changes
+
+
+def _label_facts(parsed, control) -> dict:
+    """What the label and pg_control say about the backup, as the result reports it."""
+    return {
+        "start_lsn": format_lsn(parsed.start_lsn),
+        "checkpoint_lsn": format_lsn(parsed.checkpoint_lsn),
+        "start_timeline": parsed.start_timeline,
+        "backup_from": parsed.backup_from,
+        "system_identifier": str(control.system_identifier),
+        "major_version": control.major_version,
+    }
 
 
 def _diff(data_dir: str, labels: tuple, maps: tuple) -> list:

@@ -209,6 +209,48 @@ class ControlFile:
         LSNs are text, times are Unix times (the functions return timestamptz), other values are
         numbers or booleans (the functions return xid and oid columns as those types).
         """
+        return {"system": self._system_view(), "checkpoint": self._checkpoint_view(), "recovery": self._recovery_view(), "init": self._init_view()}
+
+    def _system_view(self) -> dict:
+        return {
+            "pg_control_version": self.pg_control_version,
+            "catalog_version_no": self.catalog_version_no,
+            "system_identifier": self.system_identifier,
+            "pg_control_last_modified": self.time,
+        }
+
+    def _checkpoint_view(self) -> dict:
+        return {
+            "checkpoint_lsn": format_lsn(self.checkpoint_lsn),
+            "redo_lsn": format_lsn(self.redo_lsn),
+            "redo_wal_file": self.redo_wal_file,
+            "timeline_id": self.timeline,
+            "prev_timeline_id": self.prev_timeline,
+            "full_page_writes": self.full_page_writes,
+            "next_xid": self.next_xid,
+            "next_oid": self.next_oid,
+            "next_multixact_id": self.next_multi,
+            "next_multi_offset": self.next_multi_offset,
+            "oldest_xid": self.oldest_xid,
+            "oldest_xid_dbid": self.oldest_xid_db,
+            "oldest_active_xid": self.oldest_active_xid,
+            "oldest_multi_xid": self.oldest_multi,
+            "oldest_multi_dbid": self.oldest_multi_db,
+            "oldest_commit_ts_xid": self.oldest_commit_ts_xid,
+            "newest_commit_ts_xid": self.newest_commit_ts_xid,
+            "checkpoint_time": self.checkpoint_time,
+        }
+
+    def _recovery_view(self) -> dict:
+        return {
+            "min_recovery_end_lsn": format_lsn(self.min_recovery_point),
+            "min_recovery_end_timeline": self.min_recovery_point_tli,
+            "backup_start_lsn": format_lsn(self.backup_start_point),
+            "backup_end_lsn": format_lsn(self.backup_end_point),
+            "end_of_backup_record_required": self.backup_end_required,
+        }
+
+    def _init_view(self) -> dict:
         init = {
             "max_data_alignment": self.max_align,
             "database_block_size": self.blcksz,
@@ -223,43 +265,8 @@ class ControlFile:
             "data_page_checksum_version": self.data_checksum_version,
         }
         if self.default_char_signedness is not None:
-            init["default_char_signedness"] = self.default_char_signedness
-        return {
-            "system": {
-                "pg_control_version": self.pg_control_version,
-                "catalog_version_no": self.catalog_version_no,
-                "system_identifier": self.system_identifier,
-                "pg_control_last_modified": self.time,
-            },
-            "checkpoint": {
-                "checkpoint_lsn": format_lsn(self.checkpoint_lsn),
-                "redo_lsn": format_lsn(self.redo_lsn),
-                "redo_wal_file": self.redo_wal_file,
-                "timeline_id": self.timeline,
-                "prev_timeline_id": self.prev_timeline,
-                "full_page_writes": self.full_page_writes,
-                "next_xid": self.next_xid,
-                "next_oid": self.next_oid,
-                "next_multixact_id": self.next_multi,
-                "next_multi_offset": self.next_multi_offset,
-                "oldest_xid": self.oldest_xid,
-                "oldest_xid_dbid": self.oldest_xid_db,
-                "oldest_active_xid": self.oldest_active_xid,
-                "oldest_multi_xid": self.oldest_multi,
-                "oldest_multi_dbid": self.oldest_multi_db,
-                "oldest_commit_ts_xid": self.oldest_commit_ts_xid,
-                "newest_commit_ts_xid": self.newest_commit_ts_xid,
-                "checkpoint_time": self.checkpoint_time,
-            },
-            "recovery": {
-                "min_recovery_end_lsn": format_lsn(self.min_recovery_point),
-                "min_recovery_end_timeline": self.min_recovery_point_tli,
-                "backup_start_lsn": format_lsn(self.backup_start_point),
-                "backup_end_lsn": format_lsn(self.backup_end_point),
-                "end_of_backup_record_required": self.backup_end_required,
-            },
-            "init": init,
-        }
+            init["default_char_signedness"] = self.default_char_signedness  # 18 and later
+        return init
 
     def as_dict(self) -> dict:
         """Every field, LSNs as PostgreSQL prints them, the nonce in hex, plus derived names."""

@@ -107,16 +107,27 @@ def stop_wait_probe(params: dict, backup_id: str, pid: int, connect_function: Op
     return probe
 
 
+def _server_problems(params: dict, backup_id: str, session: Any) -> tuple:
+    """(the server's snapshot, what refuses a start there): settings, privileges, a pooler. One function for check
+    mode and the keeper, so check mode refuses what a start would."""
+    snapshot = backup_api.server_snapshot(session.query)
+    problems = backup_api.preflight(session.query, snapshot)
+    pooled = pooler_check(params, backup_id, session, int(snapshot["backend_pid"]))
+    if pooled:
+        problems.append(pooled)
+    return snapshot, problems
+
+
+def _refuse_start(problems: list) -> None:
+    if problems:
+        raise PgBackupError("the backup cannot start: " + "; ".join(problems), problems=problems)
+
+
 def check_only(params: dict, backup_id: str) -> dict:
     """Check mode: connect, check settings and privileges, start nothing."""
     with open_session(params, backup_id) as session:
-        snapshot = backup_api.server_snapshot(session.query)
-        problems = backup_api.preflight(session.query, snapshot)
-        pooled = pooler_check(params, backup_id, session, int(snapshot["backend_pid"]))
-        if pooled:
-            problems.append(pooled)
-    if problems:
-        raise PgBackupError("the backup cannot start: " + "; ".join(problems), problems=problems)
+        snapshot, problems = _server_problems(params, backup_id, session)
+    _refuse_start(problems)
     return {
         "server_role": "standby" if snapshot["in_recovery"] else "primary",
         "server_version": snapshot["server_version"],
@@ -127,73 +138,108 @@ def check_only(params: dict, backup_id: str) -> dict:
     }
 
 
+def _listen(directory: str) -> socket.socket:
+    """The keeper's socket, owner-only. Bound before pg_backup_start, so a keeper that cannot listen fails before it
+    has started anything."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with keeper_protocol.socket_path(directory, keeper_files.SOCKET) as path:
+        listener.bind(path)
+    os.chmod(os.path.join(directory, keeper_files.SOCKET), 0o600)
+    listener.listen(8)
+    return listener
+
+
+def _start_on(session: Any, before: dict, *, label: str, fast: bool) -> tuple:
+    """(what pg_backup_start returned, the start's WAL position); refused when the session moved to another server
+    process meanwhile (a pooler), since the backup is held by the process that started it."""
+    version = int(before["server_version_num"])
+    in_recovery = bool(before["in_recovery"])
+    started = backup_api.start(session.query, label=label, fast=fast, version_num=version, in_recovery=in_recovery, target=session.target)
+    after = backup_api.server_snapshot(session.query)
+    moved = backup_api.moved_session_problem(session.target, int(before["backend_pid"]), int(after["backend_pid"]))
+    if moved:
+        raise PgBackupError(f"the backup cannot be held: {moved}")
+    position = backup_api.start_position(before, after, started["start_lsn"], int(before["wal_segment_size"]))
+    return started, position
+
+
+def _started_result(
+    directory: str, session: Any, before: dict, started: dict, position: dict, *, backup_id: str, label: str, max_duration: float, state_dir: str
+) -> dict:
+    """What backup_start returns and started.json keeps."""
+    return {
+        "backup_id": backup_id,
+        "label": label,
+        "start_lsn": started["start_lsn"],
+        "started_at": started["started_at"],
+        "start_attempts": started["start_attempts"],
+        "server_role": "standby" if before["in_recovery"] else "primary",
+        "server_version": before["server_version"],
+        "server_version_num": int(before["server_version_num"]),
+        "system_identifier": before["system_identifier"],
+        "wal_segment_size": int(before["wal_segment_size"]),
+        "keeper_pid": os.getpid(),
+        "backend_pid": before["backend_pid"],
+        "application_name": application_name(backup_id),
+        "max_duration": max_duration,
+        "state_dir": state_dir,
+        "session_dir": directory,
+        **position,
+        "queries": list(session.queries),  # what the keeper's session ran up to the start (community.postgresql's habit)
+    }
+
+
+def _record_start(directory: str, result: dict) -> None:
+    keeper_files.write_json(directory, keeper_files.STARTED, result)
+    keeper_files.log_line(directory, f"started at {result['start_lsn']} on the {result['server_role']}, backend pid {result['backend_pid']}")
+
+
+def _running_keeper(directory: str, params: dict, session: Any, result: dict, *, max_duration: float, server_started_at: Any) -> keeper.Keeper:
+    """The keeper of the started backup. The SIGTERM handler goes in first: from then on SIGTERM no longer kills the
+    process (and with it the session); it interrupts only a keeper that says it may be interrupted."""
+    holder: list = []
+    keeper.install_sigterm_handler(holder)
+    probe = stop_wait_probe(params, result["backup_id"], int(result["backend_pid"]))
+    running = keeper.Keeper(directory, session, result, max_duration=max_duration, server_started_at=server_started_at, stop_probe=probe)
+    holder.append(running)
+    return running
+
+
+def _serve(running: keeper.Keeper, listener: socket.socket, directory: str) -> int:
+    try:
+        running.serve(listener)
+    finally:
+        listener.close()
+        try:
+            os.unlink(os.path.join(directory, keeper_files.SOCKET))
+        except OSError:
+            pass
+    return 0
+
+
 def _keeper_main(directory: str, params: dict, *, backup_id: str, label: str, fast: bool, max_duration: float, state_dir: str) -> Callable:
     def main(report: Callable[[dict], None]) -> int:
-        listener = None
+        # The order is the backup's safety: refuse before listening, listen before starting (a keeper that cannot
+        # listen has started nothing), started.json durable before the report (a retry of backup_start or backup_stop
+        # reads it), the SIGTERM handler before the report.
         try:
             session = open_session(params, backup_id)
             scrub_environment()
-            before = backup_api.server_snapshot(session.query)
-            problems = backup_api.preflight(session.query, before)
-            pooled = pooler_check(params, backup_id, session, int(before["backend_pid"]))
-            if pooled:
-                problems.append(pooled)
-            if problems:
-                raise PgBackupError("the backup cannot start: " + "; ".join(problems), problems=problems)
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            with keeper_protocol.socket_path(directory, keeper_files.SOCKET) as path:
-                listener.bind(path)
-            os.chmod(os.path.join(directory, keeper_files.SOCKET), 0o600)
-            listener.listen(8)
-            version = int(before["server_version_num"])
-            in_recovery = bool(before["in_recovery"])
-            started = backup_api.start(session.query, label=label, fast=fast, version_num=version, in_recovery=in_recovery, target=session.target)
-            after = backup_api.server_snapshot(session.query)
-            moved = backup_api.moved_session_problem(session.target, int(before["backend_pid"]), int(after["backend_pid"]))
-            if moved:
-                raise PgBackupError(f"the backup cannot be held: {moved}")
-            position = backup_api.start_position(before, after, started["start_lsn"], int(before["wal_segment_size"]))
+            before, problems = _server_problems(params, backup_id, session)
+            _refuse_start(problems)
+            listener = _listen(directory)
+            started, position = _start_on(session, before, label=label, fast=fast)
         except PgBackupError as exc:
             keeper_files.log_line(directory, f"start failed: {exc.message}")
             report({"ok": False, "error": exc.message, "details": {k: v for k, v in exc.details.items() if k != "server_message"}})
             return 1
-        result = {
-            "backup_id": backup_id,
-            "label": label,
-            "start_lsn": started["start_lsn"],
-            "started_at": started["started_at"],
-            "start_attempts": started["start_attempts"],
-            "server_role": "standby" if before["in_recovery"] else "primary",
-            "server_version": before["server_version"],
-            "server_version_num": version,
-            "system_identifier": before["system_identifier"],
-            "wal_segment_size": int(before["wal_segment_size"]),
-            "keeper_pid": os.getpid(),
-            "backend_pid": before["backend_pid"],
-            "application_name": application_name(backup_id),
-            "max_duration": max_duration,
-            "state_dir": state_dir,
-            "session_dir": directory,
-            **position,
-            "queries": list(session.queries),  # what the keeper's session ran up to the start (community.postgresql's habit)
-        }
-        keeper_files.write_json(directory, keeper_files.STARTED, result)
-        keeper_files.log_line(directory, f"started at {result['start_lsn']} on the {result['server_role']}, backend pid {result['backend_pid']}")
-        holder: list = []
-        keeper.install_sigterm_handler(holder)
-        probe = stop_wait_probe(params, backup_id, int(result["backend_pid"]))
-        running = keeper.Keeper(directory, session, result, max_duration=max_duration, server_started_at=started["_started"], stop_probe=probe)
-        holder.append(running)
+        result = _started_result(
+            directory, session, before, started, position, backup_id=backup_id, label=label, max_duration=max_duration, state_dir=state_dir
+        )
+        _record_start(directory, result)
+        running = _running_keeper(directory, params, session, result, max_duration=max_duration, server_started_at=started["_started"])
         report({"ok": True, "result": result})
-        try:
-            running.serve(listener)
-        finally:
-            listener.close()
-            try:
-                os.unlink(os.path.join(directory, keeper_files.SOCKET))
-            except OSError:
-                pass
-        return 0
+        return _serve(running, listener, directory)
 
     return main
 
@@ -326,6 +372,28 @@ def stop_backup(
 ) -> dict:
     """Stop (or abort) the backup of ``backup_id`` through its keeper; a stored result answers a retry."""
     directory = keeper_files.session_dir(state_dir, backup_id)
+    started = _started_or_refuse(directory, backup_id, state_dir)
+    ended = _ended(directory, backup_id, started, state)
+    if ended is not None:
+        return ended
+    if check_mode:
+        return _check_stop(directory, backup_id, state)
+    if state == "aborted":
+        request: dict = {"op": "abort", "reason": "backup_stop was called with state=aborted"}
+    else:
+        request = {"op": "stop", "wait_for_archive": wait_for_archive, "expect_system_identifier": expect_system_identifier, "expect_timeline": expect_timeline}
+    answer = _ask_to_end(directory, backup_id, started, request, state=state, timeout=timeout)
+    if answer is None:
+        return _ended_without_keeper(directory, backup_id, started, state)
+    if not answer.get("ok"):
+        raise PgBackupError(f"backup {backup_id}: {answer.get('error')}", state=answer.get("state"))
+    if state == "aborted":
+        return {"changed": True, "state": "aborted", "backup_id": backup_id, "reason": (answer.get("result") or {}).get("reason"), "session_dir": directory}
+    return _stopped(directory, started, answer["result"], changed=not answer.get("joined"))
+
+
+def _started_or_refuse(directory: str, backup_id: str, state_dir: str) -> dict:
+    """started.json of ``backup_id``; an id never started here is refused with the ids that were."""
     started = keeper_files.read_json(directory, keeper_files.STARTED) if os.path.isdir(directory) else None
     if started is None:
         known = _known_ids(state_dir)
@@ -333,6 +401,11 @@ def stop_backup(
             f"unknown backup_id {backup_id}: no backup with this id was started with state_dir {state_dir} on this host as uid {os.geteuid()} "
             f"(known there: {', '.join(known) if known else 'none'}); run backup_stop on the host, as the user and with the state_dir of backup_start"
         )
+    return started
+
+
+def _ended(directory: str, backup_id: str, started: dict, state: str) -> Optional[dict]:
+    """The stored end of the backup, None while it runs: a stop's result, or its abort (a refusal unless an abort was asked)."""
     stored = keeper_files.read_json(directory, keeper_files.STOPPED)
     if stored is not None:
         return _stopped(directory, started, stored, changed=False)
@@ -341,20 +414,24 @@ def stop_backup(
         if state == "aborted":
             return {"changed": False, "state": "aborted", "backup_id": backup_id, "reason": aborted["reason"], "session_dir": directory}
         raise PgBackupError(f"backup {backup_id} was aborted: {aborted['reason']}. {backup_api.ABORTED_ADVICE}", reason=aborted["reason"])
-    if check_mode:
-        try:
-            answer = _ask(directory, {"op": "status"}, timeout=30)
-        except (socket.timeout, TimeoutError):
-            answer = {"state": "busy"}
-        if answer is None:
-            raise PgBackupError(f"{_lost_keeper(directory, backup_id)}. {backup_api.ABORTED_ADVICE}")
-        return {"changed": True, "state": state, "backup_id": backup_id, "session_dir": directory}
-    if state == "aborted":
-        request: dict = {"op": "abort", "reason": "backup_stop was called with state=aborted"}
-    else:
-        request = {"op": "stop", "wait_for_archive": wait_for_archive, "expect_system_identifier": expect_system_identifier, "expect_timeline": expect_timeline}
+    return None
+
+
+def _check_stop(directory: str, backup_id: str, state: str) -> dict:
+    """Check mode: the keeper is there (a busy one counts), nothing is asked of it."""
     try:
-        answer = _ask(directory, request, timeout=timeout)
+        answer = _ask(directory, {"op": "status"}, timeout=30)
+    except (socket.timeout, TimeoutError):
+        answer = {"state": "busy"}
+    if answer is None:
+        raise PgBackupError(f"{_lost_keeper(directory, backup_id)}. {backup_api.ABORTED_ADVICE}")
+    return {"changed": True, "state": state, "backup_id": backup_id, "session_dir": directory}
+
+
+def _ask_to_end(directory: str, backup_id: str, started: dict, request: dict, *, state: str, timeout: float) -> Optional[dict]:
+    """The keeper's answer to the stop or abort, None when no keeper answers; a timeout says what the stop waits for."""
+    try:
+        return _ask(directory, request, timeout=timeout)
     except (socket.timeout, TimeoutError):
         waiting = keeper_files.read_json(directory, keeper_files.STOP_WAIT) if state != "aborted" else None
         raise PgBackupError(
@@ -363,17 +440,15 @@ def stop_backup(
             session_dir=directory,
             waiting=waiting,
         ) from None
-    if answer is None:
-        # The keeper may have finished between our reads (the answer to an earlier, abandoned request).
-        stored = keeper_files.read_json(directory, keeper_files.STOPPED)
-        if stored is not None:
-            return _stopped(directory, started, stored, changed=False)
-        reason = _lost_keeper(directory, backup_id)
-        if state == "aborted":
-            return {"changed": False, "state": "aborted", "backup_id": backup_id, "reason": reason, "session_dir": directory}
-        raise PgBackupError(f"backup {backup_id} was aborted: {reason}. {backup_api.ABORTED_ADVICE}", reason=reason)
-    if not answer.get("ok"):
-        raise PgBackupError(f"backup {backup_id}: {answer.get('error')}", state=answer.get("state"))
+
+
+def _ended_without_keeper(directory: str, backup_id: str, started: dict, state: str) -> dict:
+    """No keeper answered: the stop's stored result, else the abort the keeper's end caused (a refusal unless an abort was asked)."""
+    # The keeper may have finished between our reads (the answer to an earlier, abandoned request).
+    stored = keeper_files.read_json(directory, keeper_files.STOPPED)
+    if stored is not None:
+        return _stopped(directory, started, stored, changed=False)
+    reason = _lost_keeper(directory, backup_id)
     if state == "aborted":
-        return {"changed": True, "state": "aborted", "backup_id": backup_id, "reason": (answer.get("result") or {}).get("reason"), "session_dir": directory}
-    return _stopped(directory, started, answer["result"], changed=not answer.get("joined"))
+        return {"changed": False, "state": "aborted", "backup_id": backup_id, "reason": reason, "session_dir": directory}
+    raise PgBackupError(f"backup {backup_id} was aborted: {reason}. {backup_api.ABORTED_ADVICE}", reason=reason)

@@ -619,3 +619,97 @@ def test_a_stop_that_ends_before_the_loop_looks_again_is_still_answered(tmp_path
     answer = ask(directory, {"op": "stop"})
     thread.join(5)
     assert answer["ok"] and answer["state"] == "stopped" and answer["joined"] is False and outcome["state"] == "stopped"
+
+
+# --- the keeper's start: its order is the backup's safety ------------------------------------------
+
+
+BEFORE = {
+    "backend_pid": 4242,
+    "server_version_num": 150004,
+    "server_version": "15.4",
+    "in_recovery": False,
+    "wal_segment_size": 16 << 20,
+    "system_identifier": "1",
+}
+
+
+def record_keeper_start(tmp_path, monkeypatch, *, problems=(), moved=None):
+    """Run the keeper's main in this process with the server, the SIGTERM handler and the loop faked; the events in order."""
+    events = []
+    directory = tmp_path / "b"
+    directory.mkdir()
+    session = FakeSession()
+
+    def note(name, value=None):
+        def record(*args, **kwargs):
+            events.append(name)
+            return value
+
+        return record
+
+    real_listen, real_write_json = backup_session._listen, keeper_files.write_json
+
+    def listen(where):
+        events.append("listen")
+        return real_listen(where)
+
+    def write_json(where, name, data):
+        events.append(f"write {name}")
+        real_write_json(where, name, data)
+
+    class Loop:
+        def __init__(self, *args, **kwargs):
+            events.append("keeper")
+
+        def serve(self, listener):
+            events.append("serve" if (directory / keeper_files.SOCKET).exists() else "serve without a socket")
+
+    started = {"start_lsn": "0/2000028", "started_at": "t", "start_attempts": 1, "_started": None}
+    monkeypatch.setattr(backup_session, "open_session", note("connect", session))
+    monkeypatch.setattr(backup_session, "scrub_environment", note("scrub"))
+    monkeypatch.setattr(backup_session.backup_api, "server_snapshot", lambda query: dict(BEFORE))
+    monkeypatch.setattr(backup_session.backup_api, "preflight", note("preflight", list(problems)))
+    monkeypatch.setattr(backup_session, "pooler_check", note("pooler check"))
+    monkeypatch.setattr(backup_session, "_listen", listen)
+    monkeypatch.setattr(backup_session.backup_api, "start", note("pg_backup_start", started))
+    monkeypatch.setattr(backup_session.backup_api, "moved_session_problem", note("moved?", moved))
+    monkeypatch.setattr(backup_session.backup_api, "start_position", lambda *args: {"start_wal_file": "x"})
+    monkeypatch.setattr(keeper_files, "write_json", write_json)
+    monkeypatch.setattr(keeper, "install_sigterm_handler", note("SIGTERM handler"))
+    monkeypatch.setattr(keeper, "Keeper", Loop)
+    main = backup_session._keeper_main(str(directory), {}, backup_id="b", label="l", fast=True, max_duration=0, state_dir=str(tmp_path))
+    code = main(lambda message: events.append(f"report ok={message['ok']}"))
+    return code, events, directory
+
+
+def test_the_keeper_starts_in_its_safe_order(tmp_path, monkeypatch):
+    code, events, directory = record_keeper_start(tmp_path, monkeypatch)
+    assert code == 0 and events == [
+        "connect",
+        "scrub",
+        "preflight",
+        "pooler check",
+        "listen",
+        "pg_backup_start",
+        "moved?",
+        f"write {keeper_files.STARTED}",
+        "SIGTERM handler",
+        "keeper",
+        "report ok=True",
+        "serve",
+    ]
+    assert not (directory / keeper_files.SOCKET).exists(), "the socket is removed once the loop ends"
+    assert keeper_files.read_json(str(directory), keeper_files.STARTED)["start_lsn"] == "0/2000028"
+
+
+def test_a_refused_start_neither_listens_nor_starts(tmp_path, monkeypatch):
+    code, events, _directory = record_keeper_start(tmp_path, monkeypatch, problems=["wal_level is minimal"])
+    assert code == 1 and events == ["connect", "scrub", "preflight", "pooler check", "report ok=False"]
+
+
+def test_a_moved_session_is_reported_as_a_failed_start(tmp_path, monkeypatch):
+    code, events, directory = record_keeper_start(tmp_path, monkeypatch, moved="the server process changed")
+    assert code == 1 and events[-3:] == ["pg_backup_start", "moved?", "report ok=False"]
+    assert keeper_files.read_json(str(directory), keeper_files.STARTED) is None
+    assert "start failed: the backup cannot be held: the server process changed" in (directory / keeper_files.LOG).read_text()
