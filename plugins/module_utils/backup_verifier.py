@@ -26,6 +26,7 @@ from .lsn import format_lsn, parse_lsn
 from .page_audit import audit, page_problems, relation_segment
 from .page_checksum import BLCKSZ
 from .pg_control import PG_CONTROL_FILE_SIZE, is_guarded, parse_control_file
+from .system_identifier import expected_system_identifier
 from .tablespace_map import parse_tablespace_map
 from .wal import classify_wal_file, history_file_name, history_files_needed, old_timeline_files, parse_history, segments_between
 from .wal_segment import check_records_through, validate_segment
@@ -65,9 +66,7 @@ class Verifier:
         if copied_from not in ("auto", "primary", "standby"):
             raise PgBackupError(f"copied_from must be auto, primary or standby, got {copied_from!r}")
         self.copied_from = copied_from
-        self.expect_sysid = None if expect_system_identifier in (None, "") else str(expect_system_identifier).strip()
-        if self.expect_sysid is not None and not self.expect_sysid.isdigit():
-            raise PgBackupError(f"expect_system_identifier must be a system identifier (digits), got {expect_system_identifier!r}")
+        self.expect_sysid = expected_system_identifier(expect_system_identifier)
         self.wal_dir = os.path.abspath(wal_dir) if wal_dir else os.path.join(self.data_dir, "pg_wal")
         self.problems: list = []
         self.notes: list = []
@@ -233,11 +232,40 @@ class Verifier:
     # --- backup_manifest ---------------------------------------------------------------------------------------
     def check_manifest(self) -> None:
         data = read_if_exists(os.path.join(self.data_dir, "backup_manifest"))
+        manifest = self._load_manifest(data)
+        if manifest is None:
+            self.read_pass()
+            return
+        self.manifest = manifest
+        self._check_manifest_header(data, manifest)
+        bad = {"missing": [], "size": [], "checksum": []}
+        listed = self._check_listed_files(manifest["Files"], bad)
+        digests = self.read_pass()
+        for rel, (_algo, want) in sorted(self.expected_digests.items()):
+            if digests.get(rel) != want:
+                bad["checksum"].append(rel)
+        extra = self._files_not_listed(listed)
+        for kind, text in (
+            ("missing", "in backup_manifest but not in the copy"),
+            ("size", "of the wrong size"),
+            ("checksum", "with a checksum not matching backup_manifest"),
+        ):
+            if bad[kind]:
+                self.problem(f"{len(bad[kind])} file(s) {text}: {_few(bad[kind])}")
+        if extra:
+            self.problem(f"{len(extra)} file(s) in the copy but not in backup_manifest: {_few(extra)}")
+        self.report["manifest"] = {
+            "files": len(manifest["Files"]),
+            "version": manifest.get("PostgreSQL-Backup-Manifest-Version"),
+            "wal_ranges": manifest.get("WAL-Ranges"),
+        }
+
+    def _load_manifest(self, data: Optional[bytes]) -> Optional[dict]:
+        """The parsed backup_manifest, or None (with a note when there is none, a problem when it does not parse)."""
         if data is None:
             self.report["manifest"] = None
             self.notes.append("no backup_manifest: file sizes and checksums not checked")
-            self.read_pass()
-            return
+            return None
         try:
             manifest = json.loads(data.decode("utf-8", "surrogateescape"))
             files = manifest["Files"]
@@ -245,9 +273,11 @@ class Verifier:
                 raise TypeError("Files is not a list")
         except (ValueError, KeyError, TypeError) as exc:
             self.problem(f"backup_manifest cannot be parsed: {exc}")
-            self.read_pass()
-            return
-        self.manifest = manifest
+            return None
+        return manifest
+
+    def _check_manifest_header(self, data: bytes, manifest: dict) -> None:
+        """The manifest's own checksum, and its System-Identifier (17 and later) against pg_control's."""
         where = data.rfind(b'"Manifest-Checksum"')
         recorded = manifest.get("Manifest-Checksum")
         if where < 0 or hashlib.sha256(data[:where]).hexdigest() != recorded:
@@ -255,8 +285,10 @@ class Verifier:
         sysid = manifest.get("System-Identifier")
         if sysid is not None and self.control is not None and sysid != self.control.system_identifier:
             self.problem(f"backup_manifest's System-Identifier {sysid} is not pg_control's {self.control.system_identifier}")
+
+    def _check_listed_files(self, files: list, bad: dict) -> set:
+        """Each file the manifest lists: there, of its size; the digests to compare are kept for the read pass."""
         listed = set()
-        bad = {"missing": [], "size": [], "checksum": []}
         for entry in files:
             rel = entry["Path"] if "Path" in entry else os.fsdecode(bytes.fromhex(entry.get("Encoded-Path", "")))
             listed.add(rel)
@@ -273,24 +305,15 @@ class Verifier:
             algo = (entry.get("Checksum-Algorithm") or "NONE").upper().replace("-", "")
             if algo != "NONE":
                 self.expected_digests[rel] = (algo, str(entry.get("Checksum", "")).lower())
-        digests = self.read_pass()
-        for rel, (_algo, want) in sorted(self.expected_digests.items()):
-            if digests.get(rel) != want:
-                bad["checksum"].append(rel)
+        return listed
+
+    def _files_not_listed(self, listed: set) -> list:
+        """Files of the copy the manifest does not list (pg_wal, our own files and those recovery_config changes aside)."""
         extra = []
-        for rel, _kind, _info in self.walk():
-            if _kind == "f" and rel not in listed and rel not in MANIFEST_IGNORED and not rel.startswith(("pg_wal/", ".pgbackup-")):
+        for rel, kind, _info in self.walk():
+            if kind == "f" and rel not in listed and rel not in MANIFEST_IGNORED and not rel.startswith(("pg_wal/", ".pgbackup-")):
                 extra.append(rel)
-        for kind, text in (
-            ("missing", "in backup_manifest but not in the copy"),
-            ("size", "of the wrong size"),
-            ("checksum", "with a checksum not matching backup_manifest"),
-        ):
-            if bad[kind]:
-                self.problem(f"{len(bad[kind])} file(s) {text}: {_few(bad[kind])}")
-        if extra:
-            self.problem(f"{len(extra)} file(s) in the copy but not in backup_manifest: {_few(extra)}")
-        self.report["manifest"] = {"files": len(files), "version": manifest.get("PostgreSQL-Backup-Manifest-Version"), "wal_ranges": manifest.get("WAL-Ranges")}
+        return extra
 
     # --- one read of every file: manifest digests, page LSNs and checksums ------------------------------------------
     def page_bound(self) -> tuple:
@@ -348,23 +371,9 @@ class Verifier:
         self.report["wal"] = report
         if self.control is None:
             return
-        c = self.control
         names = sorted(os.listdir(self.wal_dir)) if os.path.isdir(self.wal_dir) else []
-        for name in names:  # every segment there must be this cluster's, needed or not
-            if classify_wal_file(name) != "segment":
-                continue
-            with open(os.path.join(self.wal_dir, name), "rb") as handle:
-                head = handle.read(40)
-            if len(head) == 40 and int.from_bytes(head[24:32], "little") not in (0, c.system_identifier):
-                self.problem(
-                    f"WAL segment {name} belongs to another cluster: system identifier {int.from_bytes(head[24:32], 'little')}, "
-                    f"pg_control says {c.system_identifier}"
-                )
-        stop, stop_tli = self.stop_lsn, self.stop_tli
-        ranges = (self.manifest or {}).get("WAL-Ranges") or []
-        if stop is None and ranges:
-            stop = parse_lsn(ranges[0]["End-LSN"])
-            stop_tli = stop_tli or ranges[0]["Timeline"]
+        self._check_wal_clusters(names)
+        stop, stop_tli = self._wal_stop()
         if self.label is None:
             return
         if stop is None:
@@ -372,56 +381,87 @@ class Verifier:
             return
         stop_tli = stop_tli or self.label.start_timeline
         report.update(start_lsn=format_lsn(self.label.start_lsn), stop_lsn=format_lsn(stop), stop_timeline=stop_tli)
-        history = []
-        if stop_tli > 1:
-            text = read_if_exists(os.path.join(self.wal_dir, history_file_name(stop_tli)))
-            if text is None:
-                self.problem(f"history file {history_file_name(stop_tli)} of the stop timeline is missing from {self.wal_dir}")
-                return
-            try:
-                history = parse_history(text.decode("utf-8", "replace"), stop_tli)
-            except PgBackupError as exc:
-                self.problem(f"{history_file_name(stop_tli)} is not valid: {exc.message}")
-                return
-            absent = [n for n in history_files_needed(stop_tli, history) if n not in names]
-            if absent:
-                self.problem(f"history file(s) missing from {self.wal_dir}: {', '.join(absent)}")
+        history = self._stop_history(stop_tli, names)
+        if history is None:
+            return
         try:
-            needed = segments_between(self.label.start_lsn, stop, stop_tli, history, c.xlog_seg_size)
+            needed = segments_between(self.label.start_lsn, stop, stop_tli, history, self.control.xlog_seg_size)
         except PgBackupError as exc:
             self.problem(f"the WAL range cannot be computed: {exc.message}")
             return
         for i, name in enumerate(needed):
-            path = os.path.join(self.wal_dir, name)
-            if not os.path.isfile(path):
-                report["missing"].append(name)
-                continue
-            last = i == len(needed) - 1
-            size = os.path.getsize(path)
-            if last and size != c.xlog_seg_size:
-                report["invalid"].append(name)
-                self.problem(f"WAL segment {name} has {size} bytes, not {c.xlog_seg_size}: it is truncated (recovery reads past the stop LSN)")
-                continue
-            try:
-                validate_segment(
-                    path,
-                    file_name=name,
-                    system_identifier=c.system_identifier,
-                    seg_size=c.xlog_seg_size,
-                    major_version=c.major_version,
-                    through_lsn=stop if last else None,
-                    complete=not last,
-                )
-                report["checked"].append(name)
-            except PgBackupError as exc:
-                report["invalid"].append(name)
-                self.problem(exc.message if name in exc.message else f"WAL segment {name} is not valid: {exc.message}")
+            self._check_needed_segment(name, stop if i == len(needed) - 1 else None, report)
         if report["missing"]:
             self.problem(
                 f"{len(report['missing'])} WAL segment(s) recovery needs from {format_lsn(self.label.start_lsn)} to {format_lsn(stop)} "
                 f"are missing from {self.wal_dir}: {_few(report['missing'])}"
             )
         self.check_old_timeline_wal(stop, stop_tli, history, report)
+
+    def _check_wal_clusters(self, names: list) -> None:
+        """Every segment in the WAL directory must be this cluster's, needed or not."""
+        sysid = self.control.system_identifier
+        for name in names:
+            if classify_wal_file(name) != "segment":
+                continue
+            with open(os.path.join(self.wal_dir, name), "rb") as handle:
+                head = handle.read(40)
+            if len(head) == 40 and int.from_bytes(head[24:32], "little") not in (0, sysid):
+                self.problem(
+                    f"WAL segment {name} belongs to another cluster: system identifier {int.from_bytes(head[24:32], 'little')}, pg_control says {sysid}"
+                )
+
+    def _wal_stop(self) -> tuple:
+        """``(stop LSN, stop timeline)``: as given, else the manifest's first WAL-Ranges entry; either may be None."""
+        stop, stop_tli = self.stop_lsn, self.stop_tli
+        ranges = (self.manifest or {}).get("WAL-Ranges") or []
+        if stop is None and ranges:
+            stop = parse_lsn(ranges[0]["End-LSN"])
+            stop_tli = stop_tli or ranges[0]["Timeline"]
+        return stop, stop_tli
+
+    def _stop_history(self, stop_tli: int, names: list) -> Optional[list]:
+        """The stop timeline's history ([] on timeline 1), or None when it is missing or damaged (the range is unknown then).
+
+        Every ancestor's history file must be there too (a problem, the range is still checked): recovery looks for
+        them, and an archive without them does not describe itself.
+        """
+        if stop_tli <= 1:
+            return []
+        text = read_if_exists(os.path.join(self.wal_dir, history_file_name(stop_tli)))
+        if text is None:
+            self.problem(f"history file {history_file_name(stop_tli)} of the stop timeline is missing from {self.wal_dir}")
+            return None
+        try:
+            history = parse_history(text.decode("utf-8", "replace"), stop_tli)
+        except PgBackupError as exc:
+            self.problem(f"{history_file_name(stop_tli)} is not valid: {exc.message}")
+            return None
+        absent = [n for n in history_files_needed(stop_tli, history) if n not in names]
+        if absent:
+            self.problem(f"history file(s) missing from {self.wal_dir}: {', '.join(absent)}")
+        return history
+
+    def _check_needed_segment(self, name: str, through_lsn: Optional[int], report: dict) -> None:
+        """One segment recovery needs: there, whole, and valid (the last one, ``through_lsn`` given, up to the stop LSN)."""
+        c = self.control
+        path = os.path.join(self.wal_dir, name)
+        if not os.path.isfile(path):
+            report["missing"].append(name)
+            return
+        last = through_lsn is not None
+        size = os.path.getsize(path)
+        if last and size != c.xlog_seg_size:
+            report["invalid"].append(name)
+            self.problem(f"WAL segment {name} has {size} bytes, not {c.xlog_seg_size}: it is truncated (recovery reads past the stop LSN)")
+            return
+        try:
+            validate_segment(path, file_name=name, system_identifier=c.system_identifier, seg_size=c.xlog_seg_size,
+                             major_version=c.major_version, through_lsn=through_lsn, complete=not last)  # fmt: skip
+            report["checked"].append(name)
+        except PgBackupError as exc:
+            report["invalid"].append(name)
+            self.problem(exc.message if name in exc.message else f"WAL segment {name} is not valid: {exc.message}")
 
     def check_old_timeline_wal(self, stop: int, stop_tli: int, history: list, report: dict) -> None:
         """The old timeline's file of a segment holding a switch, which WAL-Ranges promise and pg_verifybackup reads."""

@@ -166,33 +166,10 @@ def write_manifest(
     """Write ``<data_dir>/backup_manifest`` for a finished copy (label placed, pg_control in place)."""
     copy_state.check_not_incomplete(data_dir)
     algo = check_algorithm(algorithm)
-    control = os.path.join(data_dir, "global", "pg_control")
-    if not os.path.isfile(control):
-        if os.path.exists(os.path.join(data_dir, copy_state.PENDING_CONTROL)):
-            raise PgBackupError(
-                f"{data_dir} still has {copy_state.PENDING_CONTROL}: place the backup_label and move pg_control into place first",
-                path=data_dir,
-            )
-        raise PgBackupError(f"{data_dir} has no global/pg_control: not a copy of a data directory", path=data_dir)
+    _check_control_placed(data_dir)
     cf = read_control_file(data_dir)
-    if start_lsn is None or start_tli is None:
-        label_path = os.path.join(data_dir, "backup_label")
-        try:
-            with open(label_path, encoding="utf-8") as f:
-                label = parse_backup_label(f.read())
-        except FileNotFoundError as exc:
-            raise PgBackupError(f"{data_dir} has no backup_label; give the start LSN and timeline of the WAL range", path=data_dir) from exc
-        start_lsn = label.start_lsn if start_lsn is None else start_lsn
-        start_tli = label.start_timeline if start_tli is None else start_tli
-    history = []
-    if end_tli > 1:
-        hdir = history_dir or os.path.join(data_dir, "pg_wal")
-        hpath = os.path.join(hdir, history_file_name(end_tli))
-        try:
-            with open(hpath, encoding="utf-8") as f:
-                history = parse_history(f.read(), end_tli)
-        except FileNotFoundError as exc:
-            raise PgBackupError(f"the history file of timeline {end_tli} is not at {hpath}; give history_dir (the WAL archive)", path=hpath) from exc
+    start_lsn, start_tli = _wal_start(data_dir, start_lsn, start_tli)
+    history = _end_history(data_dir, end_tli, history_dir)
     ranges = timeline_ranges(start_lsn, start_tli, end_lsn, end_tli, history)
     files = walk_copy(data_dir)
     result = {
@@ -205,6 +182,52 @@ def write_manifest(
     }
     if check_mode:
         return result
+    lines, reused = _file_lines(data_dir, files, algo)
+    data = render(cf.major_version, cf.system_identifier, lines, ranges)
+    _write_beside_copy(data_dir, result["path"], data)
+    result.update(reused_checksums=reused, manifest_checksum=data.rstrip(b'"}\n').rsplit(b'"', 1)[-1].decode())
+    return result
+
+
+def _check_control_placed(data_dir: str) -> None:
+    """pg_control must be in place (label_place moved it): the manifest lists global/pg_control and its major version decides the format."""
+    if os.path.isfile(os.path.join(data_dir, "global", "pg_control")):
+        return
+    if os.path.exists(os.path.join(data_dir, copy_state.PENDING_CONTROL)):
+        raise PgBackupError(
+            f"{data_dir} still has {copy_state.PENDING_CONTROL}: place the backup_label and move pg_control into place first",
+            path=data_dir,
+        )
+    raise PgBackupError(f"{data_dir} has no global/pg_control: not a copy of a data directory", path=data_dir)
+
+
+def _wal_start(data_dir: str, start_lsn: Optional[int], start_tli: Optional[int]) -> tuple:
+    """``(start LSN, start timeline)`` of the WAL range: as given, else from the copy's backup_label."""
+    if start_lsn is not None and start_tli is not None:
+        return start_lsn, start_tli
+    label_path = os.path.join(data_dir, "backup_label")
+    try:
+        with open(label_path, encoding="utf-8") as f:
+            label = parse_backup_label(f.read())
+    except FileNotFoundError as exc:
+        raise PgBackupError(f"{data_dir} has no backup_label; give the start LSN and timeline of the WAL range", path=data_dir) from exc
+    return (label.start_lsn if start_lsn is None else start_lsn), (label.start_timeline if start_tli is None else start_tli)
+
+
+def _end_history(data_dir: str, end_tli: int, history_dir: Optional[str]) -> list:
+    """The end timeline's history (none for timeline 1), from history_dir or the copy's pg_wal."""
+    if end_tli <= 1:
+        return []
+    hpath = os.path.join(history_dir or os.path.join(data_dir, "pg_wal"), history_file_name(end_tli))
+    try:
+        with open(hpath, encoding="utf-8") as f:
+            return parse_history(f.read(), end_tli)
+    except FileNotFoundError as exc:
+        raise PgBackupError(f"the history file of timeline {end_tli} is not at {hpath}; give history_dir (the WAL archive)", path=hpath) from exc
+
+
+def _file_lines(data_dir: str, files: list, algo: str) -> tuple:
+    """``(manifest lines, how many checksums were reused)``: datadir_copy's recorded sum of an unchanged file is reused."""
     rec_algo, recorded = copy_state.read_checksums(data_dir)
     lines = []
     reused = 0
@@ -218,14 +241,15 @@ def write_manifest(
             else:
                 checksum = file_checksum(path, algo)
         lines.append(file_line(rel, st.st_size, st.st_mtime, algo, checksum))
-    data = render(cf.major_version, cf.system_identifier, lines, ranges)
-    target = result["path"]
+    return lines, reused
+
+
+def _write_beside_copy(data_dir: str, target: str, data: bytes) -> None:
+    """The manifest with the data directory's owner and mode; the copy's own checksums file goes (they are in it now)."""
     dst = os.stat(data_dir)
     mode = 0o640 if dst.st_mode & 0o070 else 0o600
     write_atomically(target, data, mode=mode, owner=(dst.st_uid, dst.st_gid), temporary=target + ".pgbackup-tmp")
     ck = os.path.join(data_dir, copy_state.CHECKSUMS_FILE)
-    if os.path.exists(ck):  # the copy's own checksums are in the manifest now
+    if os.path.exists(ck):
         os.unlink(ck)
         fsync_dir(data_dir)
-    result.update(reused_checksums=reused, manifest_checksum=data.rstrip(b'"}\n').rsplit(b'"', 1)[-1].decode())
-    return result

@@ -144,6 +144,23 @@ class RestoreTest:
         else:
             os.mkdir(self.sockdir, 0o700)
         os.chown(self.sockdir, self.uid, self.gid)
+        self.retarget_tablespace_map(self.place_tablespaces())
+        for name in ("recovery.signal", "postmaster.pid"):
+            path = os.path.join(self.pgdata, name)
+            if os.path.exists(path):
+                os.unlink(path)
+        with open(os.path.join(self.pgdata, "postgresql.auto.conf"), "a", encoding="utf-8") as handle:
+            handle.write("\n# pgbackup.lowlevel.backup_verify restore test\n")
+            handle.writelines(f"{key} = {_quote(value)}\n" for key, value in self.server_settings().items())
+        for name, text in (("pg_hba.conf", "local all all trust\n"), ("pg_ident.conf", ""), ("data/standby.signal", "")):
+            path = os.path.join(self.scratch, name)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chown(path, self.uid, self.gid)
+            os.chmod(path, 0o600)
+
+    def place_tablespaces(self) -> dict:
+        """Each tablespace placed in the scratch directory and the scratch copy's pg_tblspc link pointed there; oid -> place."""
         mapping = {}
         for oid, path in self.tablespaces.items():
             target = os.path.join(self.scratch, f"tablespace-{oid}")
@@ -157,17 +174,21 @@ class RestoreTest:
                     shutil.rmtree(link)
             os.symlink(target, link)
             os.lchown(link, self.uid, self.gid)
+        return mapping
+
+    def retarget_tablespace_map(self, mapping: dict) -> None:
+        """The scratch copy's tablespace_map names the scratch places: recovery would otherwise link back to the copy's."""
         map_path = os.path.join(self.pgdata, "tablespace_map")
-        if os.path.exists(map_path):
-            with open(map_path, "rb") as handle:
-                entries = parse_tablespace_map(handle.read(), major_version=self.major)
-            with open(map_path, "w", encoding="utf-8", errors="surrogateescape") as handle:
-                handle.write(format_tablespace_map([(oid, mapping.get(str(oid), path)) for oid, path in entries], major_version=self.major))
-        for name in ("recovery.signal", "postmaster.pid"):
-            path = os.path.join(self.pgdata, name)
-            if os.path.exists(path):
-                os.unlink(path)
-        settings = {
+        if not os.path.exists(map_path):
+            return
+        with open(map_path, "rb") as handle:
+            entries = parse_tablespace_map(handle.read(), major_version=self.major)
+        with open(map_path, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.write(format_tablespace_map([(oid, mapping.get(str(oid), path)) for oid, path in entries], major_version=self.major))
+
+    def server_settings(self) -> dict:
+        """postgresql.auto.conf of the scratch server: a private hot standby stopping before the end point (module docstring)."""
+        return {
             "port": str(self.port),
             "listen_addresses": "",
             "unix_socket_directories": self.sockdir,
@@ -191,15 +212,6 @@ class RestoreTest:
             # "multiple recovery targets specified" (the GUC assign hooks run in file order)
             "recovery_target_lsn": format_lsn(self.end_lsn),
         }
-        with open(os.path.join(self.pgdata, "postgresql.auto.conf"), "a", encoding="utf-8") as handle:
-            handle.write("\n# pgbackup.lowlevel.backup_verify restore test\n")
-            handle.writelines(f"{key} = {_quote(value)}\n" for key, value in settings.items())
-        for name, text in (("pg_hba.conf", "local all all trust\n"), ("pg_ident.conf", ""), ("data/standby.signal", "")):
-            path = os.path.join(self.scratch, name)
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.chown(path, self.uid, self.gid)
-            os.chmod(path, 0o600)
 
     def sql(self, query: str, dbname: str = "postgres") -> list:
         from .connection import driver_connect  # only the restore test needs a driver

@@ -9,11 +9,14 @@ number, and a play that hands it through Jinja or JSON as a number may lose digi
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from .errors import PgBackupError
 
 SYSID_MODULUS = 1 << 64
+SIGNED_LIMIT = 1 << 63  # pg_control_system() shows it as a signed bigint: -2**63 up to 2**63 - 1
+_DIGITS = re.compile(r"-?[0-9]+")
 
 
 def expected_system_identifier(value: Any, what: str = "expect_system_identifier") -> Optional[str]:
@@ -21,7 +24,8 @@ def expected_system_identifier(value: Any, what: str = "expect_system_identifier
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     text = str(value).strip()
-    negative = text.startswith("-") and text[1:].isdigit()
-    if not (text.isdigit() or negative) or isinstance(value, (bool, float)):
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses. Out of range is refused, not wrapped: a
+    # number beyond 64 bits is a typo or a lost digit, and wrapping it would compare against another identifier.
+    if isinstance(value, (bool, float)) or not _DIGITS.fullmatch(text) or not -SIGNED_LIMIT <= int(text) < SYSID_MODULUS:
         raise PgBackupError(f"{what} must be a system identifier (digits, as pg_controldata prints it), got {value!r}")
     return str(int(text) % SYSID_MODULUS)

@@ -117,6 +117,19 @@ def validate_segment(
 
     Raises PgBackupError listing every problem found (``details['problems']`` has them all).
     """
+    tli, base = _segment_start(file_name, system_identifier, seg_size, major_version, through_lsn, complete)
+    pages_total = seg_size // XLOG_BLCKSZ
+    pages_needed = pages_total if complete else (through_lsn - base + XLOG_BLCKSZ - 1) // XLOG_BLCKSZ
+    scan = _Scan(file_name, tli, base, system_identifier, seg_size, major_version)
+    with _Reader(source, file_name) as reader:
+        _scan_pages(reader, scan, pages_needed, complete)
+    scan.finish(complete, through_lsn)
+    return scan.result()
+
+
+def _segment_start(file_name: str, system_identifier: int, seg_size: int, major_version: Optional[int], through_lsn: Optional[int],
+                   complete: bool) -> tuple:  # fmt: skip
+    """``(timeline, LSN of the first byte)`` of the segment ``file_name`` names, once every argument is checked."""
     check_segment_size(seg_size)
     if not isinstance(file_name, str):
         raise PgBackupError(f"file_name must be the segment's file name, got {file_name!r}")
@@ -135,27 +148,26 @@ def validate_segment(
             )
     elif not complete:
         raise PgBackupError("complete=False needs through_lsn: the LSN up to which the segment must hold WAL")
-    pages_total = seg_size // XLOG_BLCKSZ
-    pages_needed = pages_total if complete else (through_lsn - base + XLOG_BLCKSZ - 1) // XLOG_BLCKSZ
-    scan = _Scan(file_name, tli, base, system_identifier, seg_size, major_version)
-    with _Reader(source, file_name) as reader:
-        if reader.size is not None:
-            _check_size(file_name, reader.size, seg_size, pages_needed, complete)
-        total = 0
-        while scan.pages_read < pages_needed:
-            want = min(_CHUNK, (pages_needed - scan.pages_read) * XLOG_BLCKSZ)
-            chunk = reader.read(want)
-            total += len(chunk)
-            for offset in range(0, len(chunk) - XLOG_BLCKSZ + 1, XLOG_BLCKSZ):
-                scan.page(chunk[offset : offset + XLOG_BLCKSZ])
-            if len(chunk) < want:
-                break
-        if reader.size is None or total < pages_needed * XLOG_BLCKSZ:
-            # A stream's size is known only now; a file may also have shrunk while we read it.
-            size = total + (reader.count_rest() if complete and reader.size is None else 0)
-            _check_size(file_name, size, seg_size, pages_needed, complete)
-    scan.finish(complete, through_lsn)
-    return scan.result()
+    return tli, base
+
+
+def _scan_pages(reader: _Reader, scan: _Scan, pages_needed: int, complete: bool) -> None:
+    """Feed the first ``pages_needed`` pages to ``scan``, a chunk at a time, checking the file's size before and after."""
+    if reader.size is not None:
+        _check_size(scan.file_name, reader.size, scan.seg_size, pages_needed, complete)
+    total = 0
+    while scan.pages_read < pages_needed:
+        want = min(_CHUNK, (pages_needed - scan.pages_read) * XLOG_BLCKSZ)
+        chunk = reader.read(want)
+        total += len(chunk)
+        for offset in range(0, len(chunk) - XLOG_BLCKSZ + 1, XLOG_BLCKSZ):
+            scan.page(chunk[offset : offset + XLOG_BLCKSZ])
+        if len(chunk) < want:
+            break
+    if reader.size is None or total < pages_needed * XLOG_BLCKSZ:
+        # A stream's size is known only now; a file may also have shrunk while we read it.
+        size = total + (reader.count_rest() if complete and reader.size is None else 0)
+        _check_size(scan.file_name, size, scan.seg_size, pages_needed, complete)
 
 
 def _check_size(file_name: str, size: int, seg_size: int, pages_needed: int, complete: bool) -> None:
@@ -259,17 +271,7 @@ class _Scan:
         if self.zero_from is not None:
             self.problem("data-after-zero", f"{where} holds data after the all-zero page {self.zero_from}: the file's tail is stale or damaged")
         magic, info, page_tli, pageaddr, _rem_len = _SHORT.unpack_from(page)
-        if self.major is not None:
-            expected_magic = WAL_PAGE_MAGIC[self.major]
-        else:
-            expected_magic = self.magic if self.magic is not None else (magic if magic in _MAJOR_OF_MAGIC else None)
-        if magic != expected_magic:
-            if expected_magic is None:
-                wanted = "the magic of PostgreSQL 13 to 18 (" + ", ".join(f"{m:04X}" for m in WAL_PAGE_MAGIC.values()) + ")"
-            else:
-                wanted = f"{expected_magic:04X} (PostgreSQL {_MAJOR_OF_MAGIC[expected_magic]})"
-            known = f" (PostgreSQL {_MAJOR_OF_MAGIC[magic]})" if magic in _MAJOR_OF_MAGIC else ""
-            self.problem("magic", f"{where} has magic number {magic:04X}{known}, expected {wanted}: it is not WAL of this PostgreSQL version")
+        if not self._magic_matches(where, magic):
             self._break_chain()
             return
         self.magic = magic
@@ -278,13 +280,7 @@ class _Scan:
             self.problem("info", f"{where} has unknown flag bits {info:04X} in xlp_info (allowed: {XLP_ALL_FLAGS:04X})")
             bad = True
         if pageaddr != addr:
-            self.problem(
-                "pageaddr",
-                f"{where} has page address {format_lsn(pageaddr)}, expected {format_lsn(addr)}: "
-                "the file is a recycled or renamed segment, not the one its name promises",
-            )
-            if self.stale_from is None:
-                self.stale_from = page_no
+            self._stale_page(where, page_no, pageaddr, addr)
             self._break_chain()
             return
         if page_no == 0:
@@ -292,22 +288,55 @@ class _Scan:
         elif info & XLP_LONG_HEADER:
             self.problem("long-elsewhere", f"{where} has the long-header flag, which only a segment's first page carries")
             bad = True
+        bad = self._timeline_wrong(where, page_tli) or bad
+        if bad:
+            self._break_chain()
+            return
+        self._accept(page_no, page, page_tli, addr)
+
+    def _magic_matches(self, where: str, magic: int) -> bool:
+        """The page magic of the major version asked for, else the first page's (any known one on the first page)."""
+        if self.major is not None:
+            expected_magic = WAL_PAGE_MAGIC[self.major]
+        else:
+            expected_magic = self.magic if self.magic is not None else (magic if magic in _MAJOR_OF_MAGIC else None)
+        if magic == expected_magic:
+            return True
+        if expected_magic is None:
+            wanted = "the magic of PostgreSQL 13 to 18 (" + ", ".join(f"{m:04X}" for m in WAL_PAGE_MAGIC.values()) + ")"
+        else:
+            wanted = f"{expected_magic:04X} (PostgreSQL {_MAJOR_OF_MAGIC[expected_magic]})"
+        known = f" (PostgreSQL {_MAJOR_OF_MAGIC[magic]})" if magic in _MAJOR_OF_MAGIC else ""
+        self.problem("magic", f"{where} has magic number {magic:04X}{known}, expected {wanted}: it is not WAL of this PostgreSQL version")
+        return False
+
+    def _stale_page(self, where: str, page_no: int, pageaddr: int, addr: int) -> None:
+        self.problem(
+            "pageaddr",
+            f"{where} has page address {format_lsn(pageaddr)}, expected {format_lsn(addr)}: "
+            "the file is a recycled or renamed segment, not the one its name promises",
+        )
+        if self.stale_from is None:
+            self.stale_from = page_no
+
+    def _timeline_wrong(self, where: str, page_tli: int) -> bool:
+        """A page timeline PostgreSQL never writes there: 0, above the file name's, or back from an earlier page's."""
         if page_tli == 0:
             self.problem("tli-zero", f"{where} has timeline 0 in its header, which PostgreSQL never writes")
-            bad = True
         elif page_tli > self.tli:
             self.problem(
                 "tli-high",
                 f"{where} was written on timeline {page_tli}, above the file name's timeline {self.tli}: "
                 "the file holds another timeline's WAL than its name says",
             )
-            bad = True
         elif page_tli < self.last_tli:
             self.problem("tli-back", f"{where} goes back from timeline {self.last_tli} to {page_tli}: timelines never decrease within WAL")
-            bad = True
-        if bad:
-            self._break_chain()
-            return
+        else:
+            return False
+        return True
+
+    def _accept(self, page_no: int, page: bytes, page_tli: int, addr: int) -> None:
+        """A valid page: its timeline counted, the valid end moved, kept as one of the last two for the switch record."""
         if not self.timelines or self.timelines[-1] != page_tli:
             self.timelines.append(page_tli)
         self.last_tli = page_tli

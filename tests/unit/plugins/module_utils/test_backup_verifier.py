@@ -253,6 +253,39 @@ def test_across_a_timeline_switch_with_its_history(tmp_path):
     assert has(problems(copy, stop_lsn=STOP, stop_timeline=2), "missing from", "00000002" + SEGMENTS[1][8:])
 
 
+def timeline_3_copy(tmp_path: Path) -> Path:
+    """A copy whose WAL switched to timeline 2 at 0/D00000 and to timeline 3 at 0/E00000, each history file in pg_wal."""
+    copy = make_copy(tmp_path, manifest=False)
+    sysid = parse_control_file((copy / "global" / "pg_control").read_bytes()).system_identifier
+    for name, tli in ((SEGMENTS[1], 2), (SEGMENTS[2], 3)):
+        os.unlink(copy / "pg_wal" / name)
+        (copy / "pg_wal" / (f"{tli:08X}" + name[8:])).write_bytes(full_segment(segno=int(name[16:], 16), tli=tli, sysid=sysid, magic=WAL_PAGE_MAGIC[15]))
+    (copy / "pg_wal" / "00000002.history").write_text("1\t0/D00000\tno recovery target specified\n")
+    (copy / "pg_wal" / "00000003.history").write_text("1\t0/D00000\tno recovery target specified\n2\t0/E00000\tno recovery target specified\n")
+    fix_modes(copy)
+    return copy
+
+
+def test_an_ancestor_timeline_s_missing_history_file_is_refused(tmp_path):
+    copy = timeline_3_copy(tmp_path)
+    _verifier, report = verify(str(copy), stop_lsn=STOP, stop_timeline=3, pg_verifybackup=False)
+    assert report["problems"] == [], report["problems"]
+    assert report["wal"]["checked"] == [SEGMENTS[0], "00000002" + SEGMENTS[1][8:], "00000003" + SEGMENTS[2][8:]]
+    os.unlink(copy / "pg_wal" / "00000002.history")  # the stop timeline's own file is there, its parent's is not
+    _verifier, report = verify(str(copy), stop_lsn=STOP, stop_timeline=3, pg_verifybackup=False)
+    assert report["problems"] == [f"history file(s) missing from {copy / 'pg_wal'}: 00000002.history"], report["problems"]
+    # the range is still checked: the missing file is named, the segments are not held against the copy
+    assert report["wal"]["checked"] == [SEGMENTS[0], "00000002" + SEGMENTS[1][8:], "00000003" + SEGMENTS[2][8:]]
+
+
+def test_the_stop_timeline_s_own_history_file_missing_stops_the_range_check(tmp_path):
+    copy = timeline_3_copy(tmp_path)
+    os.unlink(copy / "pg_wal" / "00000003.history")
+    _verifier, report = verify(str(copy), stop_lsn=STOP, stop_timeline=3, pg_verifybackup=False)
+    assert report["problems"] == [f"history file 00000003.history of the stop timeline is missing from {copy / 'pg_wal'}"], report["problems"]
+    assert report["wal"]["checked"] == []
+
+
 def test_wal_dir_elsewhere(tmp_path):
     copy = make_copy(tmp_path, manifest=False)
     archive = tmp_path / "archive"
@@ -419,3 +452,21 @@ def test_the_wrong_system_identifier_expected_is_refused(tmp_path):
         verify(str(copy), expect_system_identifier="abc", pg_verifybackup=False)
     with pytest.raises(PgBackupError, match="copied_from"):
         verify(str(copy), copied_from="replica", pg_verifybackup=False)
+
+
+@pytest.mark.parametrize("given", ["abc", "12a", "1 2", "0x1F", 1.5, True, "18446744073709551616", "-9223372036854775809", "\u00b2"])
+def test_an_expected_system_identifier_that_is_not_one_is_refused(tmp_path, given):
+    """The shared rule (system_identifier.expected_system_identifier), as replay_wait applies it."""
+    copy = make_copy(tmp_path, manifest=False)
+    with pytest.raises(PgBackupError, match=r"expect_system_identifier must be a system identifier \(digits"):
+        verify(str(copy), expect_system_identifier=given, pg_verifybackup=False)
+
+
+def test_the_expected_system_identifier_as_a_number_or_signed_is_the_same_cluster(tmp_path):
+    """A play may hand it through as a number, or as SQL's signed bigint: the same identifier, no problem."""
+    sysid = 0xF000000000000001  # above 2**63: pg_control_system() shows it negative
+    copy = make_copy(tmp_path, manifest=False, sysid=sysid)
+    set_control(copy, system_identifier=sysid)
+    for given in (sysid, str(sysid), f" {sysid} ", str(sysid - (1 << 64))):
+        assert problems(copy, stop_lsn=STOP, expect_system_identifier=given) == [], given
+    assert has(problems(copy, stop_lsn=STOP, expect_system_identifier=str(sysid - 1)), "expected", str(sysid - 1), "another cluster's")

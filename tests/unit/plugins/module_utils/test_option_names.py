@@ -33,13 +33,21 @@ def test_range_spec_refuses_names_outside_the_set(call):
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [(None, None), ("", None), ("7440123456789012345", "7440123456789012345"), (7440123456789012345, "7440123456789012345"), ("-1", str((1 << 64) - 1))],
+    [
+        (None, None),
+        ("", None),
+        ("7440123456789012345", "7440123456789012345"),
+        (7440123456789012345, "7440123456789012345"),
+        ("-1", str((1 << 64) - 1)),
+        (str((1 << 64) - 1), str((1 << 64) - 1)),
+        (str(-(1 << 63)), str(1 << 63)),
+    ],
 )
 def test_system_identifier_as_digits(given, expected):
     assert expected_system_identifier(given) == expected
 
 
-@pytest.mark.parametrize("given", ["abc", "12a", 1.5, True, "1 2"])
+@pytest.mark.parametrize("given", ["abc", "12a", 1.5, True, "1 2", "\u00b2", str(1 << 64), str(-(1 << 63) - 1), "+1", "--1"])
 def test_system_identifier_refuses_what_is_not_one(given):
     with pytest.raises(PgBackupError, match=r"expect_system_identifier must be a system identifier \(digits"):
         expected_system_identifier(given)
