@@ -184,6 +184,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.backup_session import stop_backup
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import check_backup_id, default_state_dir, ensure_state_dir
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.system_identifier import expected_system_identifier
 
 ARGS = {
     "backup_id": {"type": "str", "required": True},
@@ -207,7 +208,7 @@ def run_module(module: AnsibleModule) -> dict:
         state=p["state"],
         wait_for_archive=p["wait_for_archive"],
         timeout=p["timeout"],
-        expect_system_identifier=p["expect_system_identifier"],
+        expect_system_identifier=expected_system_identifier(p["expect_system_identifier"]),
         expect_timeline=p["expect_timeline"],
         check_mode=module.check_mode,
     )

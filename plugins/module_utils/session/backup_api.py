@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import PgBackupError
 from ..lsn import format_lsn, parse_lsn
+from ..system_identifier import expected_system_identifier
 from ..wal import wal_file_name_of_lsn
 
 MAX_LABEL_BYTES = 1023  # recovery reads at most 1023 bytes of "LABEL: ..." (the server itself allows 1024)
@@ -247,11 +248,13 @@ def stop_result(answer: dict, *, timeline: int, seg_size: int, started_at: Any, 
 
 def check_expected(snapshot: dict, *, system_identifier: Optional[str], timeline: Optional[int]) -> Optional[str]:
     """Why the server no longer matches the standby the files come from, or None when it does."""
-    found_sysid, found_tli = str(snapshot["system_identifier"]), int(snapshot["timeline"])
-    if system_identifier is not None and str(system_identifier) != found_sysid:
+    # Both through the one rule: SQL shows the identifier as a signed bigint, pg_controldata and our modules unsigned.
+    found_sysid, found_tli = expected_system_identifier(snapshot["system_identifier"], "the server's system identifier"), int(snapshot["timeline"])
+    wanted_sysid = expected_system_identifier(system_identifier)
+    if wanted_sysid is not None and wanted_sysid != found_sysid:
         return (
             f"the server the backup runs on has system identifier {found_sysid}, but the standby the files were copied from has "
-            f"{system_identifier}: they are not the same cluster"
+            f"{wanted_sysid}: they are not the same cluster"
         )
     if timeline is not None and int(timeline) != found_tli:
         return (

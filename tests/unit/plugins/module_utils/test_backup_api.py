@@ -179,6 +179,14 @@ def test_check_expected(sysid, timeline, message):
         assert found is not None and __import__("re").search(message, found)
 
 
+def test_check_expected_takes_the_signed_sql_form_and_the_unsigned_form_as_one_identifier():
+    # An identifier past 2**63: SQL shows it negative, pg_controldata (and backup_start's result) unsigned.
+    unsigned = (1 << 63) + 5
+    signed = dict(snapshot(), system_identifier=str(unsigned - (1 << 64)))
+    assert backup_api.check_expected(signed, system_identifier=str(unsigned), timeline=None) is None
+    assert "they are not the same cluster" in backup_api.check_expected(signed, system_identifier=str(unsigned + 1), timeline=None)
+
+
 def _conflicting(failures: int, sqlstate: str = "40001"):
     """A query whose first ``failures`` starts are cancelled by the server with ``sqlstate``."""
     calls = []
