@@ -556,7 +556,7 @@ def _position_facts(obs: Observation) -> dict:
         "redo_lsn": _lsn_text(obs.redo_lsn),
         "timeline": obs.newest_timeline,
         "checkpoint_timeline": obs.checkpoint_timeline,
-        "system_identifier": obs.system_identifier,
+        "system_identifier": None if obs.system_identifier is None else str(obs.system_identifier),  # digits, as every module returns it
         "replay_paused": obs.replay_paused,
     }
 

@@ -111,7 +111,7 @@ def test_restartpoint_passes_backup_start_under_load(primary_standby, testbed, a
         assert looked["reached"] is False, "check mode does not wait"
     assert result.get("failed") is not True, result
     assert result["reached"] is True and result["changed"] is False and result["mode"] == "target_lsn"
-    assert result["system_identifier"] == sysid and result["checkpoint_timeline"] == result["timeline"] == tli_after == timeline
+    assert result["system_identifier"] == str(sysid) and result["checkpoint_timeline"] == result["timeline"] == tli_after == timeline
     assert result["in_recovery"] is True and result["replay_paused"] is False
     redo, checkpoint, replay = parse_lsn(result["redo_lsn"]), parse_lsn(result["checkpoint_lsn"]), parse_lsn(result["replay_lsn"])
     # The restartpoint the module returned on is on the standby's disk: its redo point passed the backup's start.
