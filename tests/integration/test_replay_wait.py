@@ -174,7 +174,7 @@ def test_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major
     assert elapsed < 60, f"seven waits of timeout={TIMEOUT} s took {elapsed:.0f} s"
     assert paused["reason"] == "paused" and "WAL replay is paused" in paused["msg"] and paused["replay_paused"] is True
     assert was_promoted["reason"] == "promoted" and "not in recovery" in was_promoted["msg"] and was_promoted["in_recovery"] is False
-    assert foreign["reason"] == "system_identifier" and foreign["system_identifier"] == sysid
+    assert foreign["reason"] == "system_identifier" and foreign["system_identifier"] == str(sysid)
     assert f"its system identifier is {sysid}, expected {other_sysid}" in foreign["msg"]
     assert held["reason"] == "apply_delay" and "recovery_min_apply_delay = 1 h (3600000 ms)" in held["msg"]
     assert resumed.get("failed") is not True, resumed
