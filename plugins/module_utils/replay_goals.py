@@ -17,13 +17,13 @@ every goal (another cluster, a promoted server where the goal needs recovery, a 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import PgBackupError
 from .lsn import format_lsn, parse_lsn
 
 if TYPE_CHECKING:  # the loop hands itself and its observations in; importing it at run time would be circular
-    from .replay_waiter import Observation, ReplayWaiter
+    from .replay_waiter import Observation, ReplayWaiter, WaitOptions
 
 INSUFFICIENT_PRIVILEGE = "42501"
 CHECKPOINT_SQL = "CHECKPOINT"
@@ -56,19 +56,19 @@ class Goal:
     takes_restartpoint = False
     takes_upstream = False
 
-    def __init__(self, options: Any) -> None:
+    def __init__(self, options: WaitOptions) -> None:
         self.target_text: Optional[str] = options.target_lsn
         self.target = parse_lsn(options.target_lsn, what="target_lsn") if options.target_lsn else None
 
     @classmethod
-    def check_options(cls, options: Any) -> None:
+    def check_options(cls, options: WaitOptions) -> None:
         if options.restartpoint and not cls.takes_restartpoint:
             raise PgBackupError(f"restartpoint=true only goes with mode=target_lsn (it waits for a restartpoint past the target), not mode={cls.mode}")
         if (options.upstream_host or options.upstream_port) and not cls.takes_upstream:
             raise PgBackupError(f"upstream_host and upstream_port only go with mode=streaming, not mode={cls.mode}")
 
     @classmethod
-    def build(cls, options: Any) -> Goal:
+    def build(cls, options: WaitOptions) -> Goal:
         return cls(options)
 
     def text(self) -> str:
@@ -115,13 +115,13 @@ class TargetLsnGoal(Goal):
     takes_restartpoint = True
 
     @classmethod
-    def check_options(cls, options: Any) -> None:
+    def check_options(cls, options: WaitOptions) -> None:
         if not options.target_lsn:
             raise PgBackupError("mode=target_lsn needs target_lsn: the LSN the standby must replay, such as the backup's start LSN from backup_start")
         super().check_options(options)
 
     @classmethod
-    def build(cls, options: Any) -> Goal:
+    def build(cls, options: WaitOptions) -> Goal:
         return RestartpointGoal(options) if options.restartpoint else cls(options)
 
     def text(self) -> str:
@@ -137,7 +137,7 @@ class TargetLsnGoal(Goal):
 class RestartpointGoal(TargetLsnGoal):
     """The target replayed, then a restartpoint (``CHECKPOINT`` on the standby) whose redo point is at or past it."""
 
-    def __init__(self, options: Any) -> None:
+    def __init__(self, options: WaitOptions) -> None:
         super().__init__(options)
         self.expect_timeline: Optional[int] = options.expect_timeline
         self.checkpoints = 0
@@ -284,7 +284,7 @@ class StreamingGoal(Goal):
     mode = "streaming"
     takes_upstream = True
 
-    def __init__(self, options: Any) -> None:
+    def __init__(self, options: WaitOptions) -> None:
         super().__init__(options)
         self.upstream_host: Optional[str] = options.upstream_host
         self.upstream_port: Optional[int] = options.upstream_port
