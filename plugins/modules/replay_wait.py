@@ -219,10 +219,14 @@ timeline:
   type: int
   sample: 1
 system_identifier:
-  description: The server's system identifier.
+  description:
+    - The server's system identifier, as a string of digits (unsigned, as C(pg_controldata) prints it), as
+      P(pgbackup.lowlevel.backup_start#module) returns it and O(expect_system_identifier) takes it.
+    - Null when the server did not accept connections (O(mode=consistent)).
+    - Before 0.2.0 it was an integer.
   returned: always
-  type: int
-  sample: 7311234567890123456
+  type: str
+  sample: "7311234567890123456"
 in_recovery:
   description: Whether the server is in recovery.
   returned: always

@@ -111,7 +111,7 @@ def test_restartpoint_passes_backup_start_under_load(primary_standby, testbed, a
         assert looked["reached"] is False, "check mode does not wait"
     assert result.get("failed") is not True, result
     assert result["reached"] is True and result["changed"] is False and result["mode"] == "target_lsn"
-    assert result["system_identifier"] == sysid and result["checkpoint_timeline"] == result["timeline"] == tli_after == timeline
+    assert result["system_identifier"] == str(sysid) and result["checkpoint_timeline"] == result["timeline"] == tli_after == timeline
     assert result["in_recovery"] is True and result["replay_paused"] is False
     redo, checkpoint, replay = parse_lsn(result["redo_lsn"]), parse_lsn(result["checkpoint_lsn"]), parse_lsn(result["replay_lsn"])
     # The restartpoint the module returned on is on the standby's disk: its redo point passed the backup's start.
@@ -174,7 +174,7 @@ def test_fails_at_once(primary_standby, testbed, ansible_env, tmp_path, pg_major
     assert elapsed < 60, f"seven waits of timeout={TIMEOUT} s took {elapsed:.0f} s"
     assert paused["reason"] == "paused" and "WAL replay is paused" in paused["msg"] and paused["replay_paused"] is True
     assert was_promoted["reason"] == "promoted" and "not in recovery" in was_promoted["msg"] and was_promoted["in_recovery"] is False
-    assert foreign["reason"] == "system_identifier" and foreign["system_identifier"] == sysid
+    assert foreign["reason"] == "system_identifier" and foreign["system_identifier"] == str(sysid)
     assert f"its system identifier is {sysid}, expected {other_sysid}" in foreign["msg"]
     assert held["reason"] == "apply_delay" and "recovery_min_apply_delay = 1 h (3600000 ms)" in held["msg"]
     assert resumed.get("failed") is not True, resumed
