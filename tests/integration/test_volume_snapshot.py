@@ -5,67 +5,35 @@ nothing behind, and release deletes the set, also twice."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from .harness.pgbins import ROOT
+from .support.snapshots import btrfs_filesystem, subvolume, volume_snapshot
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mkfs.btrfs") is None, reason="needs root and btrfs-progs"),
 ]
-ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
-FS_SIZE = 128 << 20  # btrfs' smallest is 109 MiB with its default profiles
-
-
-@contextmanager
-def btrfs_filesystem(image: Path, mount_point: Path):
-    subprocess.run(["truncate", "-s", str(FS_SIZE), str(image)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
-    mount_point.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True, capture_output=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
-        if os.path.ismount(mount_point):
-            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
-        image.unlink()
-
-
-def _subvolume(path: Path) -> Path:
-    subprocess.run(["btrfs", "subvolume", "create", str(path)], check=True, capture_output=True)
-    return path
+SMALL_FS = 128 << 20  # btrfs' smallest is 109 MiB with its default profiles
 
 
 @pytest.fixture
 def volumes(tmp_path):
     with ExitStack() as stack:
-        a = stack.enter_context(btrfs_filesystem(tmp_path / "a.img", tmp_path / "fsA"))
-        b = stack.enter_context(btrfs_filesystem(tmp_path / "b.img", tmp_path / "fsB"))
-        data = _subvolume(a / "pgdata") / "15"
+        a = stack.enter_context(btrfs_filesystem(tmp_path / "a.img", tmp_path / "fsA", SMALL_FS))
+        b = stack.enter_context(btrfs_filesystem(tmp_path / "b.img", tmp_path / "fsB", SMALL_FS))
+        data = subvolume(a / "pgdata") / "15"
         (data / "global").mkdir(parents=True)
         (data / "global" / "pg_control").write_bytes(b"control at start")
-        ts = _subvolume(b / "ts1")
+        ts = subvolume(b / "ts1")
         (ts / "PG_15_1").mkdir()
         (ts / "PG_15_1" / "16384").write_bytes(b"tablespace page")
         yield a, b, data, ts
-
-
-def _module(ansible_env: dict, tmp_path: Path, **args) -> dict:
-    argv = [ANSIBLE, "localhost", "-c", "local", "-m", "pgbackup.lowlevel.volume_snapshot", "-a", json.dumps(args), "-o"]
-    proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
-    out = proc.stdout.strip()
-    head, _, body = out.partition(" => ")
-    result = json.loads(body) if body else {"failed": True, "msg": out + proc.stderr}
-    result.setdefault("failed", "FAILED" in head)  # the one-line callback leaves it out of the JSON
-    return result
 
 
 def _readonly(path: str) -> bool:
@@ -76,7 +44,7 @@ def _readonly(path: str) -> bool:
 def test_a_set_of_two_filesystems_snapshotted_data_directory_last_then_released(volumes, ansible_env, tmp_path):
     a, _, data, ts = volumes
     paths = [str(ts), str(data)]
-    made = _module(ansible_env, tmp_path, name="b1", paths=paths)
+    made = volume_snapshot(ansible_env, tmp_path, name="b1", paths=paths)
     assert made.get("changed") is True, made
     assert made["order"] == [str(ts), str(a / "pgdata")]
     assert [v["fstype"] for v in made["volumes"]] == ["btrfs", "btrfs"]
@@ -89,25 +57,25 @@ def test_a_set_of_two_filesystems_snapshotted_data_directory_last_then_released(
     with pytest.raises(OSError):
         (in_snapshot / "global" / "new").write_bytes(b"x")  # read-only
 
-    listed = _module(ansible_env, tmp_path, name="b1", paths=paths, action="list")
+    listed = volume_snapshot(ansible_env, tmp_path, name="b1", paths=paths, action="list")
     assert listed["changed"] is False and all(v["exists"] for v in listed["volumes"])
-    released = _module(ansible_env, tmp_path, name="b1", paths=paths, action="release")
+    released = volume_snapshot(ansible_env, tmp_path, name="b1", paths=paths, action="release")
     assert released["changed"] is True and not os.path.exists(made["volumes"][0]["snapshot"])
-    again = _module(ansible_env, tmp_path, name="b1", paths=paths, action="release")
+    again = volume_snapshot(ansible_env, tmp_path, name="b1", paths=paths, action="release")
     assert again["changed"] is False, again
     assert (data / "global" / "pg_control").read_bytes() == b"control after the snapshot"  # the live file untouched
 
 
 def test_a_nested_subvolume_is_refused_unless_it_is_one_of_the_paths(volumes, ansible_env, tmp_path):
     a, _, data, ts = volumes
-    wal = _subvolume(data / "pg_wal")
-    refused = _module(ansible_env, tmp_path, name="b2", paths=[str(ts), str(data)])
+    wal = subvolume(data / "pg_wal")
+    refused = volume_snapshot(ansible_env, tmp_path, name="b2", paths=[str(ts), str(data)])
     assert refused.get("failed") and "another volume" in refused["msg"] and str(wal) in refused["msg"], refused
     assert not (a / ".pgbackup-snapshots").exists()
-    covered = _module(ansible_env, tmp_path, name="b2", paths=[str(ts), str(wal), str(data)])
+    covered = volume_snapshot(ansible_env, tmp_path, name="b2", paths=[str(ts), str(wal), str(data)])
     assert covered.get("changed") is True, covered
     assert covered["order"][-1] == str(a / "pgdata") and str(wal) in covered["order"]
-    _module(ansible_env, tmp_path, name="b2", paths=[str(ts), str(wal), str(data)], action="release")
+    volume_snapshot(ansible_env, tmp_path, name="b2", paths=[str(ts), str(wal), str(data)], action="release")
 
 
 def test_a_snapshot_that_fails_releases_what_was_made(volumes, ansible_env, tmp_path):
@@ -116,7 +84,7 @@ def test_a_snapshot_that_fails_releases_what_was_made(volumes, ansible_env, tmp_
     wrapper = tmp_path / "btrfs-failing"
     wrapper.write_text(f'#!/bin/sh\ncase "$*" in *"snapshot -r {a}"*) echo "ERROR: quota exceeded" >&2; exit 1;; esac\nexec btrfs "$@"\n')
     wrapper.chmod(0o700)
-    failed = _module(ansible_env, tmp_path, name="b3", paths=[str(ts), str(data)], btrfs_command=str(wrapper))
+    failed = volume_snapshot(ansible_env, tmp_path, name="b3", paths=[str(ts), str(data)], btrfs_command=str(wrapper))
     assert failed.get("failed") and "quota exceeded" in failed["msg"] and "Released the 1 snapshot(s)" in failed["msg"], failed
     assert not list((b / ".pgbackup-snapshots").glob("*/*"))
     listed = subprocess.run(["btrfs", "subvolume", "list", str(b)], capture_output=True, text=True, check=True).stdout
