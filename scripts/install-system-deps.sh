@@ -24,6 +24,7 @@ declare -A want=(
   [/usr/lib/postgresql/15/bin/pg_amcheck]=postgresql-client-15
   [/usr/lib/postgresql/15/bin/pg_verifybackup]=postgresql-client-15
   [/usr/sbin/pgbouncer]=pgbouncer  # the connection-pooler tests (session and transaction pooling)
+  [/usr/bin/btrfs]=btrfs-progs  # snapshot backups: btrfs filesystems on loop files (tests/integration/test_volume_snapshot.py)
   # Database hosts run Ansible modules with the system Python as the postgres user when the venv's Python
   # is not reachable by that user (e.g. a venv built from a pyenv Python under /root).
   [/usr/lib/python3/dist-packages/psycopg2/__init__.py]=python3-psycopg2

@@ -56,17 +56,19 @@ time.sleep(300)
 def test_kill_job_stops_the_whole_session_of_the_job(tmp_path):
     script = tmp_path / "AnsiballZ_async_wrapper.py"
     script.write_text(FAKE_WRAPPER)
-    wrapper = subprocess.Popen([sys.executable, str(script), "123456789", "60"])
+    # A job id of this run's own: processes are found machine-wide, and two unit runs may share the machine.
+    jid = str(100000000 + os.getpid())
+    wrapper = subprocess.Popen([sys.executable, str(script), jid, "60"])
     try:
         deadline = time.monotonic() + 10
-        while len(copy_watch._job_processes("123456789.77")) < 2 and time.monotonic() < deadline:
+        while len(copy_watch._job_processes(jid + ".77")) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        pids = copy_watch._job_processes("123456789.77")
+        pids = copy_watch._job_processes(jid + ".77")
         assert wrapper.pid in pids and len(pids) == 2
-        copy_watch.kill_job("123456789.77", grace=5)
+        copy_watch.kill_job(jid + ".77", grace=5)
         wrapper.wait(timeout=5)
         assert all(copy_watch._zombie(p) for p in pids)
-        assert copy_watch._job_processes("987654321.1") == []  # another job: nothing
+        assert copy_watch._job_processes(str(int(jid) + 1) + ".1") == []  # another job: nothing
     finally:
         if wrapper.poll() is None:
             wrapper.kill()

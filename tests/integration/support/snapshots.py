@@ -1,0 +1,98 @@
+"""btrfs volumes for the snapshot tests: filesystems on loop files, subvolumes, and a streaming standby whose data
+directory and one tablespace live on two separate btrfs filesystems (the layout whose snapshot order decides whether a
+standby-only backup is consistent)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from ..harness.cluster import chown_postgres
+from ..harness.pgbins import ROOT
+
+ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
+FS_SIZE = 512 << 20  # btrfs' smallest is 109 MiB with its default profiles; a test cluster and its WAL need more
+
+
+@contextmanager
+def btrfs_filesystem(image: Path, mount_point: Path, size: int = FS_SIZE):
+    """A fresh btrfs on the loop file ``image``, mounted at ``mount_point``; unmounted and removed after."""
+    subprocess.run(["truncate", "-s", str(size), str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
+    mount_point.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True, capture_output=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
+        if os.path.ismount(mount_point):
+            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+        image.unlink(missing_ok=True)
+
+
+def subvolume(path: Path, owner: str = "root") -> Path:
+    subprocess.run(["btrfs", "subvolume", "create", str(path)], check=True, capture_output=True)
+    if owner == "postgres":
+        chown_postgres(path)
+    return path
+
+
+def volume_snapshot(ansible_env: dict, cwd: Path, **args) -> dict:
+    """The module through ``ansible localhost``; its result, with ``failed`` set as the one-line callback leaves it out."""
+    argv = [ANSIBLE, "localhost", "-c", "local", "-m", "pgbackup.lowlevel.volume_snapshot", "-a", json.dumps(args), "-o"]
+    proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=300, check=False, cwd=cwd)
+    head, _, body = proc.stdout.strip().partition(" => ")
+    result = json.loads(body) if body else {"failed": True, "msg": proc.stdout + proc.stderr}
+    result.setdefault("failed", "FAILED" in head)
+    return result
+
+
+def _tablespace_oid(primary, name: str) -> str:
+    return str(primary.sql("SELECT oid FROM pg_tablespace WHERE spcname = %s", (name,))[0][0])
+
+
+@contextmanager
+def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path):
+    """A standby of ``primary`` (which has ``tablespace``) whose data directory is on one btrfs and the tablespace on
+    another. Yields (standby, tablespace directory on the standby). The standby gets its own copy of the tablespace:
+    on one machine the primary's and a standby's tablespace would otherwise be the same directory."""
+    oid = _tablespace_oid(primary, tablespace)
+    (source_ts,) = primary.sql("SELECT pg_tablespace_location(%s::oid)", (oid,))[0]
+    standby = testbed._cluster(primary.major, primary.node, f"pg{primary.major}-btrfs{testbed._next_serial()}", "standby", upstream=primary)
+    standby._make_dirs()
+    with ExitStack() as stack:
+        data_fs = stack.enter_context(btrfs_filesystem(images / "data.img", standby.base / "volA"))
+        ts_fs = stack.enter_context(btrfs_filesystem(images / "ts.img", standby.base / "volB"))
+        data_dir = subvolume(data_fs / "pgdata") / "data"
+        ts_dir = subvolume(ts_fs / "ts", owner="postgres")
+        primary.stop("fast")  # a clean shutdown: the copy needs no WAL beyond what it contains
+        try:
+            subprocess.run(["cp", "-a", str(primary.datadir), str(data_dir)], check=True)
+            subprocess.run(["cp", "-a", f"{source_ts}/.", str(ts_dir)], check=True)
+        finally:
+            primary.start()
+        os.symlink(data_dir, standby.datadir)
+        link = data_dir / "pg_tblspc" / oid
+        link.unlink()
+        os.symlink(ts_dir, link)
+        os.lchown(link, *_postgres_ids())
+        (data_dir / "postmaster.opts").unlink(missing_ok=True)
+        standby.write_settings()
+        (data_dir / "standby.signal").touch()
+        chown_postgres(data_dir / "standby.signal")
+        standby.start()
+        try:
+            standby.wait_streaming()
+            yield standby, ts_dir
+        finally:
+            standby.stop("fast")
+            testbed.clusters.remove(standby)
+
+
+def _postgres_ids() -> tuple:
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
