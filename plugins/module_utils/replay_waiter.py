@@ -48,9 +48,7 @@ from typing import Any, Callable, Optional
 from .connection import LazySession
 from .errors import PgBackupError
 from .lsn import format_lsn, parse_lsn
-from .replay_goals import CHECKPOINT_SQL as CHECKPOINT_SQL  # the goal runs it; tests and callers name it here
 from .replay_goals import GOALS, INSUFFICIENT_PRIVILEGE, MODES, lsn_or_unknown
-from .replay_goals import LOG_TAIL_SQL as LOG_TAIL_SQL
 
 CANNOT_CONNECT_NOW = "57P03"
 APPLY_DELAY_WAIT_EVENT = "RecoveryApplyDelay"

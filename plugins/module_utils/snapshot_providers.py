@@ -84,7 +84,7 @@ def check_placeholders(option: str, argv: list) -> None:
             fields = list(string.Formatter().parse(arg))
         except ValueError as exc:
             raise PgBackupError(f"{option} has a malformed placeholder in {arg!r}: {exc}; expected {{name}} style fields") from exc
-        for _, field_name, spec, conversion in fields:
+        for _literal, field_name, spec, conversion in fields:
             if field_name is None:
                 continue
             if field_name not in PLACEHOLDERS or spec or conversion:

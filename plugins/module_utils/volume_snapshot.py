@@ -204,7 +204,7 @@ def mount(params: dict, *, check_mode: bool) -> dict:
 
 
 def listing(params: dict) -> dict:
-    _, targets = plan(params)
+    _provider, targets = plan(params)
     return result(targets, changed=False)
 
 

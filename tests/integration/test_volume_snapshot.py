@@ -42,7 +42,7 @@ def _readonly(path: str) -> bool:
 
 
 def test_a_set_of_two_filesystems_snapshotted_data_directory_last_then_released(volumes, ansible_env, tmp_path):
-    a, _, data, ts = volumes
+    a, _b, data, ts = volumes
     paths = [str(ts), str(data)]
     made = volume_snapshot(ansible_env, tmp_path, name="b1", paths=paths)
     assert made.get("changed") is True, made
@@ -67,7 +67,7 @@ def test_a_set_of_two_filesystems_snapshotted_data_directory_last_then_released(
 
 
 def test_a_nested_subvolume_is_refused_unless_it_is_one_of_the_paths(volumes, ansible_env, tmp_path):
-    a, _, data, ts = volumes
+    a, _b, data, ts = volumes
     wal = subvolume(data / "pg_wal")
     refused = volume_snapshot(ansible_env, tmp_path, name="b2", paths=[str(ts), str(data)])
     assert refused.get("failed") and "another volume" in refused["msg"] and str(wal) in refused["msg"], refused

@@ -45,7 +45,7 @@ def volume_snapshot(ansible_env: dict, cwd: Path, **args) -> dict:
     """The module through ``ansible localhost``; its result, with ``failed`` set as the one-line callback leaves it out."""
     argv = [ANSIBLE, "localhost", "-c", "local", "-m", "pgbackup.lowlevel.volume_snapshot", "-a", json.dumps(args), "-o"]
     proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=300, check=False, cwd=cwd)
-    head, _, body = proc.stdout.strip().partition(" => ")
+    head, _sep, body = proc.stdout.strip().partition(" => ")
     result = json.loads(body) if body else {"failed": True, "msg": proc.stdout + proc.stderr}
     result.setdefault("failed", "FAILED" in head)
     return result

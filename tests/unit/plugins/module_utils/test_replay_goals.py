@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_goals import (
+    CHECKPOINT_SQL,
     GOALS,
     ConsistentGoal,
     RestartpointGoal,
     StreamingGoal,
     TargetLsnGoal,
 )
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter import CHECKPOINT_SQL, Observation, WaitOptions
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter import Observation, WaitOptions
 
 from .test_replay_waiter import CKPT_RECORD, TARGET, TARGET_TEXT, Clock, Standby, fails, waiter
 

@@ -9,10 +9,9 @@ import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection import server_address
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import format_lsn, parse_lsn
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_goals import CHECKPOINT_SQL, LOG_TAIL_SQL
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.replay_waiter import (
-    CHECKPOINT_SQL,
     CONFLICT_ATTEMPTS,
-    LOG_TAIL_SQL,
     OBSERVE_SQL,
     RECOVERY_TARGETS_SQL,
     RESUME_SQL,
