@@ -16,7 +16,9 @@ Runs on the destination host; the source is local or reached over ssh. Steps:
      source no longer has.
    - on one host: N threads read each file once, hash it on the way and write it (mode, mtime, owner);
      then every file is fsynced, 16 at a time.
-4. Copy ``global/pg_control`` last, to ``global/pg_control.pgbackup-pending``.
+4. Copy ``global/pg_control`` last, to ``global/pg_control.pgbackup-pending``. A finished backup (source_kind
+   finished_backup, see finished_backup.py) has its label already: its pg_control is renamed into place at once and
+   its tablespace_map rewritten when a tablespace moved.
 5. fsync every directory; record the sums; remove the marker.
 
 The source is read once (by rsync, or by the copy itself on one host).
@@ -37,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-from . import copy_state, stream_transport
+from . import copy_state, finished_backup, stream_transport
 from .copy_plan import Plan, check_delta_destination, check_destination, delta_removals, delta_remove, make_plan, oid_of
 from .copy_progress import Progress
 from .copy_source import Entry, Source, list_tree, ssh_hint
@@ -170,6 +172,8 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
     else:
         sums, vanished = local_copy_all(source, plan, dest, ts_links, parallel, uid, gid, progress)
         copy_seconds = _start_sync_phase(progress, start)
+    if plan.source_kind == finished_backup.FINISHED_BACKUP:
+        finished_backup.place_control_and_map(dest, plan.new_map, uid, gid, sums)
     _settle_tree(plan, dest, ts_links, uid, gid)
     _record_sums(dest, sums, uid, gid)
     seconds = time.monotonic() - start
