@@ -175,7 +175,7 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
     if plan.source_kind == finished_backup.FINISHED_BACKUP:
         finished_backup.place_control_and_map(dest, plan.new_map, uid, gid, sums)
     _settle_tree(plan, dest, ts_links, uid, gid)
-    _record_sums(dest, sums, uid, gid)
+    _record_sums(dest, sums, uid, gid, keep=plan.source_kind != finished_backup.FINISHED_BACKUP)
     seconds = time.monotonic() - start
     total = sum(v[0] for v in sums.values())
     progress.phase = "done"
@@ -277,11 +277,15 @@ def _settle_tree(plan: Plan, dest: str, ts_links: dict, uid: int, gid: int) -> N
         fsync_dir(os.path.join(dest, "pg_tblspc"))
 
 
-def _record_sums(dest: str, sums: dict, uid: int, gid: int) -> None:
-    """The sums go in, then the incomplete marker goes: a copy without the marker is complete and durable."""
-    copy_state.write_checksums(dest, "SHA256", sums)
-    if uid >= 0:
-        os.chown(os.path.join(dest, copy_state.CHECKSUMS_FILE), uid, gid)
+def _record_sums(dest: str, sums: dict, uid: int, gid: int, keep: bool = True) -> None:
+    """The sums go in, then the incomplete marker goes: a copy without the marker is complete and durable.
+
+    A restored backup (``keep`` False) has its backup_manifest for that, and pg_verifybackup refuses a file the manifest
+    does not list: the files were hashed on the way (a short read fails the copy) but no record is left."""
+    if keep:
+        copy_state.write_checksums(dest, "SHA256", sums)
+        if uid >= 0:
+            os.chown(os.path.join(dest, copy_state.CHECKSUMS_FILE), uid, gid)
     copy_state.remove_marker(dest)
     fsync_dir(os.path.dirname(dest.rstrip("/")) or "/")
 

@@ -35,7 +35,8 @@ description:
     behind. C(global/pg_control) goes straight to its place. Tablespaces are those the backup's C(tablespace_map) lists,
     each copied whole to the place O(tablespace_mapping) gives (keyed by OID or by the path in that map); when one moves,
     C(tablespace_map) is rewritten with the new places (RV(remapped_tablespace_map)) and C(pg_tblspc) points there.
-    Files are fsynced, hashed and given to O(owner) as in any copy.
+    Files are fsynced, hashed on the way and given to O(owner) as in any copy, but no C(.pgbackup-checksums.json) is left
+    (the backup's C(backup_manifest) is the record, and C(pg_verifybackup) refuses a file it does not list).
 author:
   - pgbackup.lowlevel developers (@pgbackup)
 extends_documentation_fragment:
