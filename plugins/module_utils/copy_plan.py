@@ -3,7 +3,10 @@
 """What a copy takes (``make_plan``: the listing filtered with :mod:`exclusions` for the source's major, tablespaces
 mapped, pg_control apart to be copied last) and the refusals about its destination before anything is written
 (``check_destination``: not empty without delta, a running server there, nested paths, a tablespace onto its source, too
-little free space, a delta onto what is not a copy of this cluster), with what a delta copy removes there."""
+little free space, a delta onto what is not a copy of this cluster), with what a delta copy removes there.
+
+``source_kind="finished_backup"`` plans the restore of a finished backup instead (its rules in finished_backup.py): the
+whole backup but our working files, its tablespaces from its tablespace_map."""
 
 from __future__ import annotations
 
