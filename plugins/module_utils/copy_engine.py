@@ -16,7 +16,9 @@ Runs on the destination host; the source is local or reached over ssh. Steps:
      source no longer has.
    - on one host: N threads read each file once, hash it on the way and write it (mode, mtime, owner);
      then every file is fsynced, 16 at a time.
-4. Copy ``global/pg_control`` last, to ``global/pg_control.pgbackup-pending``.
+4. Copy ``global/pg_control`` last, to ``global/pg_control.pgbackup-pending``. A finished backup (source_kind
+   finished_backup, see finished_backup.py) has its label already: its pg_control is renamed into place at once and
+   its tablespace_map rewritten when a tablespace moved.
 5. fsync every directory; record the sums; remove the marker.
 
 The source is read once (by rsync, or by the copy itself on one host).
@@ -37,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-from . import copy_state, stream_transport
+from . import copy_state, finished_backup, stream_transport
 from .copy_plan import Plan, check_delta_destination, check_destination, delta_removals, delta_remove, make_plan, oid_of
 from .copy_progress import Progress
 from .copy_source import Entry, Source, list_tree, ssh_hint
@@ -170,8 +172,10 @@ def _copy(source: Source, plan: Plan, dest: str, parallel: int, delta: bool, uid
     else:
         sums, vanished = local_copy_all(source, plan, dest, ts_links, parallel, uid, gid, progress)
         copy_seconds = _start_sync_phase(progress, start)
+    if plan.source_kind == finished_backup.FINISHED_BACKUP:
+        finished_backup.place_control_and_map(dest, plan.new_map, uid, gid, sums)
     _settle_tree(plan, dest, ts_links, uid, gid)
-    _record_sums(dest, sums, uid, gid)
+    _record_sums(dest, sums, uid, gid, keep=plan.source_kind != finished_backup.FINISHED_BACKUP)
     seconds = time.monotonic() - start
     total = sum(v[0] for v in sums.values())
     progress.phase = "done"
@@ -273,11 +277,15 @@ def _settle_tree(plan: Plan, dest: str, ts_links: dict, uid: int, gid: int) -> N
         fsync_dir(os.path.join(dest, "pg_tblspc"))
 
 
-def _record_sums(dest: str, sums: dict, uid: int, gid: int) -> None:
-    """The sums go in, then the incomplete marker goes: a copy without the marker is complete and durable."""
-    copy_state.write_checksums(dest, "SHA256", sums)
-    if uid >= 0:
-        os.chown(os.path.join(dest, copy_state.CHECKSUMS_FILE), uid, gid)
+def _record_sums(dest: str, sums: dict, uid: int, gid: int, keep: bool = True) -> None:
+    """The sums go in, then the incomplete marker goes: a copy without the marker is complete and durable.
+
+    A restored backup (``keep`` False) has its backup_manifest for that, and pg_verifybackup refuses a file the manifest
+    does not list: the files were hashed on the way (a short read fails the copy) but no record is left."""
+    if keep:
+        copy_state.write_checksums(dest, "SHA256", sums)
+        if uid >= 0:
+            os.chown(os.path.join(dest, copy_state.CHECKSUMS_FILE), uid, gid)
     copy_state.remove_marker(dest)
     fsync_dir(os.path.dirname(dest.rstrip("/")) or "/")
 

@@ -3,14 +3,17 @@
 """What a copy takes (``make_plan``: the listing filtered with :mod:`exclusions` for the source's major, tablespaces
 mapped, pg_control apart to be copied last) and the refusals about its destination before anything is written
 (``check_destination``: not empty without delta, a running server there, nested paths, a tablespace onto its source, too
-little free space, a delta onto what is not a copy of this cluster), with what a delta copy removes there."""
+little free space, a delta onto what is not a copy of this cluster), with what a delta copy removes there.
+
+``source_kind="finished_backup"`` plans the restore of a finished backup instead (its rules in finished_backup.py): the
+whole backup but our working files, its tablespaces from its tablespace_map."""
 
 from __future__ import annotations
 
 import os
 from typing import Optional
 
-from . import copy_state
+from . import copy_state, finished_backup
 from .copy_source import Entry, Source, list_local, list_tree
 from .errors import PgBackupError
 from .exclusions import Exclusions, wal_dirs_kept
@@ -27,6 +30,8 @@ class Plan:
         self.excluded: list = []
         self.control: Optional[Entry] = None
         self.system_identifier: Optional[int] = None
+        self.source_kind = finished_backup.LIVE
+        self.new_map: Optional[bytes] = None  # finished_backup: the tablespace_map written instead of the backup's
 
     @property
     def files(self) -> int:
@@ -49,8 +54,12 @@ def _read_head(source: Source, path: str, size: int) -> bytes:
         return f.read(size)
 
 
-def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: list) -> Plan:
+def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: list, *, source_kind: str = finished_backup.LIVE) -> Plan:
     """What to copy from ``source`` into ``dest``: the main tree, then each tablespace at its mapped place."""
+    if source_kind == finished_backup.FINISHED_BACKUP:
+        return _finished_backup_plan(source, dest, tablespace_mapping)
+    if source_kind != finished_backup.LIVE:
+        raise PgBackupError(f"source_kind must be one of {', '.join(finished_backup.SOURCE_KINDS)}, not {source_kind!r}")
     plan = Plan()
     entries = list_tree(source, source.path)
     names = {e.rel: e for e in entries}
@@ -74,6 +83,34 @@ def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: lis
     for ts in plan.tablespaces:
         if not ts["in_place"]:
             plan.roots.append(_tablespace_root(source, ts, rules, plan))
+    return plan
+
+
+def _finished_backup_plan(source: Source, dest: str, tablespace_mapping: dict) -> Plan:
+    """A finished backup (see finished_backup): all of it but our working files, its tablespaces from its
+    tablespace_map, each copied whole to its mapped place, the map rewritten when one moves."""
+    plan = Plan()
+    plan.source_kind = finished_backup.FINISHED_BACKUP
+    entries = list_tree(source, source.path)
+    names = {e.rel: e for e in entries}
+    finished_backup.check_source(source, names)  # first: a pending pg_control is a backup whose label was not placed
+    plan.major = _source_major(source, names)
+    plan.system_identifier = copy_state.system_identifier_of(_read_head(source, os.path.join(source.path, "global", "pg_control"), 8))
+    plan.control = names["global/pg_control"]
+    map_text = source.run(["cat", os.path.join(source.path, finished_backup.MAP)]) if finished_backup.MAP in names else None
+    for oid, path in finished_backup.listed_tablespaces(source, names, map_text, plan.major):
+        plan.tablespaces.append({"oid": oid, "source": path, "dest": _mapped_place(source, oid, path, tablespace_mapping), "in_place": False})
+    for rel, e in names.items():
+        if rel.count("/") == 1 and rel.startswith("pg_tblspc/") and e.kind == "d":
+            plan.tablespaces.append({"oid": rel.split("/")[1], "source": os.path.join(source.path, rel), "dest": os.path.join(dest, rel), "in_place": True})
+    plan.new_map = finished_backup.rewritten_map(plan.tablespaces, plan.major)
+    main, inner = _skip_tablespaces_inside(entries, plan.tablespaces, source)
+    kept, dropped = finished_backup.kept_entries(main, plan.new_map is not None)
+    plan.excluded.extend(inner + dropped)
+    plan.roots.append((source.path, dest, kept))
+    for ts in plan.tablespaces:
+        if not ts["in_place"]:
+            plan.roots.append((ts["source"], ts["dest"], list_tree(source, ts["source"])))
     return plan
 
 
@@ -167,6 +204,8 @@ def _skip_tablespaces_inside(main: list, tablespaces: list, source: Source) -> t
 
 def check_destination(source: Source, plan: Plan, dest: str, delta: bool) -> None:
     """Refusals about the destination, before anything is written."""
+    if plan.source_kind == finished_backup.FINISHED_BACKUP:
+        finished_backup.check_destinations_empty(source, [droot for _src, droot, _es in plan.roots])
     for _src, droot, _es in plan.roots:
         if os.path.lexists(droot) and not os.path.isdir(droot):
             raise PgBackupError(f"destination {droot} exists and is not a directory", dest=droot)

@@ -29,6 +29,14 @@ description:
     while the next ones are copied.
   - While it runs, the copy carries C(.pgbackup-incomplete); a failed or killed copy keeps it, and every other
     module of the collection refuses such a directory.
+  - With O(source_kind=finished_backup) the source is a backup already taken (by the standby_backup role) and the copy
+    is its restore. Nothing a base backup leaves out is left out - C(backup_label), C(tablespace_map), C(backup_manifest)
+    and the WAL in C(pg_wal) are what make it restorable - only this collection's working files (C(.pgbackup-*)) stay
+    behind. C(global/pg_control) goes straight to its place. Tablespaces are those the backup's C(tablespace_map) lists,
+    each copied whole to the place O(tablespace_mapping) gives (keyed by OID or by the path in that map); when one moves,
+    C(tablespace_map) is rewritten with the new places (RV(remapped_tablespace_map)) and C(pg_tblspc) points there.
+    Files are fsynced, hashed on the way and given to O(owner) as in any copy, but no C(.pgbackup-checksums.json) is left
+    (the backup's C(backup_manifest) is the record, and C(pg_verifybackup) refuses a file it does not list).
 author:
   - pgbackup.lowlevel developers (@pgbackup)
 extends_documentation_fragment:
@@ -81,6 +89,17 @@ options:
       - In check mode RV(would_remove) lists what a run would remove.
     type: bool
     default: false
+  source_kind:
+    description:
+      - V(live) - the data directory of a server (running or not), copied the way a base backup would.
+      - V(finished_backup) - a finished backup, copied whole for a restore (see the description). Refused, naming the
+        source's host, ssh port and path - a source without C(backup_label), with C(.pgbackup-incomplete) (its backup
+        failed), with C(global/pg_control.pgbackup-pending) (its label never placed) or with C(postmaster.pid); a
+        destination or a tablespace's new place that is not empty; O(delta), O(excludes) and O(gate).
+    type: str
+    choices: [live, finished_backup]
+    default: live
+    version_added: 0.2.0
   owner:
     description: OS user that owns the copy (its primary group too).
     type: str
@@ -143,6 +162,16 @@ EXAMPLES = r"""
     progress_file: /srv/restore/copy-progress.json
   register: copy
 
+- name: Restore a finished backup from the backup host, tablespace moved to /srv/restore/ts1
+  pgbackup.lowlevel.datadir_copy:
+    source_kind: finished_backup
+    source_host: backup1.example.com
+    source_path: /backups/2026-12-07/pgdata
+    data_dir: /srv/restore/pgdata
+    tablespace_mapping:
+      /backups/2026-12-07/ts1: /srv/restore/ts1
+    owner: postgres
+
 - name: Re-seed a broken replica in place
   pgbackup.lowlevel.datadir_copy:
     source_host: db1.example.com
@@ -183,7 +212,7 @@ major:
   type: int
   sample: 16
 pending_control:
-  description: Where pg_control was written, relative to O(data_dir).
+  description: Where pg_control was written, relative to O(data_dir) (C(global/pg_control) with O(source_kind=finished_backup)).
   returned: always
   type: str
   sample: global/pg_control.pgbackup-pending
@@ -214,6 +243,13 @@ would_remove:
   type: list
   elements: str
   version_added: 0.2.0
+remapped_tablespace_map:
+  description:
+    - Whether C(tablespace_map) was rewritten with the tablespaces' new places (O(source_kind=finished_backup)), so that
+      it no longer matches the backup's C(backup_manifest) (P(pgbackup.lowlevel.backup_verify#module) has an option for that).
+  returned: always
+  type: bool
+  version_added: 0.2.0
 system_identifier:
   description: The source's system identifier (from its C(global/pg_control)).
   returned: always
@@ -236,6 +272,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_gate import check_token, wait_for_gate
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_state import PENDING_CONTROL
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.finished_backup import CONTROL, FINISHED_BACKUP, SOURCE_KINDS, check_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.option_names import renamed_from
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
 
@@ -249,6 +286,7 @@ ARGS = {
     "parallel": {"type": "int", "default": 1},
     "max_rate": {"type": "int", "default": 0},
     "delta": {"type": "bool", "default": False},
+    "source_kind": {"type": "str", "choices": list(SOURCE_KINDS), "default": "live"},
     "owner": {"type": "str", "default": "postgres"},
     "progress_file": {"type": "path"},
     "transport": {"type": "str", "choices": ["rsync", "stream"], "default": "rsync"},
@@ -270,6 +308,9 @@ def run_module(module: AnsibleModule) -> dict:
         raise PgBackupError(f"piece_size must be at least 1048576 bytes (1 MiB), not {p['piece_size']}")
     if not os.path.isabs(p["data_dir"]):
         raise PgBackupError(f"data_dir {p['data_dir']!r} must be an absolute path")
+    finished = p["source_kind"] == FINISHED_BACKUP
+    if finished:
+        check_options(delta=p["delta"], excludes=p["excludes"], gate=p["gate"])
     if p["gate"]:
         check_token(p["gate_token"])
     dest = os.path.normpath(p["data_dir"])
@@ -280,7 +321,7 @@ def run_module(module: AnsibleModule) -> dict:
         # Before the listing: files listed before the backup's start was replayed could miss what the start needs.
         waited = wait_for_gate(p["gate"], p["gate_token"], p["gate_timeout"], dest)
     mapping = {str(k): v for k, v in p["tablespace_mapping"].items()}
-    plan = make_plan(source, dest, mapping, p["excludes"])
+    plan = make_plan(source, dest, mapping, p["excludes"], source_kind=p["source_kind"])
     check_destination(source, plan, dest, p["delta"])
     result = {
         "changed": not module.check_mode,
@@ -289,7 +330,8 @@ def run_module(module: AnsibleModule) -> dict:
         "bytes": plan.bytes,
         "tablespaces": plan.tablespaces,
         "excluded": len(plan.excluded),
-        "pending_control": PENDING_CONTROL,
+        "pending_control": CONTROL if finished else PENDING_CONTROL,
+        "remapped_tablespace_map": plan.new_map is not None,
         "system_identifier": str(plan.system_identifier),
     }
     if waited is not None:
