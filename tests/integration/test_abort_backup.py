@@ -41,7 +41,7 @@ def test_abort_ends_what_a_killed_controller_left(netns_testbed, netns_pair, ans
     dest = scratch / "copy"
     keepers = tmp_path / "keepers"
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
+    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_source_ssh_host=standby.node.address,
                         standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS,
                         standby_backup_progress_interval=0.5)  # fmt: skip
     throttle(standby.node)
@@ -118,7 +118,7 @@ def test_abort_cancels_a_copy_still_waiting_at_its_gate(netns_testbed, netns_pai
     dest = bed.scratch_dir(f"abort-gate-{pg_major}") / "copy"
     keepers = tmp_path / "keepers"
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
+    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_source_ssh_host=standby.node.address,
                         standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS)  # fmt: skip
     note = dest.parent / ".copy.gate.waiting"
     # The standby's startup process stopped: replay cannot pass the backup's start, so replay_wait waits (and the gate stays shut).

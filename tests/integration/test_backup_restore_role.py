@@ -170,7 +170,7 @@ def test_restore_from_the_backup_host_over_ssh(netns_testbed, netns_pair, ansibl
         standby,
         backup.datadir,
         tmp_path / "keepers",
-        standby_backup_standby_ssh_host=standby.node.address,
+        standby_backup_source_ssh_host=standby.node.address,
         standby_backup_ssh_key=key,
         standby_backup_ssh_options=SSH_OPTIONS,
     )
@@ -218,7 +218,7 @@ def test_restore_maps_tablespaces(lone_primary, testbed, ansible_env, tmp_path, 
             primary,
             dest,
             standby_backup_mode="source_only",
-            standby_backup_standby_data_dir=str(primary.datadir),
+            standby_backup_source_data_dir=str(primary.datadir),
             standby_backup_tablespace_mapping={str(ts_src): str(ts_bak)},
         )
         assert code == 0, output[-5000:]

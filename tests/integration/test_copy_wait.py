@@ -38,7 +38,7 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
     dest = bed.scratch_dir(f"cw-lost-{pg_major}-{fault}") / "copy"
     keepers = tmp_path / "keepers"
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
-    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_standby_ssh_host=standby.node.address,
+    extra = backup_vars(db3.name, primary, standby, dest, keepers, standby_backup_source_ssh_host=standby.node.address,
                         standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS,
                         standby_backup_progress_interval=0.5)  # fmt: skip
     throttle(standby.node)

@@ -62,7 +62,7 @@ class _Run:
         self.inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
 
     def vars(self, dest) -> dict:
-        return backup_vars(self.db3.name, self.primary, self.standby, dest, self.keepers, standby_backup_standby_ssh_host=self.standby.node.address,
+        return backup_vars(self.db3.name, self.primary, self.standby, dest, self.keepers, standby_backup_source_ssh_host=self.standby.node.address,
                            standby_backup_ssh_key=str(self.bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS,
                            standby_backup_progress_interval=1)  # fmt: skip
 

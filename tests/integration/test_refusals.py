@@ -112,6 +112,9 @@ def test_standby_backup_refuses_before_any_change(netns_testbed, netns_pair, ans
         "too_small": {"standby_backup_dest": str(small)},
         "unknown_host_key": {"standby_backup_dest": str(dest("hostkey")), "standby_backup_ssh_options": strict},
         "key_refused": {"standby_backup_dest": str(dest("key")), "standby_backup_ssh_key": str(stranger), "standby_backup_ssh_options": SSH_OPTIONS},
+        # the source under its name and, differently, under its deprecated alias; and under neither (null is unset)
+        "source_twice": {"standby_backup_dest": str(dest("twice")), "standby_backup_standby_host": "192.0.2.1"},
+        "source_missing": {"standby_backup_dest": str(dest("missing")), "standby_backup_source_host": None},
     }
     expected = {
         "bad_id_rf": ("Check the backup's id and paths", ['standby_backup_id "--rf" is not a valid backup id']),
@@ -133,6 +136,11 @@ def test_standby_backup_refuses_before_any_change(netns_testbed, netns_pair, ans
             "Refuse ssh that does not work between the hosts",
             [f"to postgres@{standby.node.address} port 22", "Permission denied", "authorized_keys", "standby_backup_ssh_key"],
         ),
+        "source_twice": (
+            "Refuse the source named twice, by a name and its deprecated alias, with different values",
+            [f'standby_backup_source_host="{standby.host}" and its deprecated alias standby_backup_standby_host="192.0.2.1"'],
+        ),
+        "source_missing": ("Refuse the source without its host or data directory", ["standby_backup_source_host is not set"]),
     }
     untouched = [busy, foreign, small, earlier]
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
@@ -140,7 +148,7 @@ def test_standby_backup_refuses_before_any_change(netns_testbed, netns_pair, ans
     common = backup_vars(db3.name, primary, standby, tmp_path / "unused", state_dir)
     common.pop("standby_backup_hosts")
     common.pop("standby_backup_dest")
-    common.update(standby_backup_standby_ssh_host=standby.node.address, standby_backup_ssh_key=key, standby_backup_ssh_options=SSH_OPTIONS)
+    common.update(standby_backup_source_ssh_host=standby.node.address, standby_backup_ssh_key=key, standby_backup_ssh_options=SSH_OPTIONS)
     hosts = {f"refusals_{name}": {"ansible_host": db3.address, **case} for name, case in cases.items()}
     hosts["refusals_control"] = {"ansible_host": db3.address, "standby_backup_dest": str(earlier), "standby_backup_delta": True}
     data["all"].setdefault("children", {})["refusals"] = {"hosts": hosts, "vars": common}

@@ -160,7 +160,7 @@ def test_max_rate_limits_the_copy_and_a_useless_one_is_refused_first(primary_sta
     local_stream = check_mode_vars(primary, standby, dest, state_dir, standby_backup_transport="stream")
     refused = check_run(ansible_env, testbed, tmp_path, "standby_backup.yml", local_stream)
     assert refused.returncode != 0, refused.stdout[-3000:]
-    assert "standby_backup_transport: stream copies from another host (standby_backup_standby_ssh_host)" in refused.stdout, refused.stdout[-3000:]
+    assert "standby_backup_transport: stream copies from another host (standby_backup_source_ssh_host)" in refused.stdout, refused.stdout[-3000:]
     nothing_happened(primary, standby, state_dir)
     code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_max_rate=16 * 2**20)
     assert code == 0, output[-4000:]

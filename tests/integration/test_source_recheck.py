@@ -65,10 +65,10 @@ def test_another_clusters_data_dir_is_refused_before_anything_starts(primary_sta
     other_sysid = other.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
     standby_sysid = standby.sql("SELECT system_identifier::text FROM pg_control_system()")[0][0]
     dest = testbed.scratch_dir(f"sb-recheck-wrongdir-{pg_major}")
-    code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_standby_data_dir=str(other.datadir))
+    code, output = role_run(ansible_env, testbed, tmp_path, primary, standby, dest, standby_backup_source_data_dir=str(other.datadir))
     assert code != 0
     assert "Check that the data directory to copy is the standby's" in output, output[-3000:]
-    for words in (other_sysid, standby_sysid, str(other.datadir), f"{standby.host}:{standby.port}", "standby_backup_standby_data_dir"):
+    for words in (other_sysid, standby_sysid, str(other.datadir), f"{standby.host}:{standby.port}", "standby_backup_source_data_dir"):
         assert words in output, (words, output[-3000:])
     nothing_happened(primary, standby, tmp_path / "keepers")
     assert list(dest.iterdir()) == []
@@ -78,7 +78,7 @@ def test_another_clusters_data_dir_is_refused_before_anything_starts(primary_sta
         testbed,
         tmp_path,
         "standby_backup.yml",
-        check_mode_vars(primary, standby, dest, tmp_path / "keepers", standby_backup_standby_data_dir=str(other.datadir)),
+        check_mode_vars(primary, standby, dest, tmp_path / "keepers", standby_backup_source_data_dir=str(other.datadir)),
     )
     assert checked.returncode != 0 and "Check that the data directory to copy is the standby's" in checked.stdout + checked.stderr, checked.stdout[-3000:]
     assert other_sysid in checked.stdout + checked.stderr

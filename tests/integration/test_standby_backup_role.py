@@ -78,7 +78,7 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
         restored.datadir,
         tmp_path / "keepers",
         standby_backup_mode=mode,
-        standby_backup_standby_ssh_host=standby.node.address,
+        standby_backup_source_ssh_host=standby.node.address,
         standby_backup_ssh_key=key,
         standby_backup_ssh_options=SSH_OPTIONS,
         standby_backup_progress_interval=2,
@@ -86,6 +86,10 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
     )
     if driver == "psycopg3":
         extra["ansible_python_interpreter"] = str(PSYCOPG3_PYTHON)
+    # The one run through the deprecated names of the source (removed in 0.3.0): the whole backup takes them.
+    old_names = (mode, driver) == ("coordinated", "psycopg2")
+    if old_names:
+        extra = {name.replace("standby_backup_source_", "standby_backup_standby_"): value for name, value in extra.items()}
     try:
         with bed.load(primary, 600, clients=2) as load:
             time.sleep(1)
@@ -103,6 +107,9 @@ def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair,
             stdout, stderr = proc.communicate(timeout=600)
             load.stop()
         assert proc.returncode == 0, stdout[-6000:] + stderr[-3000:]
+        for suffix in ("host", "port", "data_dir", "ssh_host"):
+            deprecated = f"standby_backup_standby_{suffix} is deprecated and removed in 0.3.0: use standby_backup_source_{suffix}"
+            assert (deprecated in stdout) == old_names, (deprecated, stdout[-6000:])
         summary = re.search(r'"start_lsn": "([0-9A-F/]+)".*?"stop_lsn": "([0-9A-F/]+)"', stdout, re.S)
         assert summary, stdout[-4000:]
         start_lsn, stop_lsn = summary.groups()
