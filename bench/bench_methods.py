@@ -208,19 +208,19 @@ class StandbyBackup(Playbook):
             "standby_backup_mode": "coordinated",
             "standby_backup_parallel": self.parallel,
             "standby_backup_login_password": p.password,
-            "standby_backup_standby_data_dir": str(s.datadir),
+            "standby_backup_source_data_dir": str(s.datadir),
             "standby_backup_dest": str(c.dest),
             "standby_backup_state_dir": str(c.bed.run_dir / "keepers"),
             "standby_backup_pg_bindir": str(PG_BIN),
         }
         if self.across:
-            extra |= {"standby_backup_hosts": "db3", "standby_backup_primary_host": p.host, "standby_backup_standby_host": s.host}
-            extra |= {"standby_backup_standby_ssh_host": s.node.address, "standby_backup_ssh_key": c.key, "standby_backup_ssh_options": SSH_OPTIONS}
+            extra |= {"standby_backup_hosts": "db3", "standby_backup_primary_host": p.host, "standby_backup_source_host": s.host}
+            extra |= {"standby_backup_source_ssh_host": s.node.address, "standby_backup_ssh_key": c.key, "standby_backup_ssh_options": SSH_OPTIONS}
             inventory = c.inventory
         else:  # over the servers' sockets, the copy on this machine
-            extra |= {"standby_backup_primary_host": str(p.socket_dir), "standby_backup_standby_host": str(s.socket_dir)}
+            extra |= {"standby_backup_primary_host": str(p.socket_dir), "standby_backup_source_host": str(s.socket_dir)}
             inventory = c.local_inventory
-        extra |= {"standby_backup_primary_port": p.port, "standby_backup_standby_port": s.port}
+        extra |= {"standby_backup_primary_port": p.port, "standby_backup_source_port": s.port}
         return None, self.playbook_argv(inventory, extra), None, c.ansible_env
 
     def post(self, run, output, last):

@@ -75,7 +75,7 @@ def test_a_finished_backup_with_a_tablespace_is_restored_elsewhere_and_recovers(
             primary,
             backup,
             standby_backup_mode="source_only",
-            standby_backup_standby_data_dir=str(primary.datadir),
+            standby_backup_source_data_dir=str(primary.datadir),
             standby_backup_tablespace_mapping={str(ts_src): str(ts_bak)},
         )
         assert code == 0, output[-5000:]
