@@ -27,14 +27,14 @@ PLAY = """
         msg: "RESOLVED {{ [_standby_backup_source_host, _standby_backup_source_port, _standby_backup_source_data_dir,
           _standby_backup_source_ssh_host] | to_json }}"
 """
-BOTH = ["standby_backup_source_host", "standby_backup_source_data_dir"]
+BOTH = ("standby_backup_source_host", "standby_backup_source_data_dir")
 
 
 def _run(ansible_env, tmp_path, given: dict, required=BOTH) -> tuple:
     play = tmp_path / "play.yml"
     play.write_text(PLAY)
     extra = tmp_path / "extra.json"
-    extra.write_text(json.dumps({**given, "_standby_backup_source_required": required}))
+    extra.write_text(json.dumps({**given, "_standby_backup_source_required": list(required)}))
     argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play), "-e", f"@{extra}"]
     proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=120, check=False)
     resolved = re.search(r'"msg": "RESOLVED (.*)"$', proc.stdout, re.M)
