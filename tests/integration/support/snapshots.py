@@ -96,3 +96,21 @@ def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path):
 def _postgres_ids() -> tuple:
     entry = pwd.getpwnam("postgres")
     return entry.pw_uid, entry.pw_gid
+
+
+@contextmanager
+def snapshot_pair(testbed, pg_major: int, images: Path, rows: int):
+    """A primary with tablespace snap_ts (table snap_t of ``rows`` rows, pgbench tables, amcheck) and its standby on two
+    btrfs filesystems (standby_on_two_volumes). Yields (primary, standby, the standby's tablespace directory)."""
+    primary = testbed.new_primary(pg_major, name=f"pg{pg_major}-snapprimary{len(testbed.clusters)}")
+    ts_src = testbed.scratch_dir(f"snapshot-ts-{primary.port}", shared=True)
+    primary.sql(f"CREATE TABLESPACE snap_ts LOCATION '{ts_src}'")
+    primary.sql("CREATE TABLE snap_t (id int PRIMARY KEY, v int) TABLESPACE snap_ts")
+    primary.sql("INSERT INTO snap_t SELECT g, 0 FROM generate_series(1, %s) g", (rows,))
+    primary.pgbench_init()
+    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
+    images.mkdir(exist_ok=True)
+    with standby_on_two_volumes(testbed, primary, "snap_ts", images) as (standby, ts_dir):
+        yield primary, standby, ts_dir
+    testbed.discard(primary)
+
