@@ -56,7 +56,7 @@ def _tablespace_oid(primary, name: str) -> str:
 
 
 @contextmanager
-def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path):
+def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path, size: int = FS_SIZE):
     """A standby of ``primary`` (which has ``tablespace``) whose data directory is on one btrfs and the tablespace on
     another. Yields (standby, tablespace directory on the standby). The standby gets its own copy of the tablespace:
     on one machine the primary's and a standby's tablespace would otherwise be the same directory."""
@@ -65,8 +65,8 @@ def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path):
     standby = testbed._cluster(primary.major, primary.node, f"pg{primary.major}-btrfs{testbed._next_serial()}", "standby", upstream=primary)
     standby._make_dirs()
     with ExitStack() as stack:
-        data_fs = stack.enter_context(btrfs_filesystem(images / "data.img", standby.base / "volA"))
-        ts_fs = stack.enter_context(btrfs_filesystem(images / "ts.img", standby.base / "volB"))
+        data_fs = stack.enter_context(btrfs_filesystem(images / "data.img", standby.base / "volA", size))
+        ts_fs = stack.enter_context(btrfs_filesystem(images / "ts.img", standby.base / "volB", size))
         data_dir = subvolume(data_fs / "pgdata") / "data"
         ts_dir = subvolume(ts_fs / "ts", owner="postgres")
         primary.stop("fast")  # a clean shutdown: the copy needs no WAL beyond what it contains
@@ -99,7 +99,7 @@ def _postgres_ids() -> tuple:
 
 
 @contextmanager
-def snapshot_pair(testbed, pg_major: int, images: Path, rows: int):
+def snapshot_pair(testbed, pg_major: int, images: Path, rows: int, size: int = FS_SIZE):
     """A primary with tablespace snap_ts (table snap_t of ``rows`` rows, pgbench tables, amcheck) and its standby on two
     btrfs filesystems (standby_on_two_volumes). Yields (primary, standby, the standby's tablespace directory)."""
     primary = testbed.new_primary(pg_major, name=f"pg{pg_major}-snapprimary{len(testbed.clusters)}")
@@ -110,7 +110,7 @@ def snapshot_pair(testbed, pg_major: int, images: Path, rows: int):
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
     images.mkdir(exist_ok=True)
-    with standby_on_two_volumes(testbed, primary, "snap_ts", images) as (standby, ts_dir):
+    with standby_on_two_volumes(testbed, primary, "snap_ts", images, size) as (standby, ts_dir):
         yield primary, standby, ts_dir
     testbed.discard(primary)
 
