@@ -56,13 +56,13 @@ def _tablespace_oid(primary, name: str) -> str:
 
 
 @contextmanager
-def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path, size: int = FS_SIZE):
+def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path, size: int = FS_SIZE, host=None):
     """A standby of ``primary`` (which has ``tablespace``) whose data directory is on one btrfs and the tablespace on
     another. Yields (standby, tablespace directory on the standby). The standby gets its own copy of the tablespace:
     on one machine the primary's and a standby's tablespace would otherwise be the same directory."""
     oid = _tablespace_oid(primary, tablespace)
     (source_ts,) = primary.sql("SELECT pg_tablespace_location(%s::oid)", (oid,))[0]
-    standby = testbed._cluster(primary.major, primary.node, f"pg{primary.major}-btrfs{testbed._next_serial()}", "standby", upstream=primary)
+    standby = testbed._cluster(primary.major, host or primary.node, f"pg{primary.major}-btrfs{testbed._next_serial()}", "standby", upstream=primary)
     standby._make_dirs()
     with ExitStack() as stack:
         data_fs = stack.enter_context(btrfs_filesystem(images / "data.img", standby.base / "volA", size))
@@ -99,9 +99,10 @@ def _postgres_ids() -> tuple:
 
 
 @contextmanager
-def snapshot_pair(testbed, pg_major: int, images: Path, rows: int, size: int = FS_SIZE):
+def snapshot_pair(testbed, pg_major: int, images: Path, rows: int, size: int = FS_SIZE, standby_host=None):
     """A primary with tablespace snap_ts (table snap_t of ``rows`` rows, pgbench tables, amcheck) and its standby on two
-    btrfs filesystems (standby_on_two_volumes). Yields (primary, standby, the standby's tablespace directory)."""
+    btrfs filesystems (standby_on_two_volumes), on ``standby_host`` (default: the primary's). Yields (primary, standby, the
+    standby's tablespace directory)."""
     primary = testbed.new_primary(pg_major, name=f"pg{pg_major}-snapprimary{len(testbed.clusters)}")
     ts_src = testbed.scratch_dir(f"snapshot-ts-{primary.port}", shared=True)
     primary.sql(f"CREATE TABLESPACE snap_ts LOCATION '{ts_src}'")
@@ -110,7 +111,7 @@ def snapshot_pair(testbed, pg_major: int, images: Path, rows: int, size: int = F
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
     images.mkdir(exist_ok=True)
-    with standby_on_two_volumes(testbed, primary, "snap_ts", images, size) as (standby, ts_dir):
+    with standby_on_two_volumes(testbed, primary, "snap_ts", images, size, standby_host) as (standby, ts_dir):
         yield primary, standby, ts_dir
     testbed.discard(primary)
 
