@@ -114,4 +114,3 @@ def snapshot_pair(testbed, pg_major: int, images: Path, rows: int, size: int = F
     with standby_on_two_volumes(testbed, primary, "snap_ts", images, size, standby_host) as (standby, ts_dir):
         yield primary, standby, ts_dir
     testbed.discard(primary)
-
