@@ -19,15 +19,25 @@ FS_SIZE = 512 << 20  # btrfs' smallest is 109 MiB with its default profiles; a t
 
 
 @contextmanager
-def btrfs_filesystem(image: Path, mount_point: Path, size: int = FS_SIZE):
-    """A fresh btrfs on the loop file ``image``, mounted at ``mount_point``; unmounted and removed after."""
+def btrfs_filesystem(image: Path, mount_point: Path, size: int = FS_SIZE, also_for: tuple = ()):
+    """A fresh btrfs on the loop file ``image``, mounted at ``mount_point``; unmounted and removed after.
+
+    ``also_for``: pids (the namespace hosts' sshd) whose mount namespace must see it too. ``ip netns exec`` gave each
+    its own copy of the mounts, and this machine's / is private, so a mount made here later never reaches them: the
+    same loop device is mounted there as well (the same filesystem, seen from both)."""
     subprocess.run(["truncate", "-s", str(size), str(image)], check=True)
     subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
     mount_point.mkdir()
     subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True, capture_output=True)
+    device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mount_point)], check=True, capture_output=True, text=True).stdout.strip()
+    others = [pid for pid in also_for if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")]
     try:
+        for pid in others:
+            subprocess.run(["nsenter", "-t", str(pid), "-m", "mount", device, str(mount_point)], check=True, capture_output=True)
         yield mount_point
     finally:
+        for pid in others:
+            subprocess.run(["nsenter", "-t", str(pid), "-m", "umount", "-l", str(mount_point)], check=False, capture_output=True)
         subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
         if os.path.ismount(mount_point):
             subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
@@ -65,8 +75,9 @@ def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path, size
     standby = testbed._cluster(primary.major, host or primary.node, f"pg{primary.major}-btrfs{testbed._next_serial()}", "standby", upstream=primary)
     standby._make_dirs()
     with ExitStack() as stack:
-        data_fs = stack.enter_context(btrfs_filesystem(images / "data.img", standby.base / "volA", size))
-        ts_fs = stack.enter_context(btrfs_filesystem(images / "ts.img", standby.base / "volB", size))
+        sshd = tuple(h.sshd_pid for h in testbed.hosts if h.sshd_pid)  # what arrives over ssh sees the volumes too
+        data_fs = stack.enter_context(btrfs_filesystem(images / "data.img", standby.base / "volA", size, sshd))
+        ts_fs = stack.enter_context(btrfs_filesystem(images / "ts.img", standby.base / "volB", size, sshd))
         data_dir = subvolume(data_fs / "pgdata") / "data"
         ts_dir = subvolume(ts_fs / "ts", owner="postgres")
         primary.stop("fast")  # a clean shutdown: the copy needs no WAL beyond what it contains
