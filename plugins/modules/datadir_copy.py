@@ -103,8 +103,7 @@ options:
   source_snapshot_paths:
     description:
       - For a copy made from filesystem snapshots (O(source_path) the snapshot of the data directory) - live path ->
-        where the snapshot shows it, the RV(pgbackup.lowlevel.volume_snapshot#module:paths) that
-        P(pgbackup.lowlevel.volume_snapshot#module) returns.
+        where the snapshot shows it, the C(paths) that M(pgbackup.lowlevel.volume_snapshot) returns.
       - Needed because the snapshot's C(pg_tblspc) links still point at the LIVE tablespace locations - followed as
         they are, the tablespaces would be read live beside a frozen data directory, a torn backup.
       - Each tablespace at live location T is read at the value of the longest key K that is T or a parent directory of

@@ -53,7 +53,13 @@ def subvolume(path: Path, owner: str = "root") -> Path:
 
 def volume_snapshot(ansible_env: dict, cwd: Path, **args) -> dict:
     """The module through ``ansible localhost``; its result, with ``failed`` set as the one-line callback leaves it out."""
-    argv = [ANSIBLE, "localhost", "-c", "local", "-m", "pgbackup.lowlevel.volume_snapshot", "-a", json.dumps(args), "-o"]
+    return run_on_localhost(ansible_env, cwd, "volume_snapshot", args)
+
+
+def run_on_localhost(ansible_env: dict, cwd: Path, module: str, args: dict) -> dict:
+    """A module of the collection through ``ansible localhost``; its result, ``failed`` set (the one-line callback
+    leaves it out)."""
+    argv = [ANSIBLE, "localhost", "-c", "local", "-m", f"pgbackup.lowlevel.{module}", "-a", json.dumps(args), "-o"]
     proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=300, check=False, cwd=cwd)
     head, _sep, body = proc.stdout.strip().partition(" => ")
     result = json.loads(body) if body else {"failed": True, "msg": proc.stdout + proc.stderr}
