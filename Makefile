@@ -21,7 +21,7 @@ INTEGRATION_WORKERS ?= 2
 INTEGRATION_ARGS ?=
 export PG_VERSIONS ROLE_MAJORS INTEGRATION_WORKERS
 
-.PHONY: demo test deps system-deps venv core-venvs build lint sanity units integration molecule clean bench
+.PHONY: demo test deps system-deps venv core-venvs build lint sanity units integration molecule clean bench bench-snapshot
 
 deps: system-deps venv
 
@@ -97,6 +97,10 @@ molecule: deps
 bench: deps build
 	@bash scripts/install-bench-deps.sh
 	$(PY) bench/run_bench.py
+
+# Seconds in backup mode of a snapshot backup at two scales, against the copy method and pg_basebackup (bench/README.md).
+bench-snapshot: deps build
+	$(PY) bench/snapshot_bench.py
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .ruff_cache .hypothesis

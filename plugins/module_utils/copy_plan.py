@@ -6,7 +6,10 @@ mapped, pg_control apart to be copied last) and the refusals about its destinati
 little free space, a delta onto what is not a copy of this cluster), with what a delta copy removes there.
 
 ``source_kind="finished_backup"`` plans the restore of a finished backup instead (its rules in finished_backup.py): the
-whole backup but our working files, its tablespaces from its tablespace_map."""
+whole backup but our working files, its tablespaces from its tablespace_map.
+
+``snapshot_paths`` (a live copy from filesystem snapshots, see snapshot_paths.py): each tablespace is read from the
+snapshot of its live location (``read_from``); its mapping, its link in the copy and ``source`` stay the live location."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from .copy_source import Entry, Source, list_local, list_tree
 from .errors import PgBackupError
 from .exclusions import Exclusions, wal_dirs_kept
 from .postmaster import postmaster_status
+from .snapshot_paths import OPTION as SNAPSHOT_OPTION
+from .snapshot_paths import checked_snapshot_paths, snapshot_location
 
 
 class Plan:
@@ -54,8 +59,12 @@ def _read_head(source: Source, path: str, size: int) -> bytes:
         return f.read(size)
 
 
-def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: list, *, source_kind: str = finished_backup.LIVE) -> Plan:
+def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: list, *, source_kind: str = finished_backup.LIVE,
+              snapshot_paths: Optional[dict] = None) -> Plan:  # fmt: skip
     """What to copy from ``source`` into ``dest``: the main tree, then each tablespace at its mapped place."""
+    snapshots = checked_snapshot_paths(snapshot_paths)
+    if snapshots and source_kind != finished_backup.LIVE:
+        raise PgBackupError(f"{SNAPSHOT_OPTION} is for source_kind {finished_backup.LIVE} only (a copy made from snapshots of a live directory)")
     if source_kind == finished_backup.FINISHED_BACKUP:
         return _finished_backup_plan(source, dest, tablespace_mapping)
     if source_kind != finished_backup.LIVE:
@@ -66,7 +75,7 @@ def make_plan(source: Source, dest: str, tablespace_mapping: dict, excludes: lis
     plan.major = _source_major(source, names)
     rules = Exclusions(plan.major, excludes)
     plan.system_identifier = copy_state.system_identifier_of(_read_head(source, os.path.join(source.path, "global", "pg_control"), 8))
-    main = _main_entries(source, dest, entries, tablespace_mapping, plan)
+    main = _main_entries(source, dest, entries, tablespace_mapping, plan, snapshots)
     main, inner = _skip_tablespaces_inside(main, plan.tablespaces, source)
     plan.excluded.extend(inner)
     kept, dropped = rules.filter([(e.rel, e.kind) for e in main])
@@ -128,14 +137,20 @@ def _source_major(source: Source, names: dict) -> int:
     return major
 
 
-def _main_entries(source: Source, dest: str, entries: list, tablespace_mapping: dict, plan: Plan) -> list:
+def _main_entries(source: Source, dest: str, entries: list, tablespace_mapping: dict, plan: Plan, snapshots: dict) -> list:
     """The main tree's entries; each tablespace found in pg_tblspc goes into ``plan.tablespaces`` on the way."""
     main: list = []
     for e in entries:
         parts = e.rel.split("/")
         if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "l":
+            # The link's target is the tablespace's live location, its identity (mapping, the copy's link) even when
+            # it is read from a snapshot: a snapshot's links still point at the live locations.
+            read_from = snapshot_location(parts[1], e.target, snapshots) if snapshots else None
             new = _mapped_place(source, parts[1], e.target, tablespace_mapping)
-            plan.tablespaces.append({"oid": parts[1], "source": e.target, "dest": new, "in_place": False})
+            ts = {"oid": parts[1], "source": e.target, "dest": new, "in_place": False}
+            if read_from is not None:
+                ts["read_from"] = read_from
+            plan.tablespaces.append(ts)
             main.append(e)
             continue
         if len(parts) == 2 and parts[0] == "pg_tblspc" and e.kind == "d":
@@ -164,26 +179,34 @@ def _mapped_place(source: Source, oid: str, target: str, tablespace_mapping: dic
     return new
 
 
+def _read_location(ts: dict) -> str:
+    """Where a tablespace's files are read: its snapshot when the copy is made from snapshots, else its location."""
+    return ts.get("read_from", ts["source"])
+
+
 def _tablespace_root(source: Source, ts: dict, rules: Exclusions, plan: Plan) -> tuple:
     """(source dir, destination dir, entries) of a tablespace kept outside the data directory, with the exclusions."""
-    tentries = list_tree(source, ts["source"])
+    read_from = _read_location(ts)
+    tentries = list_tree(source, read_from)
     prefix = f"pg_tblspc/{ts['oid']}/"
     tk, td = rules.filter([(prefix + e.rel if e.rel else prefix.rstrip("/"), e.kind) for e in tentries])
     tkeep = {r for r, _k in tk}
     plan.excluded.extend(td)
-    return (ts["source"], ts["dest"], [e for e in tentries if (prefix + e.rel if e.rel else prefix.rstrip("/")) in tkeep])
+    return (read_from, ts["dest"], [e for e in tentries if (prefix + e.rel if e.rel else prefix.rstrip("/")) in tkeep])
 
 
 def _skip_tablespaces_inside(main: list, tablespaces: list, source: Source) -> tuple[list, list]:
     """A tablespace located inside the data directory (PostgreSQL warns, but allows it) is copied once, as the
     tablespace: the data directory's copy keeps its directory, empty, like pg_basebackup (basebackup.c sendDir skips a
-    directory that is a tablespace's ``rpath``). Without this its files were copied twice, once as plain files."""
+    directory that is a tablespace's ``rpath``). Without this its files were copied twice, once as plain files.
+    From snapshots the place read is compared: the live location is inside the live data directory, not the snapshot."""
     root = os.path.normpath(source.path)
     inner = {}
     for ts in tablespaces:
         if ts["in_place"]:
             continue
-        target = os.path.normpath(ts["source"] if os.path.isabs(ts["source"]) else os.path.join(root, "pg_tblspc", ts["source"]))
+        read_from = _read_location(ts)
+        target = os.path.normpath(read_from if os.path.isabs(read_from) else os.path.join(root, "pg_tblspc", read_from))
         if not source.remote:
             target, root_real = os.path.realpath(target), os.path.realpath(root)
         else:

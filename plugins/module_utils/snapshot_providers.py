@@ -32,6 +32,20 @@ def _run(argv: list, what: str) -> None:
         raise PgBackupError(f"{what}: {' '.join(argv)} exited with {done.returncode}: {' / '.join(said) or 'no output'}")
 
 
+def private_dirs(directories, owner_of: str) -> None:
+    """Make ``directories`` mode 0700 and, run as root, owned by the owner of ``owner_of`` (the snapshotted path).
+
+    A snapshot holds a copy of the data directory's files, so nobody else may enter; but the copy reads it as that
+    owner (the data directory's owner, over ssh), who must be able to. Without the chown a snapshot made by root was
+    unreadable by the copy's postgres user."""
+    owner = os.stat(owner_of)
+    for directory in directories:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        if os.geteuid() == 0:
+            os.chown(directory, owner.st_uid, owner.st_gid)
+
+
 def _slug(target) -> str:
     rel = os.path.relpath(target.volume.root, target.volume.mount.mount_point)
     text = re.sub(r"[^A-Za-z0-9._-]+", "-", "root" if rel == "." else rel).strip("-.") or "root"
@@ -61,10 +75,7 @@ class BtrfsProvider:
 
     def create(self, target, name: str) -> None:
         set_dir = os.path.dirname(target.snapshot)
-        for directory in (os.path.dirname(set_dir), set_dir):
-            # 0700: a snapshot holds a copy of the data directory's files.
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            os.chmod(directory, 0o700)
+        private_dirs((os.path.dirname(set_dir), set_dir), target.paths[0])
         _run([self.btrfs, "subvolume", "snapshot", "-r", target.volume.root, target.snapshot], f"btrfs snapshot of {target.volume.root}")
 
     def release(self, target, name: str) -> None:
@@ -139,7 +150,7 @@ class CommandProvider:
 
     def create(self, target, name: str) -> None:
         _run(self._argv("create_command", target, name), f"create_command for {target.volume.root}")
-        os.makedirs(os.path.dirname(target.snapshot), mode=0o700, exist_ok=True)
+        private_dirs((os.path.dirname(target.snapshot),), target.paths[0])
         fd = os.open(self._marker(target), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
 
@@ -147,7 +158,7 @@ class CommandProvider:
         if os.path.ismount(target.snapshot):
             return False
         if not check_mode:
-            os.makedirs(target.snapshot, mode=0o700, exist_ok=True)
+            private_dirs((os.path.dirname(target.snapshot), target.snapshot), target.paths[0])
             _run(self._argv("mount_command", target, name), f"mount_command for {target.volume.root}")
         return True
 

@@ -100,6 +100,22 @@ options:
     choices: [live, finished_backup]
     default: live
     version_added: 0.2.0
+  source_snapshot_paths:
+    description:
+      - For a copy made from filesystem snapshots (O(source_path) the snapshot of the data directory) - live path ->
+        where the snapshot shows it, the C(paths) that M(pgbackup.lowlevel.volume_snapshot) returns.
+      - Needed because the snapshot's C(pg_tblspc) links still point at the LIVE tablespace locations - followed as
+        they are, the tablespaces would be read live beside a frozen data directory, a torn backup.
+      - Each tablespace at live location T is read at the value of the longest key K that is T or a parent directory of
+        T (whole path components - C(/srv/ts2) is not below C(/srv/ts)), followed by the rest of T. Its
+        O(tablespace_mapping) (by OID or by T), its link in the copy and RV(tablespaces) C(source) stay T;
+        RV(tablespaces) C(read_from) says where it was read.
+      - A tablespace that no key covers is refused before anything is written, naming it - snapshot its volume too (add
+        its path to the snapshot set). Keys and values must be absolute paths. Paths only - nothing is looked up on the
+        source host, local or O(source_host). Empty or omitted - the tablespaces are read where the links point.
+      - With O(source_kind=live) only.
+    type: dict
+    version_added: 0.2.0
   owner:
     description: OS user that owns the copy (its primary group too).
     type: str
@@ -217,7 +233,10 @@ pending_control:
   type: str
   sample: global/pg_control.pgbackup-pending
 tablespaces:
-  description: Tablespaces copied - OID, source path, destination path, in-place or not.
+  description:
+    - Tablespaces copied - OID, source path, destination path, in-place or not.
+    - With O(source_snapshot_paths), C(read_from) - where the tablespace was read (its snapshot); C(source) stays its
+      live location.
   returned: always
   type: list
   elements: dict
@@ -274,6 +293,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_state impor
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.finished_backup import CONTROL, FINISHED_BACKUP, SOURCE_KINDS, check_options
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.option_names import renamed_from
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.snapshot_paths import checked_snapshot_paths
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.ssh_source import ssh_argument_spec, ssh_settings
 
 ARGS = {
@@ -287,6 +307,7 @@ ARGS = {
     "max_rate": {"type": "int", "default": 0},
     "delta": {"type": "bool", "default": False},
     "source_kind": {"type": "str", "choices": list(SOURCE_KINDS), "default": "live"},
+    "source_snapshot_paths": {"type": "dict"},
     "owner": {"type": "str", "default": "postgres"},
     "progress_file": {"type": "path"},
     "transport": {"type": "str", "choices": ["rsync", "stream"], "default": "rsync"},
@@ -314,6 +335,7 @@ def run_module(module: AnsibleModule) -> dict:
     if p["gate"]:
         check_token(p["gate_token"])
     dest = os.path.normpath(p["data_dir"])
+    snapshots = checked_snapshot_paths(p["source_snapshot_paths"])  # the map itself, before waiting or listing
     source = Source(p["source_path"], *ssh_settings(p))
     check_transport(source, p["transport"], p["delta"], p["max_rate"])  # before listing anything
     waited = None
@@ -321,7 +343,7 @@ def run_module(module: AnsibleModule) -> dict:
         # Before the listing: files listed before the backup's start was replayed could miss what the start needs.
         waited = wait_for_gate(p["gate"], p["gate_token"], p["gate_timeout"], dest)
     mapping = {str(k): v for k, v in p["tablespace_mapping"].items()}
-    plan = make_plan(source, dest, mapping, p["excludes"], source_kind=p["source_kind"])
+    plan = make_plan(source, dest, mapping, p["excludes"], source_kind=p["source_kind"], snapshot_paths=snapshots)
     check_destination(source, plan, dest, p["delta"])
     result = {
         "changed": not module.check_mode,

@@ -24,7 +24,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import forma
 
 from .support.copies import run_verify, start_backup
 from .support.restore_checks import archived, recover_and_check
-from .support.snapshots import standby_on_two_volumes, volume_snapshot
+from .support.snapshots import snapshot_pair, volume_snapshot
 from .support.waiting import wait_for
 
 # 13 has the old API (pg_start_backup(..., exclusive => false)), 18 the newest pg_control; the snapshot logic is the same.
@@ -38,18 +38,8 @@ ROWS = 20000
 
 @pytest.fixture
 def snapshot_bed(testbed, pg_major, tmp_path):
-    primary = testbed.new_primary(pg_major, name=f"pg{pg_major}-snapprimary{len(testbed.clusters)}")
-    ts_src = testbed.scratch_dir(f"snapshot-ts-{primary.port}", shared=True)
-    primary.sql(f"CREATE TABLESPACE snap_ts LOCATION '{ts_src}'")
-    primary.sql("CREATE TABLE snap_t (id int PRIMARY KEY, v int) TABLESPACE snap_ts")
-    primary.sql("INSERT INTO snap_t SELECT g, 0 FROM generate_series(1, %s) g", (ROWS,))
-    primary.pgbench_init()
-    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
-    images = tmp_path / "images"
-    images.mkdir()
-    with standby_on_two_volumes(testbed, primary, "snap_ts", images) as (standby, ts_dir):
-        yield primary, standby, ts_dir
-    testbed.discard(primary)
+    with snapshot_pair(testbed, pg_major, tmp_path / "images", ROWS) as bed:
+        yield bed
 
 
 def _flush_tablespace_pages_on_the_standby(primary, standby) -> None:

@@ -19,15 +19,25 @@ FS_SIZE = 512 << 20  # btrfs' smallest is 109 MiB with its default profiles; a t
 
 
 @contextmanager
-def btrfs_filesystem(image: Path, mount_point: Path, size: int = FS_SIZE):
-    """A fresh btrfs on the loop file ``image``, mounted at ``mount_point``; unmounted and removed after."""
+def btrfs_filesystem(image: Path, mount_point: Path, size: int = FS_SIZE, also_for: tuple = ()):
+    """A fresh btrfs on the loop file ``image``, mounted at ``mount_point``; unmounted and removed after.
+
+    ``also_for``: pids (the namespace hosts' sshd) whose mount namespace must see it too. ``ip netns exec`` gave each
+    its own copy of the mounts, and this machine's / is private, so a mount made here later never reaches them: the
+    same loop device is mounted there as well (the same filesystem, seen from both)."""
     subprocess.run(["truncate", "-s", str(size), str(image)], check=True)
     subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
     mount_point.mkdir()
     subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True, capture_output=True)
+    device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mount_point)], check=True, capture_output=True, text=True).stdout.strip()
+    others = [pid for pid in also_for if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")]
     try:
+        for pid in others:
+            subprocess.run(["nsenter", "-t", str(pid), "-m", "mount", device, str(mount_point)], check=True, capture_output=True)
         yield mount_point
     finally:
+        for pid in others:
+            subprocess.run(["nsenter", "-t", str(pid), "-m", "umount", "-l", str(mount_point)], check=False, capture_output=True)
         subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
         if os.path.ismount(mount_point):
             subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
@@ -43,7 +53,13 @@ def subvolume(path: Path, owner: str = "root") -> Path:
 
 def volume_snapshot(ansible_env: dict, cwd: Path, **args) -> dict:
     """The module through ``ansible localhost``; its result, with ``failed`` set as the one-line callback leaves it out."""
-    argv = [ANSIBLE, "localhost", "-c", "local", "-m", "pgbackup.lowlevel.volume_snapshot", "-a", json.dumps(args), "-o"]
+    return run_on_localhost(ansible_env, cwd, "volume_snapshot", args)
+
+
+def run_on_localhost(ansible_env: dict, cwd: Path, module: str, args: dict) -> dict:
+    """A module of the collection through ``ansible localhost``; its result, ``failed`` set (the one-line callback
+    leaves it out)."""
+    argv = [ANSIBLE, "localhost", "-c", "local", "-m", f"pgbackup.lowlevel.{module}", "-a", json.dumps(args), "-o"]
     proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=300, check=False, cwd=cwd)
     head, _sep, body = proc.stdout.strip().partition(" => ")
     result = json.loads(body) if body else {"failed": True, "msg": proc.stdout + proc.stderr}
@@ -56,17 +72,18 @@ def _tablespace_oid(primary, name: str) -> str:
 
 
 @contextmanager
-def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path):
+def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path, size: int = FS_SIZE, host=None):
     """A standby of ``primary`` (which has ``tablespace``) whose data directory is on one btrfs and the tablespace on
     another. Yields (standby, tablespace directory on the standby). The standby gets its own copy of the tablespace:
     on one machine the primary's and a standby's tablespace would otherwise be the same directory."""
     oid = _tablespace_oid(primary, tablespace)
     (source_ts,) = primary.sql("SELECT pg_tablespace_location(%s::oid)", (oid,))[0]
-    standby = testbed._cluster(primary.major, primary.node, f"pg{primary.major}-btrfs{testbed._next_serial()}", "standby", upstream=primary)
+    standby = testbed._cluster(primary.major, host or primary.node, f"pg{primary.major}-btrfs{testbed._next_serial()}", "standby", upstream=primary)
     standby._make_dirs()
     with ExitStack() as stack:
-        data_fs = stack.enter_context(btrfs_filesystem(images / "data.img", standby.base / "volA"))
-        ts_fs = stack.enter_context(btrfs_filesystem(images / "ts.img", standby.base / "volB"))
+        sshd = tuple(h.sshd_pid for h in testbed.hosts if h.sshd_pid)  # what arrives over ssh sees the volumes too
+        data_fs = stack.enter_context(btrfs_filesystem(images / "data.img", standby.base / "volA", size, sshd))
+        ts_fs = stack.enter_context(btrfs_filesystem(images / "ts.img", standby.base / "volB", size, sshd))
         data_dir = subvolume(data_fs / "pgdata") / "data"
         ts_dir = subvolume(ts_fs / "ts", owner="postgres")
         primary.stop("fast")  # a clean shutdown: the copy needs no WAL beyond what it contains
@@ -96,3 +113,21 @@ def standby_on_two_volumes(testbed, primary, tablespace: str, images: Path):
 def _postgres_ids() -> tuple:
     entry = pwd.getpwnam("postgres")
     return entry.pw_uid, entry.pw_gid
+
+
+@contextmanager
+def snapshot_pair(testbed, pg_major: int, images: Path, rows: int, size: int = FS_SIZE, standby_host=None):
+    """A primary with tablespace snap_ts (table snap_t of ``rows`` rows, pgbench tables, amcheck) and its standby on two
+    btrfs filesystems (standby_on_two_volumes), on ``standby_host`` (default: the primary's). Yields (primary, standby, the
+    standby's tablespace directory)."""
+    primary = testbed.new_primary(pg_major, name=f"pg{pg_major}-snapprimary{len(testbed.clusters)}")
+    ts_src = testbed.scratch_dir(f"snapshot-ts-{primary.port}", shared=True)
+    primary.sql(f"CREATE TABLESPACE snap_ts LOCATION '{ts_src}'")
+    primary.sql("CREATE TABLE snap_t (id int PRIMARY KEY, v int) TABLESPACE snap_ts")
+    primary.sql("INSERT INTO snap_t SELECT g, 0 FROM generate_series(1, %s) g", (rows,))
+    primary.pgbench_init()
+    primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")
+    images.mkdir(exist_ok=True)
+    with standby_on_two_volumes(testbed, primary, "snap_ts", images, size, standby_host) as (standby, ts_dir):
+        yield primary, standby, ts_dir
+    testbed.discard(primary)

@@ -90,6 +90,33 @@ def test_create_makes_private_read_only_snapshots_beside_not_inside_the_live_pat
         assert not str(snapshot).startswith(str(bed.data)) and not str(snapshot).startswith(str(bed.ts))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_the_set_directories_belong_to_the_owner_of_the_snapshotted_path(bed):
+    # the copy reads the snapshot over ssh as the data directory's owner: root's 0700 directories shut it out
+    os.chown(bed.data, 4321, 4322)
+    os.chown(bed.ts, 4323, 4324)
+    result = volume_snapshot.run(bed.params(), check_mode=False)
+    owners = {v["paths"][0]: Path(v["snapshot"]).parent for v in result["volumes"]}
+    for path, ids in ((str(bed.data), (4321, 4322)), (str(bed.ts), (4323, 4324))):
+        for directory in (owners[path], owners[path].parent):
+            st = directory.stat()
+            assert (st.st_uid, st.st_gid) == ids and stat.S_IMODE(st.st_mode) == 0o700, (directory, st)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_the_command_providers_mount_directories_belong_to_the_owner_of_the_snapshotted_path(bed, tmp_path):
+    for path in (bed.data, bed.ts):
+        os.chown(path, 4321, 4322)
+    params = _command_params(bed, tmp_path)
+    created = volume_snapshot.run(params, check_mode=False)
+    volume_snapshot.run(dict(params, action="mount"), check_mode=False)
+    for volume in created["volumes"]:
+        mount = Path(volume["snapshot"])
+        for directory in (mount, mount.parent):
+            st = directory.stat()
+            assert (st.st_uid, st.st_gid) == (4321, 4322) and stat.S_IMODE(st.st_mode) == 0o700, (directory, st)
+
+
 def test_check_mode_plans_and_makes_nothing(bed):
     result = volume_snapshot.run(bed.params(), check_mode=True)
     assert result["changed"] and result["order"] == [str(bed.b), str(bed.a)]

@@ -1,0 +1,155 @@
+"""standby_backup with standby_backup_copy_method=snapshot, end to end on real btrfs: a standby whose data directory and
+one tablespace live on two separate filesystems, pgbench writing on the primary, coordinated and standby-only, the
+role on a third namespace host pulling over ssh.
+
+The role snapshots both volumes read-only (pg_control's last), stops the backup at once, copies from the snapshots
+(datadir_copy source_snapshot_paths: the snapshot's pg_tblspc link points at the live tablespace) and releases them.
+The copy must pass PostgreSQL's own tools - pg_verifybackup with WAL parsing, recovery to consistency with the
+primary's tables, amcheck, pg_checksums - and leave no snapshot behind. A snapshot that fails aborts the backup and
+releases the one already made; a snapshot host that is not in the inventory is refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from .conftest import spot_check
+from .support.restore_checks import recover_and_check
+from .support.roles import SSH_OPTIONS, backup_vars, clean_after_failure, role_run, start_playbook
+from .support.snapshots import snapshot_pair
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.majors(13, 18),
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mkfs.btrfs") is None, reason="needs root and btrfs-progs"),
+]
+ROWS = 20000
+
+
+@pytest.fixture
+def snapshot_bed(testbed, pg_major, tmp_path):
+    with snapshot_pair(testbed, pg_major, tmp_path / "images", ROWS) as bed:
+        yield bed
+
+
+def _snapshots_left(*volumes) -> list:
+    return [str(p) for v in volumes for p in (v / ".pgbackup-snapshots").glob("*/*")]
+
+
+def _snapshot_vars(primary, ts_dest, **overrides) -> dict:
+    (oid,) = primary.sql("SELECT oid::text FROM pg_tablespace WHERE spcname = 'snap_ts'")[0]
+    return {
+        "standby_backup_copy_method": "snapshot",
+        "standby_backup_tablespace_mapping": {oid: str(ts_dest)},
+        "standby_backup_pg_bindir": str(primary.pg.bindir),
+        **overrides,
+    }
+
+
+def _volumes(standby, ts_dir) -> tuple:
+    return standby.base / "volA", ts_dir.parent
+
+
+@pytest.fixture
+def hosts_snapshot_bed(netns_testbed, pg_major, tmp_path):
+    """The same layout across namespace hosts: the primary on db1, the standby on db2; the role runs on db3."""
+    with snapshot_pair(netns_testbed, pg_major, tmp_path / "images", ROWS, standby_host=netns_testbed.host("db2")) as bed:
+        yield bed
+
+
+# Each mode on one major (the old API on 13, the newest pg_control on 18; both on the one major PG_VERSIONS may select):
+# the procedure by hand runs on both in test_snapshot_backup.py, and a role run across hosts takes a minute or two.
+@pytest.mark.parametrize(("mode", "preferred"), [("coordinated", 13), ("standby_only", 18)])
+def test_a_snapshot_backup_across_hosts_under_load_restores_to_the_primary(hosts_snapshot_bed, netns_testbed, ansible_env, tmp_path, pg_major, mode, preferred):
+    spot_check(pg_major, (preferred,), f"the {mode} snapshot backup through the role")
+    bed = netns_testbed
+    primary, standby, ts_dir = hosts_snapshot_bed
+    db3 = bed.host("db3")
+    restored = bed.empty_cluster(pg_major, host=db3, name=f"pg{pg_major}-snaprole-{mode.replace('_', '-')}")
+    ts_dest = bed.scratch_dir(f"snaprole-ts-{restored.port}")
+    inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    extra = backup_vars(
+        db3.name, primary, standby, restored.datadir, tmp_path / "keepers",
+        standby_backup_mode=mode,
+        standby_backup_source_ssh_host=standby.node.address,
+        standby_backup_ssh_key=str(bed.run_dir / "ssh" / "id_ed25519"),
+        standby_backup_ssh_options=SSH_OPTIONS,
+        standby_backup_snapshot_host="db2",  # volume_snapshot runs there; the copy reads the snapshots over ssh as postgres
+        standby_backup_progress_interval=2,
+        **_snapshot_vars(primary, ts_dest),
+    )  # fmt: skip
+    try:
+        with bed.load(primary, 600, clients=2) as load:
+            time.sleep(1)
+            proc = start_playbook(ansible_env, inventory, extra)
+            stdout, stderr = proc.communicate(timeout=900)
+            load.stop()
+        output = stdout + stderr
+        assert proc.returncode == 0, output[-8000:]
+        assert '"verified": true' in output, output[-4000:]
+        assert not _snapshots_left(*_volumes(standby, ts_dir)), "every snapshot is released after the backup"
+        in_backup = float(re.search(r'"server_seconds_in_backup_mode": "?([0-9.]+)', output).group(1))
+        print(f"snapshot backup {mode}: {in_backup:.2f} s in backup mode")  # not asserted: bench/snapshot_bench.py measures
+        start_lsn, stop_lsn = re.search(r'"start_lsn": "([0-9A-F/]+)".*?"stop_lsn": "([0-9A-F/]+)"', output, re.S).groups()
+        verified = subprocess.run([str(restored.pg.bindir / "pg_verifybackup"), str(restored.datadir)], capture_output=True, text=True, check=False)
+        assert verified.returncode == 0, verified.stdout + verified.stderr  # pg_verifybackup parses the WAL in pg_wal
+        assert sorted(os.listdir(ts_dest)), "the tablespace was copied to its mapped place"
+        primary.sql("CREATE TABLE snaprole_canary AS SELECT 42 AS answer")
+        recover_and_check(
+            primary, restored, bed, ansible_env, tmp_path, pg_major, procedure=mode, start_lsn=start_lsn, stop_lsn=stop_lsn, canary="snaprole_canary"
+        )
+        assert restored.sql("SELECT count(*), sum(v) FROM snap_t") == primary.sql("SELECT count(*), sum(v) FROM snap_t")
+        restored.stop("fast")
+        checked = subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(restored.pg.bindir / "pg_checksums"), "--check", "-D", str(restored.datadir)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert json.dumps(output).count(primary.password) == 0, "the password is never printed"
+    finally:
+        if restored.is_running():
+            restored.stop("immediate")
+
+
+def test_a_snapshot_that_fails_aborts_the_backup_and_releases_the_first(snapshot_bed, testbed, ansible_env, tmp_path):
+    primary, standby, ts_dir = snapshot_bed
+    data_volume, ts_volume = _volumes(standby, ts_dir)
+    # btrfs refuses the data directory's volume (taken last), the real one otherwise: the tablespace's snapshot is made first
+    wrapper = tmp_path / "btrfs-failing"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *"snapshot -r {data_volume}"*) echo "ERROR: quota exceeded" >&2; exit 1;; esac\nexec btrfs "$@"\n')
+    wrapper.chmod(0o700)
+    dest = testbed.scratch_dir(f"snaprole-failed-{primary.port}")
+    code, output = role_run(
+        ansible_env,
+        testbed,
+        tmp_path,
+        primary,
+        standby,
+        dest,
+        **_snapshot_vars(primary, tmp_path / "ts-dest", standby_backup_snapshot_btrfs_command=str(wrapper)),
+    )
+    assert code != 0, output[-4000:]
+    assert "quota exceeded" in output and "Released the 1 snapshot(s)" in output, output[-6000:]
+    assert "The backup was aborted on" in output, output[-6000:]
+    assert not _snapshots_left(data_volume, ts_volume), "nothing of the set is left"
+    assert os.listdir(dest) == [], "nothing was copied"
+    clean_after_failure(primary, standby, tmp_path)
+
+
+def test_a_snapshot_host_not_in_the_inventory_is_refused_before_the_start(snapshot_bed, testbed, ansible_env, tmp_path):
+    primary, standby, ts_dir = snapshot_bed
+    dest = testbed.scratch_dir(f"snaprole-refused-{primary.port}")
+    code, output = role_run(
+        ansible_env, testbed, tmp_path, primary, standby, dest, **_snapshot_vars(primary, tmp_path / "ts-dest", standby_backup_snapshot_host="db-nowhere")
+    )
+    assert code != 0
+    assert 'standby_backup_snapshot_host "db-nowhere" is not a host of the inventory' in output, output[-4000:]
+    assert "Nothing was started (no slot, no backup)" in output, output[-4000:]
+    assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    assert not _snapshots_left(*_volumes(standby, ts_dir))
