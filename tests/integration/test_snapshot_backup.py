@@ -38,8 +38,8 @@ ROWS = 20000
 
 @pytest.fixture
 def snapshot_bed(testbed, pg_major, tmp_path):
-    with snapshot_pair(testbed, pg_major, tmp_path / "images", ROWS) as bed:
-        yield bed
+    with ExitStack() as stack:  # not a bare with: pylint (contextmanager-generator-missing-cleanup)
+        yield stack.enter_context(snapshot_pair(testbed, pg_major, tmp_path / "images", ROWS))
 
 
 def _flush_tablespace_pages_on_the_standby(primary, standby) -> None:

@@ -10,7 +10,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.snapshot_paths import checked_snapshot_paths, snapshot_location
 
-from .test_copy_engine import datadir, write  # noqa: F401 - datadir is a fixture
+from .test_copy_engine import datadir, write  # noqa: F401  # pylint: disable=unused-import  # datadir is the fixture
 
 SNAPS = {"/srv/a/data": "/srv/a/.pgbackup-snapshots/bk1/2-data/data", "/srv/b/ts": "/srv/b/.pgbackup-snapshots/bk1/1-ts/ts"}
 

@@ -7,7 +7,7 @@ import os
 
 from ansible_collections.pgbackup.lowlevel.plugins.modules import datadir_copy
 
-from ..module_utils.test_copy_engine import datadir, write  # noqa: F401 - datadir is a fixture
+from ..module_utils.test_copy_engine import datadir, write  # noqa: F401  # pylint: disable=unused-import  # datadir is the fixture
 from .module_runner import run_main
 
 
