@@ -96,3 +96,30 @@ def backup_end(data_dir, mode: str, stop_lsn: str) -> int:
     end = read_control_file(str(data_dir)).min_recovery_point
     assert 0 < end <= parse_lsn(stop_lsn)
     return end
+
+
+def own_tool(cluster, name: str):
+    """``cluster``'s own ``name`` (pg_checksums, pg_verifybackup), or None: the embedded builds of the majors other than
+    Debian's 15 ship neither, and another major's tool refuses (or misreads) this major's pg_control, manifest and WAL."""
+    path = cluster.pg.bindir / name
+    return path if path.exists() else None
+
+
+def manifest_clean(restored) -> bool:
+    """pg_verifybackup (parsing the WAL in pg_wal) on the labelled copy with the cluster's own tool; False when it has none."""
+    tool = own_tool(restored, "pg_verifybackup")
+    if tool is None:
+        return False
+    done = subprocess.run([str(tool), str(restored.datadir)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return True
+
+
+def checksums_clean(restored) -> bool:
+    """pg_checksums --check on the stopped cluster with its own tool; False when it has none."""
+    tool = own_tool(restored, "pg_checksums")
+    if tool is None:
+        return False
+    done = subprocess.run(["runuser", "-u", "postgres", "--", str(tool), "--check", "-D", str(restored.datadir)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return True
