@@ -18,6 +18,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_session, keeper_files
 
 from .support.playbooks import one_major, run_playbook
+from .support.waiting import despite_conflicts
 
 # Where these tests run (conftest._skip_outside_its_majors): the backup API is pg_start_backup up to 14 and pg_backup_start from 15.
 pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 14, 15, 18)]
@@ -293,12 +294,14 @@ def test_a_start_cancelled_by_recovery_conflicts_says_why(primary_standby, testb
             for needle in (f"port={standby.port}", f"{backup_session.backup_api.START_ATTEMPTS} times", "conflict with recovery", "standby_backup_fast"):
                 assert needle in message, message
     finally:
-        standby.sql("ALTER SYSTEM RESET max_standby_streaming_delay")
-        standby.sql("SELECT pg_reload_conf()")
-    _wait(lambda: standby.sql("SHOW max_standby_streaming_delay") == [("30s",)], "the standby reloading its delay")
+        # The standby still replays the load's cleanup records under the 50 ms delay: even a new session's catalog
+        # reads at connection start can be cancelled (FATAL), so these are asked again until one gets through.
+        despite_conflicts(lambda: standby.sql("ALTER SYSTEM RESET max_standby_streaming_delay"))
+        despite_conflicts(lambda: standby.sql("SELECT pg_reload_conf()"))
+    _wait(lambda: despite_conflicts(lambda: standby.sql("SHOW max_standby_streaming_delay")) == [("30s",)], "the standby reloading its delay")
     time.sleep(1)  # the startup process reads the reloaded file on its own, a moment after new sessions do
     # Looked at only now: under the load and the 50 ms delay this very query was cancelled by a conflict too.
-    _wait(lambda: _keeper_pids(standby) == [], "the keeper's session ending")
+    _wait(lambda: despite_conflicts(lambda: _keeper_pids(standby)) == [], "the keeper's session ending")
     # Nothing was left started: the same standby, the load and the 50 ms delay gone (under them even a fast start
     # can be cancelled three times on a loaded machine), takes a backup at once, and it stops cleanly.
     started = _start(standby, tmp_path / "keepers", "after-conflict", fast=True)

@@ -20,13 +20,13 @@ import time
 
 import psycopg2
 import pytest
-from psycopg2 import errors as pg_errors
 
 from .conftest import one_end
 from .contract import assert_failure_contract
 from .harness.cluster import chown_postgres
 from .support.faults import copy_module_pid, small_filesystem
 from .support.roles import role_run
+from .support.waiting import despite_conflicts
 
 pytestmark = [pytest.mark.integration]
 MIB = 1 << 20
@@ -117,13 +117,6 @@ def test_the_destination_filling_up_during_the_copy(primary_standby, testbed, an
         )
 
 
-def _recovery_conflict(exc: Exception) -> bool:
-    """A statement, or a new connection's own start-up queries, cancelled by a recovery conflict on the standby: a
-    SerializationFailure once connected, an OperationalError ("FATAL: canceling statement due to conflict with
-    recovery") when the conflict lands while the connection starts."""
-    return isinstance(exc, pg_errors.SerializationFailure) or (isinstance(exc, psycopg2.OperationalError) and "conflict with recovery" in str(exc))
-
-
 def _resume(standby) -> None:
     """pg_wal_replay_resume(), asked again while replay stays paused: replay resuming under load can cancel the very
     statement that resumed it (a recovery conflict on the shared standby's short max_standby_streaming_delay)."""
@@ -137,22 +130,9 @@ def _resume(standby) -> None:
     raise AssertionError(f"replay on {standby.host}:{standby.port} stayed paused")
 
 
-def _retried(call, attempts: int = 40):
-    """``call()``, again while a recovery conflict cancels it: a standby catching up after an apply delay cancels
-    queries at once (max_standby_streaming_delay counts from when the WAL was received, an hour ago)."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except psycopg2.Error as exc:
-            if attempt == attempts - 1 or not _recovery_conflict(exc):
-                raise
-            time.sleep(0.5)
-    return None
-
-
 def _undelay(standby) -> None:
-    _retried(lambda: standby.sql("ALTER SYSTEM RESET recovery_min_apply_delay"))
-    _retried(lambda: standby.sql("SELECT pg_reload_conf()"))
+    despite_conflicts(lambda: standby.sql("ALTER SYSTEM RESET recovery_min_apply_delay"))
+    despite_conflicts(lambda: standby.sql("SELECT pg_reload_conf()"))
 
 
 @pytest.mark.parametrize("held", ["paused", "apply_delay"])
@@ -179,7 +159,7 @@ def test_a_standby_that_does_not_replay_fails_at_the_wait(primary_standby, testb
         print(output[output.find("failed in") : output.find("failed in") + 1200])
         if held == "apply_delay":
             _undelay(standby)
-            _retried(lambda: standby.wait_replayed(primary.current_lsn()))
+            despite_conflicts(lambda: standby.wait_replayed(primary.current_lsn()))
 
         def rerun():
             again = testbed.scratch_dir(f"faults-{held}-rerun-{pg_major}") / "backup"
