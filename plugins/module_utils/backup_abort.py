@@ -11,7 +11,9 @@ Only what is ours is touched:
 - keepers: the backup ids in ``state_dir`` (one directory each, see keeper_files), ended with backup_stop's abort;
 - the copy: an async job (a session led by async_wrapper) that runs datadir_copy and writes into ``dest`` (a process of
   the session names ``dest`` on its command line, as rsync does, or holds a file under it open); never a process found
-  by its name alone, never another user's.
+  by its name alone, never another user's;
+- snapshot sets: the record standby_backup wrote beside a keeper before snapshotting (keeper_files.SNAPSHOT_SET) is
+  returned, for the role to release the set on the host it names (volume_snapshot action=release, idempotent).
 """
 
 from __future__ import annotations
@@ -70,6 +72,28 @@ def _ids(state_dir: str, backup_id: Optional[str]) -> list:
     except OSError as exc:
         raise PgBackupError(f"cannot list state_dir {state_dir}: {exc.strerror}") from None
     return sorted(n for n in names if keeper_files.BACKUP_ID.match(n) and os.path.isdir(os.path.join(state_dir, n)))
+
+
+def snapshot_set(state_dir: str, backup_id: str) -> Optional[dict]:
+    """The snapshot set a run of ``backup_id`` recorded before it snapshotted (None: it made none), checked so that a
+    damaged record is refused by name rather than released with guessed paths."""
+    directory = keeper_files.session_dir(state_dir, backup_id)
+    record = keeper_files.read_json(directory, keeper_files.SNAPSHOT_SET)
+    if record is None:
+        return None
+    paths = record.get("paths") if isinstance(record, dict) else None
+    valid = (
+        isinstance(paths, list)
+        and len(paths) > 0
+        and all(isinstance(path, str) and path.startswith("/") for path in paths)
+        and all(isinstance(record.get(key), str) and record[key] for key in ("name", "host", "provider"))
+    )
+    if not valid:
+        raise PgBackupError(
+            f"{os.path.join(directory, keeper_files.SNAPSHOT_SET)} is not a snapshot set record (name, host, provider and absolute paths): "
+            f"found {record!r}; release the set pgbackup-{backup_id} by hand with volume_snapshot action=release on the host that holds it"
+        )
+    return {"backup_id": backup_id, "name": record["name"], "host": record["host"], "provider": record["provider"], "paths": paths}
 
 
 # --- the copy ----------------------------------------------------------------------------------------------------
@@ -268,7 +292,9 @@ def abort(*, state_dir: str, backup_id: Optional[str], dest: Optional[str], slot
         except PgBackupError:
             continue  # an id that never made a slot name (the role refuses it before making one)
     ended = bool(stopped_copies or aborted)
+    sets = [found for found in (snapshot_set(state_dir, name) for name in ids) if found]
     return {
+        "snapshot_sets": sets,
         "changed": ended,
         "backup_ids": ids,
         "keepers": keepers,

@@ -21,6 +21,8 @@ description:
     the backup, without a label.
   - Returns the slot names of those backups (RV(slot_names)) for P(pgbackup.lowlevel.wal_retain#module) with
     C(state=absent), and whether O(data_dir) holds a copy the run wrote (RV(dest_written)) that must be marked incomplete.
+  - Returns the snapshot sets those backups recorded before they snapshotted (RV(snapshot_sets)), for
+    P(pgbackup.lowlevel.volume_snapshot#module) with C(action=release) on the host each names; it releases none itself.
   - Idempotent - a second run finds nothing to end and returns C(changed=false).
 author:
   - pgbackup.lowlevel developers (@pgbackup)
@@ -94,6 +96,30 @@ slot_names:
   returned: always
   type: list
   elements: str
+snapshot_sets:
+  description:
+    - The snapshot sets of RV(backup_ids) recorded by standby_backup (copy method snapshot) before it snapshotted - a set
+      may be made, partly made or already released; volume_snapshot's release is idempotent.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    backup_id:
+      description: The backup.
+      type: str
+    name:
+      description: The set's name (O(pgbackup.lowlevel.volume_snapshot#module:name)).
+      type: str
+    host:
+      description: The inventory host the set is on (where volume_snapshot ran).
+      type: str
+    provider:
+      description: O(pgbackup.lowlevel.volume_snapshot#module:provider).
+      type: str
+    paths:
+      description: O(pgbackup.lowlevel.volume_snapshot#module:paths), the data directory last.
+      type: list
+      elements: str
 dest_written:
   description: Whether O(data_dir) holds an unfinished copy (a copy was stopped, or it keeps C(.pgbackup-incomplete) or a pending pg_control).
   returned: always

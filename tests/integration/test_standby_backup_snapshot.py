@@ -6,7 +6,8 @@ The role snapshots both volumes read-only (pg_control's last), stops the backup 
 (datadir_copy source_snapshot_paths: the snapshot's pg_tblspc link points at the live tablespace) and releases them.
 The copy must pass PostgreSQL's own tools - pg_verifybackup with WAL parsing, recovery to consistency with the
 primary's tables, amcheck, pg_checksums - and leave no snapshot behind. A snapshot that fails aborts the backup and
-releases the one already made; a snapshot host that is not in the inventory is refused before anything starts."""
+releases the one already made; a snapshot host that is not in the inventory is refused before anything starts; a
+controller killed while the set exists leaves it to playbooks/abort_backup.yml, which releases it from the run's record."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from contextlib import ExitStack
 
@@ -21,8 +23,9 @@ import pytest
 
 from .conftest import spot_check
 from .support.restore_checks import checksums_clean, manifest_clean, recover_and_check
-from .support.roles import SSH_OPTIONS, backup_vars, clean_after_failure, role_run, start_playbook
+from .support.roles import SSH_OPTIONS, backup_vars, clean_after_failure, role_run, run_to_end, start_playbook, start_shipped_playbook
 from .support.snapshots import snapshot_pair
+from .support.waiting import KEEPERS, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -149,3 +152,52 @@ def test_a_snapshot_host_not_in_the_inventory_is_refused_before_the_start(snapsh
     assert "Nothing was started (no slot, no backup)" in output, output[-4000:]
     assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
     assert not _snapshots_left(*_volumes(standby, ts_dir))
+
+
+def test_an_abort_releases_the_set_a_killed_controller_left(snapshot_bed, testbed, ansible_env, tmp_path):
+    """The controller dies while the set exists (SIGKILL to ansible-playbook's process group the moment the data
+    directory's snapshot, the last, is made): neither rescue nor always runs, so the keeper, the slot and both snapshots
+    are left. playbooks/abort_backup.yml with the run's variables ends the keeper and the slot and releases the set on
+    the host the run recorded; --check ends nothing; a second abort finds nothing."""
+    primary, standby, ts_dir = snapshot_bed
+    data_volume, ts_volume = _volumes(standby, ts_dir)
+    flag = tmp_path / "set-made"
+    # The real btrfs; after the data directory's snapshot (the set's last) it says so and hangs, so the kill lands on a
+    # whole set whatever the machine's speed.
+    wrapper = tmp_path / "btrfs-then-hang"
+    wrapper.write_text(f'#!/bin/sh\nbtrfs "$@" || exit $?\ncase "$*" in *"snapshot -r {data_volume}"*) touch {flag}; sleep 300;; esac\n')
+    wrapper.chmod(0o700)
+    keepers = tmp_path / "keepers"
+    dest = testbed.scratch_dir(f"snaprole-killed-{primary.port}")
+    inventory = testbed.write_inventory(tmp_path / "inventory" / "hosts.yml")
+    extra = backup_vars(testbed.hosts[0].name, primary, standby, dest, keepers,
+                        **_snapshot_vars(primary, tmp_path / "ts-dest", standby_backup_snapshot_btrfs_command=str(wrapper)))  # fmt: skip
+    proc = start_shipped_playbook(ansible_env, inventory, "standby_backup.yml", extra, start_new_session=True)
+    try:
+        wait_for(lambda: flag.exists() or proc.poll() is not None, "the set being made", timeout=300)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        output, _err = proc.communicate(timeout=60)
+    assert flag.exists(), output[-4000:]
+    backup_id = next(keepers.glob("*/started.json")).parent.name
+    record = json.loads((keepers / backup_id / "snapshot_set.json").read_text())
+    assert record["name"] == f"pgbackup-{backup_id}" and record["paths"][-1] == str(standby.datadir), record
+    # Negative control: what the abort must end is there.
+    assert len(_snapshots_left(data_volume, ts_volume)) == 2, "both snapshots outlived the controller"
+    assert primary.sql(KEEPERS) == [(1,)] and standby.sql("SELECT count(*) FROM pg_replication_slots") == [(1,)]
+
+    code, listed = run_to_end(ansible_env, inventory, "abort_backup.yml", extra, "--check")
+    assert code == 0 and "Would end" in listed and f"snapshot set {record['name']}" in listed, listed[-4000:]
+    assert len(_snapshots_left(data_volume, ts_volume)) == 2, "--check released nothing"
+
+    code, ended = run_to_end(ansible_env, inventory, "abort_backup.yml", extra)
+    assert code == 0, ended[-4000:]
+    assert f"snapshot set {record['name']} on {record['host']}" in ended and "Ended on" in ended, ended[-4000:]
+    assert _snapshots_left(data_volume, ts_volume) == [], "the abort released the whole set"
+    wait_for(lambda: primary.sql(KEEPERS) == [(0,)], "the backup session ending on the primary")
+    assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)], "the slot is dropped"
+
+    code, again = run_to_end(ansible_env, inventory, "abort_backup.yml", extra)
+    assert code == 0 and "Nothing to end" in again and f"no snapshot set left ({record['name']})" in again, again[-4000:]

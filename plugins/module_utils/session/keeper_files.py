@@ -11,6 +11,8 @@ Layout of ``<state_dir>/<backup_id>/``:
 - ``aborted.json``: why the backup ended without a label (request, max_duration, lost session, ...).
 - ``keeper.sock``: the Unix socket backup_stop talks to (0600), removed when the keeper exits.
 - ``keeper.log``: what the keeper did, one line per event, never a password.
+- ``snapshot_set.json``: written by standby_backup (copy method snapshot) before it snapshots: the set's name, the host
+  it is on, its paths and provider, so that the abort of a run whose controller died releases it (backup_abort).
 
 Every directory is 0700 and every file 0600, owned by the user the module runs as.
 """
@@ -36,6 +38,7 @@ ABORTED = "aborted.json"
 STOP_WAIT = "stop_wait.json"  # what a long stop waits for (the keeper's watch, every few seconds)
 SOCKET = "keeper.sock"
 LOG = "keeper.log"
+SNAPSHOT_SET = "snapshot_set.json"
 
 
 def default_state_dir() -> str:

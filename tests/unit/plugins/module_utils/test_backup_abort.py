@@ -9,6 +9,7 @@ import time
 
 import pytest
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils import backup_abort, copy_state
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import keeper_files
 
 SLEEP = "import time; time.sleep(60)"
@@ -95,3 +96,40 @@ def test_keepers_that_hold_nothing_are_not_aborted_but_their_slots_are_named(tmp
     assert result["dest_written"] is True and result["dest_marked"] is True
     one = backup_abort.abort(state_dir=str(state_dir), backup_id="20261202T010000Z-dddddd", dest=None)
     assert [k["state"] for k in one["keepers"]] == ["unknown"] and one["slot_names"] == ["pgbackup_20261202t010000z_dddddd"]
+    assert result["snapshot_sets"] == [] and one["snapshot_sets"] == [], "no run recorded a snapshot set"
+
+
+def _stopped_backup(state_dir, name: str):
+    directory = state_dir / name
+    directory.mkdir(mode=0o700, parents=True)
+    keeper_files.write_json(str(directory), keeper_files.STARTED, {"server_role": "standby"})
+    keeper_files.write_json(str(directory), keeper_files.STOPPED, {})  # snapshot mode: the copy runs after the stop
+    return directory
+
+
+SET = {"name": "pgbackup-20261202T010000Z-aaaaaa", "host": "db2", "provider": "btrfs", "paths": ["/srv/ts1", "/srv/pg/data"]}
+
+
+def test_a_recorded_snapshot_set_is_returned_for_its_release(tmp_path):
+    state_dir = tmp_path / "keepers"
+    keeper_files.write_json(str(_stopped_backup(state_dir, "20261202T010000Z-aaaaaa")), keeper_files.SNAPSHOT_SET, SET)
+    _stopped_backup(state_dir, "20261202T010000Z-bbbbbb")  # a copy-method backup: no set
+    result = backup_abort.abort(state_dir=str(state_dir), backup_id=None, dest=None)
+    assert result["snapshot_sets"] == [dict(SET, backup_id="20261202T010000Z-aaaaaa")]
+    one = backup_abort.abort(state_dir=str(state_dir), backup_id="20261202T010000Z-bbbbbb", dest=None, check_mode=True)
+    assert one["snapshot_sets"] == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [{"paths": []}, {"paths": ["relative/data"]}, {"paths": "/srv/pg/data"}, {"host": ""}, {"name": None}, {"provider": 3}],
+    ids=["no-paths", "relative-path", "paths-not-a-list", "no-host", "no-name", "provider-not-a-string"],
+)
+def test_a_damaged_snapshot_set_record_is_refused_by_name(tmp_path, damage):
+    state_dir = tmp_path / "keepers"
+    directory = _stopped_backup(state_dir, "20261202T010000Z-aaaaaa")
+    keeper_files.write_json(str(directory), keeper_files.SNAPSHOT_SET, dict(SET, **damage))
+    with pytest.raises(PgBackupError) as caught:
+        backup_abort.abort(state_dir=str(state_dir), backup_id=None, dest=None)
+    message = caught.value.message
+    assert str(directory / keeper_files.SNAPSHOT_SET) in message and "pgbackup-20261202T010000Z-aaaaaa" in message and "action=release" in message
