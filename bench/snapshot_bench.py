@@ -36,7 +36,13 @@ from bench_report import prepend_section  # noqa: E402
 from run_bench import link_collection, log, machine, same_start, tree_bytes  # noqa: E402
 
 FS_SIZE = 8 << 30  # sparse loop files: room for scale 50 and its WAL on each volume
-METHODS = ("copy", "snapshot", "pg_basebackup")
+# ours as (copy method, standby_backup_mode); pg_basebackup is the peer
+METHODS = {
+    "copy": ("copy", "coordinated"),
+    "snapshot": ("snapshot", "coordinated"),
+    "snapshot standby_only": ("snapshot", "standby_only"),
+    "pg_basebackup": None,
+}
 
 
 class Bench:
@@ -53,13 +59,13 @@ class Bench:
             for child in path.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
-    def ours(self, method: str) -> tuple:
+    def ours(self, method: str, mode: str) -> tuple:
         """(seconds, seconds in backup mode) of one standby_backup run."""
         from tests.integration.support.roles import backup_vars, start_playbook
 
         extra = backup_vars(
             self.bed.hosts[0].name, self.primary, self.standby, self.dest, self.bed.run_dir / "keepers",
-            standby_backup_copy_method=method, standby_backup_tablespace_mapping={self.oid: str(self.ts_dest)},
+            standby_backup_copy_method=method, standby_backup_mode=mode, standby_backup_tablespace_mapping={self.oid: str(self.ts_dest)},
             standby_backup_pg_bindir=str(PG_BIN), standby_backup_progress_interval=5,
         )  # fmt: skip
         started = time.monotonic()
@@ -67,7 +73,7 @@ class Bench:
         out, err = proc.communicate(timeout=3600)
         seconds = time.monotonic() - started
         if proc.returncode != 0:
-            raise RuntimeError(f"standby_backup ({method}) failed: {(out + err)[-2000:]}")
+            raise RuntimeError(f"standby_backup ({method}, {mode}) failed: {(out + err)[-2000:]}")
         in_backup = float(re.search(r'"server_seconds_in_backup_mode": "?([0-9.]+)', out).group(1))
         return seconds, in_backup
 
@@ -86,7 +92,7 @@ class Bench:
         same_start(self)
         with self.bed.load(self.primary, 3600, clients=2) as load:
             time.sleep(2)
-            result = self.basebackup() if method == "pg_basebackup" else self.ours(method)
+            result = self.ours(*METHODS[method]) if METHODS[method] else self.basebackup()
             load.stop()
         return result
 
@@ -143,8 +149,10 @@ def main() -> int:
         f"{' '.join(before['loadavg'])}, after {' '.join(after['loadavg'])}",
         "- PostgreSQL 15 primary and streaming standby on this machine; the standby's data directory and its tablespace (a "
         "20000-row table) on two btrfs filesystems on loop files; pgbench -c 2 -j 2 on the primary during every run",
-        "- ours: playbooks/standby_backup.yml, coordinated, local; in backup mode = the role's server_seconds_in_backup_mode "
-        "(on the primary); pg_basebackup -X stream from the standby: a backup is in progress there the whole run",
+        "- ours: playbooks/standby_backup.yml, local, coordinated (copy and snapshot methods) and standby_only (snapshot); in "
+        "backup mode = the role's server_seconds_in_backup_mode (on the primary when coordinated, on the standby when "
+        "standby_only): backup_start to backup_stop, with the replay wait and the snapshots between; pg_basebackup -X "
+        "stream from the standby: a backup is in progress there the whole run",
         "",
         table(rows, sizes),
     ])  # fmt: skip
