@@ -145,7 +145,7 @@ def test_the_pg_control_volume_snapshotted_last_gives_a_consistent_backup(snapsh
     )  # fmt: skip
     assert restored.sql("SELECT count(*), sum(v) FROM snap_t") == primary.sql("SELECT count(*), sum(v) FROM snap_t")
     restored.stop("fast")
-    checksums_clean(restored)  # where this major's build has pg_checksums (15 here)
+    checksums_clean(restored)  # this major's own pg_checksums
 
 
 def test_the_pg_control_volume_snapshotted_first_is_refused_by_the_page_audit(snapshot_bed, testbed, ansible_env, tmp_path):

