@@ -6,8 +6,9 @@ lasts, coordinated mode, on the oldest and newest major. Each fault hits while t
   records the server's message and copy_wait stops the copy within seconds;
 - the standby's postmaster SIGKILLed (then started again): its files stay readable over ssh, so the copy goes on to its
   end; the re-check after the copy ("Check that the standby is still the backup's source") fails naming the standby;
-- the primary's link cut (``ip link set eth0 down`` in db1) for longer than the keeper's TCP keepalives allow
-  (backup_session.KEEPALIVES: idle 30 s + 6 x 10 s), then up again: the keeper's keepalives give up, it says the
+- the primary's link cut (``ip link set eth0 down`` in db1) for longer than the keeper's TCP keepalives allow (short
+  ones through standby_backup_connect_params, idle 5 s + 3 x 2 s, so the long path runs in seconds; the defaults are
+  backup_session.KEEPALIVES, idle 30 s + 6 x 10 s), then up again: the keeper's keepalives give up, it says the
   network (not the server) ended its session, and copy_wait stops the copy.
 
 Each run must end in the failure contract (contract.py): the cause named with host:port, the written destination marked
@@ -34,9 +35,11 @@ from .support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 RECHECK = "Check that the standby is still the backup's source"
-# Past the keeper's client-side keepalives (30 s idle + 6 probes 10 s apart = 90 s at most after the last answered
-# probe), not necessarily past the server's (60 s + 6 x 10 s): the server-side backend may outlive the keeper's end.
-LINK_DOWN_SECONDS = 100
+# The keeper's client-side keepalives in the link-cut case (the role's standby_backup_connect_params override the
+# defaults, 30 s idle + 6 probes 10 s apart): they give up at most 11 s after the last answered probe. The link stays
+# down well past that, not past the server's (60 s + 6 x 10 s): the server-side backend outlives the keeper's end.
+SHORT_KEEPALIVES = {"keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+LINK_DOWN_SECONDS = 30
 
 
 def _link(bed, host, state: str) -> None:
@@ -59,12 +62,13 @@ class _Run:
         self.dest = bed.scratch_dir(name) / "copy"
         self.progress = self.dest.parent / ".copy.progress.json"
         self.rate = rate
+        self.connect_params: dict = {}
         self.inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
 
     def vars(self, dest) -> dict:
         return backup_vars(self.db3.name, self.primary, self.standby, dest, self.keepers, standby_backup_source_ssh_host=self.standby.node.address,
                            standby_backup_ssh_key=str(self.bed.run_dir / "ssh" / "id_ed25519"), standby_backup_ssh_options=SSH_OPTIONS,
-                           standby_backup_progress_interval=1)  # fmt: skip
+                           standby_backup_progress_interval=1, standby_backup_connect_params=self.connect_params)  # fmt: skip
 
     def start(self) -> subprocess.Popen:
         throttle(self.standby.node, self.rate)
@@ -191,6 +195,7 @@ def _children_of(cluster) -> list:
 def test_primary_link_cut_past_the_keepalives(fault_run, pg_major):
     run, primary = fault_run, fault_run.primary
     db1 = primary.node
+    run.connect_params = SHORT_KEEPALIVES
     run.start()
     backend = int(run.started["backend_pid"])
     try:
