@@ -15,7 +15,11 @@ from ..harness.cluster import chown_postgres
 from ..harness.pgbins import ROOT
 
 ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
-FS_SIZE = 512 << 20  # btrfs' smallest is 109 MiB with its default profiles; a test cluster and its WAL need more
+# Sparse loop files: only what is written takes disk. A standby under pgbench for a whole role run and restore keeps up to
+# max_wal_size (1 GB) of WAL, more while the backup's slot holds it. With 512 MB a standby stopped during a long loaded
+# run (the teardown's stop failed; a profile run with pgbench scale 5 showed the full volume as the cause), so 4 GiB.
+# btrfs' smallest is 109 MiB with its default profiles.
+FS_SIZE = 4 << 30
 
 
 @contextmanager
