@@ -191,6 +191,10 @@ def _check_backup_runs(results: dict, archive: Path, expected: list, copies: dic
 def _idle_runs(primary, standby, testbed) -> tuple:
     """LSNs on the idle primary whose last segment is not complete (nor archived); the runs that must still collect it."""
     primary.sql("CREATE TABLE IF NOT EXISTS wc_idle (n int)")
+    # Autovacuum after the backup's pgbench load, right after a checkpoint, writes full-page images: on 14 in CI it
+    # filled and archived the "idle" segment during the playbook (the no-help run then found it). A VACUUM now leaves
+    # autovacuum nothing to do, and the runs that need the segment not archived read a frozen archive (below).
+    primary.sql("VACUUM ANALYZE")
     # A fresh segment: a stop LSN near a segment's end (seen on 16: 0/20FE37E0, 115 kB left) is filled and archived by
     # the server's own WAL (autovacuum, standby snapshots) before the switch_wal run, which then has nothing to switch.
     primary.sql("CHECKPOINT")
@@ -204,12 +208,17 @@ def _idle_runs(primary, standby, testbed) -> tuple:
     assert not (primary.archive_dir / last).exists()  # the primary is idle: its current segment is not archived
 
     copies = {t: _copy(testbed, primary, t) for t in ("hang", "partial", "switch")}
-    common = {"start_lsn": start_lsn, "stop_lsn": stop_lsn, "stop_timeline": tli, "source_path": str(primary.archive_dir), "poll_interval": 0.2}
+    # The archive as it is now, without the last segment (the start and the stop are both in it, so it needs nothing
+    # else): what the runs without a switch must not find there, whatever the server archives during the playbook.
+    frozen = testbed.scratch_dir(f"wc-frozen-archive-{uuid.uuid4().hex[:6]}")
+    common = {"start_lsn": start_lsn, "stop_lsn": stop_lsn, "stop_timeline": tli, "poll_interval": 0.2}
     login = {"login_host": primary.host, "login_port": primary.port}
     runs = [
-        {"name": "no help", "data_dir": str(copies["hang"]), **common, "timeout": 1},
-        {"name": "partial_from", "data_dir": str(copies["partial"]), **common, "timeout": 10, "partial_from": str(standby.datadir / "pg_wal")},
-        {"name": "switch_wal", "data_dir": str(copies["switch"]), **common, "timeout": 30, "switch_wal": True, **login},  # last: it switches
+        {"name": "no help", "data_dir": str(copies["hang"]), **common, "source_path": str(frozen), "timeout": 1},
+        {"name": "partial_from", "data_dir": str(copies["partial"]), **common, "source_path": str(frozen), "timeout": 10,
+         "partial_from": str(standby.datadir / "pg_wal")},
+        # last: it switches, and the switched segment reaches the live archive
+        {"name": "switch_wal", "data_dir": str(copies["switch"]), **common, "source_path": str(primary.archive_dir), "timeout": 30, "switch_wal": True, **login},
     ]
     return runs, {"last": last, "stop_lsn": stop_lsn, "copies": copies}
 
