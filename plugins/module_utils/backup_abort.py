@@ -81,19 +81,12 @@ def snapshot_set(state_dir: str, backup_id: str) -> Optional[dict]:
     record = keeper_files.read_json(directory, keeper_files.SNAPSHOT_SET)
     if record is None:
         return None
-    paths = record.get("paths") if isinstance(record, dict) else None
-    valid = (
-        isinstance(paths, list)
-        and len(paths) > 0
-        and all(isinstance(path, str) and path.startswith("/") for path in paths)
-        and all(isinstance(record.get(key), str) and record[key] for key in ("name", "host", "provider"))
-    )
-    if not valid:
+    if keeper_files.snapshot_set_problem(record) is not None:
         raise PgBackupError(
             f"{os.path.join(directory, keeper_files.SNAPSHOT_SET)} is not a snapshot set record (name, host, provider and absolute paths): "
             f"found {record!r}; release the set pgbackup-{backup_id} by hand with volume_snapshot action=release on the host that holds it"
         )
-    return {"backup_id": backup_id, "name": record["name"], "host": record["host"], "provider": record["provider"], "paths": paths}
+    return {"backup_id": backup_id, "name": record["name"], "host": record["host"], "provider": record["provider"], "paths": record["paths"]}
 
 
 # --- the copy ----------------------------------------------------------------------------------------------------

@@ -61,6 +61,15 @@ options:
       - P(pgbackup.lowlevel.backup_stop#module) must run on the same host, as the same user, with the same O(state_dir).
       - Defaults to C(~/.cache/pgbackup.lowlevel/keepers) of the user the module runs as.
     type: path
+  snapshot_set:
+    description:
+      - The snapshot set the caller makes once the backup has started (keys C(name), C(host), C(provider) and
+        C(paths), absolute). Written as C(snapshot_set.json), mode 0600, into the backup's directory in O(state_dir)
+        before the start, so that P(pgbackup.lowlevel.backup_abort#module) finds and releases it after a controller
+        that died between the snapshots and their release. P(pgbackup.lowlevel.standby_backup#role) sets it with
+        C(standby_backup_copy_method=snapshot).
+      - Refused before anything starts when a key is missing or a path is not absolute.
+    type: dict
 attributes:
   check_mode:
     description: Connects, checks C(wal_level), C(full_page_writes) and that the role may run the backup functions; starts nothing.
@@ -197,7 +206,13 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.connection impor
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import PgBackupError
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.backup_api import check_label
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.backup_session import check_only, start_backup
-from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import check_backup_id, default_state_dir, ensure_state_dir, new_backup_id
+from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session.keeper_files import (
+    check_backup_id,
+    default_state_dir,
+    ensure_state_dir,
+    new_backup_id,
+    snapshot_set_problem,
+)
 
 ARGS = {
     "backup_id": {"type": "str"},
@@ -206,6 +221,7 @@ ARGS = {
     "max_duration": {"type": "int", "default": 86400},
     "timeout": {"type": "float", "default": 1800},
     "state_dir": {"type": "path"},
+    "snapshot_set": {"type": "dict"},
 }
 
 
@@ -216,10 +232,14 @@ def run_module(module: AnsibleModule) -> dict:
     for option in ("max_duration", "timeout"):
         if p[option] < 0 or (option == "timeout" and p[option] == 0):
             raise PgBackupError(f"{option} must be a positive number of seconds{' or 0' if option == 'max_duration' else ''}, got {p[option]}")
+    problem = None if p["snapshot_set"] is None else snapshot_set_problem(p["snapshot_set"])
+    if problem:
+        raise PgBackupError(f"snapshot_set is not a snapshot set record: {problem} (found {p['snapshot_set']!r}); nothing was started")
     if module.check_mode:
         return dict(check_only(p, backup_id), changed=True, backup_id=backup_id, label=label)
     state_dir = ensure_state_dir(p["state_dir"] or default_state_dir())
-    return start_backup(p, backup_id=backup_id, label=label, fast=p["fast"], max_duration=p["max_duration"], state_dir=state_dir, timeout=p["timeout"])
+    return start_backup(p, backup_id=backup_id, label=label, fast=p["fast"], max_duration=p["max_duration"], state_dir=state_dir, timeout=p["timeout"],
+                        snapshot_set=p["snapshot_set"])
 
 
 def main() -> None:

@@ -97,7 +97,7 @@ def pytest_collection_modifyitems(items):
 
 
 def _skip_outside_its_majors(item) -> None:
-    """``pytest.mark.majors(13, 15, 18)`` in a test module's pytestmark (a comment above it says why those): its tests run
+    """``pytest.mark.majors(13, 15, 18)`` in a test module's pytestmark or on one test (a comment says why those): its tests run
     on those majors only (as spot_check, when PG_VERSIONS selects none of them: the newest selected), skipped at
     collection so no cluster is made for them. ROLE_MAJORS=all runs them on every major. For module tests whose
     version-dependent parts the listed majors cover; test_backup_procedure, test_wal_collect and others run everywhere."""

@@ -89,7 +89,7 @@ def test_backup_lost_mid_copy_stops_the_copy_at_once(netns_testbed, netns_pair, 
 def test_the_wait_runs_hundreds_of_rounds(testbed, primary_standby, ansible_env, tmp_path, pg_major):
     """The old wait included itself once a round and ansible-core gave up after ~245 nested includes (rc 250): the
     action plugin's loop runs well past that, then returns when the job ends. The job ends when the test has counted
-    330 progress lines, so the count does not depend on the machine's speed."""
+    260 progress lines (past where the old wait died), so the count does not depend on the machine's speed."""
     if pg_major != selected_majors()[-1]:
         pytest.skip("the loop is the controller's, the same on every version: the newest shows it")
     primary, _standby = primary_standby
@@ -107,7 +107,7 @@ def test_the_wait_runs_hundreds_of_rounds(testbed, primary_standby, ansible_env,
             output.append(line)
             if ": copy" in line:  # a progress line: "<host>: copy<phase>: ..."
                 lines += 1
-                if lines == 330:
+                if lines == 260:
                     flag.touch()
         proc.wait(timeout=120)
     finally:
@@ -117,5 +117,5 @@ def test_the_wait_runs_hundreds_of_rounds(testbed, primary_standby, ansible_env,
     text = "".join(output)
     assert proc.returncode == 0, text[-3000:]
     followed = json.loads(result_file.read_text())
-    assert followed["finished"] is True and followed["rounds"] > 300, followed
+    assert followed["finished"] is True and followed["rounds"] > 250, followed
     assert "FAILED - RETRYING" not in text and "recursion" not in text

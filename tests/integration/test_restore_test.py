@@ -89,7 +89,7 @@ def test_restore_test_refuses_a_mixed_copy(primary_standby, testbed, tmp_path, p
 
     if pg_major < 14:
         pytest.skip("amcheck 1.2 (PostgreSQL 13) has no verify_heapam; bt_index_check(heapallindexed) passes this copy (measured)")
-    spot_check(pg_major, (14, 18), "verify_heapam is the same from 14 on: the first and newest with it")
+    spot_check(pg_major, (18,), "verify_heapam is the same from 14 on: the newest shows it")
     primary, standby = primary_standby
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from .conftest import role_majors
+from .conftest import one_end, role_majors
 from .harness.pgbins import ROOT
 from .support.restore_checks import recover_and_check
 from .support.roles import SSH_OPTIONS, backup_vars, clean_after_failure, role_run, start_playbook
@@ -53,10 +53,13 @@ def _this_runs_keeper_sessions(server, state_dir) -> int:
 
 
 # The modules' two drivers: psycopg2 in the first two runs, psycopg 3 (modules run by an interpreter that has only
-# psycopg 3) in the third, on the newest major the role tests run on.
+# psycopg 3) in the third, on the newest major the role tests run on; the coordinated run with psycopg2 is then the
+# oldest major's, so each end runs both modes once.
 @pytest.mark.parametrize(("mode", "driver"), [("coordinated", "psycopg2"), ("standby_only", "psycopg2"), ("coordinated", "psycopg3")])
 def test_standby_backup_role_restores_on_another_host(netns_testbed, netns_pair, ansible_env, tmp_path, pg_major, mode, driver):
     _only_some_majors(pg_major)
+    if (mode, driver) == ("coordinated", "psycopg2"):
+        one_end(pg_major, "oldest")
     if driver == "psycopg3":
         if pg_major != max(role_majors()):
             pytest.skip("psycopg 3 runs the role on the newest major the role tests run on; the modules' SQL is the same on every major")

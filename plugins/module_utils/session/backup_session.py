@@ -260,12 +260,17 @@ def _lost_keeper(directory: str, backup_id: str) -> str:
     return reason
 
 
-def start_backup(params: dict, *, backup_id: str, label: str, fast: bool, max_duration: float, state_dir: str, timeout: float) -> dict:
-    """Start the backup of ``backup_id``, or return the running one (changed false)."""
+def start_backup(params: dict, *, backup_id: str, label: str, fast: bool, max_duration: float, state_dir: str, timeout: float,
+                 snapshot_set: Optional[dict] = None) -> dict:
+    """Start the backup of ``backup_id``, or return the running one (changed false). ``snapshot_set`` (a checked
+    record, keeper_files.SNAPSHOT_SET) is written into the session directory before the start: the set the caller
+    makes next is then named where backup_abort looks, whatever happens to the caller after the start."""
     directory = keeper_files.session_dir(state_dir, backup_id)
     if os.path.isdir(directory):
         existing = existing_start(directory, backup_id)
         if existing is not None:
+            if snapshot_set and keeper_files.read_json(directory, keeper_files.SNAPSHOT_SET) is None:
+                keeper_files.write_json(directory, keeper_files.SNAPSHOT_SET, snapshot_set)
             return dict(existing, changed=False)
     try:
         os.mkdir(directory, 0o700)
@@ -273,6 +278,8 @@ def start_backup(params: dict, *, backup_id: str, label: str, fast: bool, max_du
         raise PgBackupError(f"backup {backup_id} is being started by another task right now (its directory {directory} appeared meanwhile)") from None
     except OSError as exc:
         raise PgBackupError(f"cannot create {directory}: {exc.strerror}; check state_dir") from None
+    if snapshot_set:
+        keeper_files.write_json(directory, keeper_files.SNAPSHOT_SET, snapshot_set)  # removed with the directory if the start fails
     main = _keeper_main(directory, params, backup_id=backup_id, label=label, fast=fast, max_duration=max_duration, state_dir=state_dir)
     report = keeper.launch(directory, main, timeout=timeout)
     if not report.get("ok"):

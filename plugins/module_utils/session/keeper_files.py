@@ -11,8 +11,9 @@ Layout of ``<state_dir>/<backup_id>/``:
 - ``aborted.json``: why the backup ended without a label (request, max_duration, lost session, ...).
 - ``keeper.sock``: the Unix socket backup_stop talks to (0600), removed when the keeper exits.
 - ``keeper.log``: what the keeper did, one line per event, never a password.
-- ``snapshot_set.json``: written by standby_backup (copy method snapshot) before it snapshots: the set's name, the host
-  it is on, its paths and provider, so that the abort of a run whose controller died releases it (backup_abort).
+- ``snapshot_set.json``: written by backup_start before the start when given ``snapshot_set`` (standby_backup's copy
+  method snapshot): the set's name, the host it is on, its paths and provider, so that the abort of a run whose
+  controller died releases it (backup_abort).
 
 Every directory is 0700 and every file 0600, owned by the user the module runs as.
 """
@@ -111,6 +112,20 @@ def write_json(directory: str, name: str, data: dict) -> None:
     target = os.path.join(directory, name)
     body = json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n"
     write_atomically(target, body, temporary=f"{target}.{os.getpid()}.tmp")  # per pid: the keeper and a module may both write
+
+
+def snapshot_set_problem(record) -> Optional[str]:
+    """None if ``record`` is a snapshot set record (SNAPSHOT_SET): non-empty name, host and provider, and a non-empty
+    list of absolute paths; else what is wrong. backup_start writes one only if it is, backup_abort releases only those."""
+    if not isinstance(record, dict):
+        return f"a mapping was expected, found {type(record).__name__}"
+    missing = [key for key in ("name", "host", "provider") if not (isinstance(record.get(key), str) and record[key])]
+    if missing:
+        return f"{', '.join(missing)} must be non-empty strings"
+    paths = record.get("paths")
+    if not (isinstance(paths, list) and paths and all(isinstance(path, str) and path.startswith("/") for path in paths)):
+        return "paths must be a non-empty list of absolute paths"
+    return None
 
 
 def read_json(directory: str, name: str) -> Optional[dict]:
