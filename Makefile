@@ -80,10 +80,11 @@ sanity: core-venvs
 	VENV=$(VENV)/core-newest bash scripts/sanity.sh
 
 # On the ansible-core the integration tests use (requirements-dev.txt), then on the oldest and newest supported.
+# Two workers each (pytest-xdist, in every venv's requirements): the suite is CPU-bound and one process leaves a core idle.
 units: core-venvs
-	$(VENV)/bin/pytest -q tests/unit
-	$(VENV)/core-oldest/bin/pytest -q -p no:cacheprovider tests/unit
-	$(VENV)/core-newest/bin/pytest -q -p no:cacheprovider tests/unit
+	$(VENV)/bin/pytest -q -n 2 tests/unit
+	$(VENV)/core-oldest/bin/pytest -q -n 2 -p no:cacheprovider tests/unit
+	$(VENV)/core-newest/bin/pytest -q -n 2 -p no:cacheprovider tests/unit
 
 integration: deps
 	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 0,$(INTEGRATION_WORKERS)),,-n $(INTEGRATION_WORKERS) --dist loadgroup --no-loadscope-reorder) $(INTEGRATION_ARGS) tests/integration

@@ -238,8 +238,16 @@ def run_module(module: AnsibleModule) -> dict:
     if module.check_mode:
         return dict(check_only(p, backup_id), changed=True, backup_id=backup_id, label=label)
     state_dir = ensure_state_dir(p["state_dir"] or default_state_dir())
-    return start_backup(p, backup_id=backup_id, label=label, fast=p["fast"], max_duration=p["max_duration"], state_dir=state_dir, timeout=p["timeout"],
-                        snapshot_set=p["snapshot_set"])
+    return start_backup(
+        p,
+        backup_id=backup_id,
+        label=label,
+        fast=p["fast"],
+        max_duration=p["max_duration"],
+        state_dir=state_dir,
+        timeout=p["timeout"],
+        snapshot_set=p["snapshot_set"],
+    )
 
 
 def main() -> None:

@@ -215,10 +215,24 @@ def _idle_runs(primary, standby, testbed) -> tuple:
     login = {"login_host": primary.host, "login_port": primary.port}
     runs = [
         {"name": "no help", "data_dir": str(copies["hang"]), **common, "source_path": str(frozen), "timeout": 1},
-        {"name": "partial_from", "data_dir": str(copies["partial"]), **common, "source_path": str(frozen), "timeout": 10,
-         "partial_from": str(standby.datadir / "pg_wal")},
+        {
+            "name": "partial_from",
+            "data_dir": str(copies["partial"]),
+            **common,
+            "source_path": str(frozen),
+            "timeout": 10,
+            "partial_from": str(standby.datadir / "pg_wal"),
+        },
         # last: it switches, and the switched segment reaches the live archive
-        {"name": "switch_wal", "data_dir": str(copies["switch"]), **common, "source_path": str(primary.archive_dir), "timeout": 30, "switch_wal": True, **login},
+        {
+            "name": "switch_wal",
+            "data_dir": str(copies["switch"]),
+            **common,
+            "source_path": str(primary.archive_dir),
+            "timeout": 30,
+            "switch_wal": True,
+            **login,
+        },
     ]
     return runs, {"last": last, "stop_lsn": stop_lsn, "copies": copies}
 

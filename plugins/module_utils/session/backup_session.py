@@ -260,8 +260,9 @@ def _lost_keeper(directory: str, backup_id: str) -> str:
     return reason
 
 
-def start_backup(params: dict, *, backup_id: str, label: str, fast: bool, max_duration: float, state_dir: str, timeout: float,
-                 snapshot_set: Optional[dict] = None) -> dict:
+def start_backup(
+    params: dict, *, backup_id: str, label: str, fast: bool, max_duration: float, state_dir: str, timeout: float, snapshot_set: Optional[dict] = None
+) -> dict:
     """Start the backup of ``backup_id``, or return the running one (changed false). ``snapshot_set`` (a checked
     record, keeper_files.SNAPSHOT_SET) is written into the session directory before the start: the set the caller
     makes next is then named where backup_abort looks, whatever happens to the caller after the start."""
