@@ -16,12 +16,14 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 from contextlib import ExitStack
 
 import pytest
 
 from .conftest import spot_check
+from .support.faults import RECHECK
 from .support.restore_checks import checksums_clean, manifest_clean, recover_and_check
 from .support.roles import SSH_OPTIONS, backup_vars, clean_after_failure, role_run, run_to_end, start_playbook, start_shipped_playbook
 from .support.snapshots import snapshot_pair
@@ -74,7 +76,7 @@ def hosts_snapshot_bed(netns_testbed, pg_major, tmp_path, request):
 
 
 # Each mode on one major (the old API on 13, the newest pg_control on 18; both on the one major PG_VERSIONS may select):
-# the procedure by hand runs on both in test_snapshot_backup.py, and a role run across hosts takes a minute or two.
+# the procedure by hand runs in test_snapshot_backup.py (the good order on 13, the bad on 18); a role run across hosts takes a minute or two.
 @pytest.mark.parametrize(("mode", "preferred"), [("coordinated", 13), ("standby_only", 18)])
 def test_a_snapshot_backup_across_hosts_under_load_restores_to_the_primary(hosts_snapshot_bed, netns_testbed, ansible_env, tmp_path, pg_major, mode, preferred):
     bed = netns_testbed
@@ -141,6 +143,46 @@ def test_a_snapshot_that_fails_aborts_the_backup_and_releases_the_first(snapshot
     assert code != 0, output[-4000:]
     assert "quota exceeded" in output and "Released the 1 snapshot(s)" in output, output[-6000:]
     assert "The backup was aborted on" in output, output[-6000:]
+    assert not _snapshots_left(data_volume, ts_volume), "nothing of the set is left"
+    assert os.listdir(dest) == [], "nothing was copied"
+    clean_after_failure(primary, standby, tmp_path)
+
+
+def test_a_standby_promoted_once_its_set_is_made_is_refused_after_the_stop(snapshot_bed, testbed, ansible_env, tmp_path):
+    """The re-check of the source runs after the stop in a snapshot backup (the snapshots froze the files, so the server
+    leaves backup mode a task sooner): a standby promoted between the last snapshot and the stop is still refused,
+    the set released, nothing copied. Without the re-check this run would copy and call the backup done."""
+    primary, standby, ts_dir = snapshot_bed
+    data_volume, ts_volume = _volumes(standby, ts_dir)
+    made, promoted = tmp_path / "set-made", tmp_path / "promoted"
+    # The real btrfs; after the data directory's snapshot (the set's last) it waits for the test to promote the standby.
+    wrapper = tmp_path / "btrfs-then-wait"
+    wrapper.write_text(
+        f'#!/bin/sh\nbtrfs "$@" || exit $?\ncase "$*" in *"snapshot -r {data_volume}"*) touch {made}\n'
+        f"  for i in $(seq 600); do [ -e {promoted} ] && exit 0; sleep 0.1; done; exit 1;; esac\n"
+    )
+    wrapper.chmod(0o700)
+    dest = testbed.scratch_dir(f"snaprole-promoted-{primary.port}")
+
+    def promote_once_the_set_is_made():
+        wait_for(made.exists, "the set being made", timeout=300)
+        standby.sql("SELECT pg_promote(true, 60)")
+        promoted.touch()
+
+    promoter = threading.Thread(target=promote_once_the_set_is_made, daemon=True)
+    promoter.start()
+    try:
+        code, output = role_run(
+            ansible_env, testbed, tmp_path, primary, standby, dest,
+            **_snapshot_vars(primary, tmp_path / "ts-dest", standby_backup_snapshot_btrfs_command=str(wrapper)),
+        )  # fmt: skip
+    finally:
+        promoted.touch()
+        promoter.join(timeout=120)
+    assert code != 0, output[-4000:]
+    assert standby.sql("SELECT pg_is_in_recovery()") == [(False,)], "the test promoted the standby during the run"
+    assert f'failed in "{RECHECK}"' in output, output[-6000:]
+    assert "promoted" in output and f"{standby.host}:{standby.port}" in output, output[-6000:]
     assert not _snapshots_left(data_volume, ts_volume), "nothing of the set is left"
     assert os.listdir(dest) == [], "nothing was copied"
     clean_after_failure(primary, standby, tmp_path)

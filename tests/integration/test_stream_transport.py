@@ -144,7 +144,7 @@ def test_stream_copy_is_byte_exact_and_a_valid_backup(netns_testbed, source):
     place_label(dest, label, spcmap)
     info = write_manifest(str(dest), end_lsn=stop_lsn, end_tli=stop_tli)
     assert info["reused_checksums"] == info["files"] - 1  # all but backup_label (no tablespace_map)
-    ok = verifybackup("-w", str(primary.archive_dir), str(dest))
+    ok = verifybackup(MAJOR, "-w", str(primary.archive_dir), str(dest))
     assert ok.returncode == 0, ok.stderr
 
 

@@ -16,7 +16,7 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.copy_engine impo
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.lsn import parse_lsn
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.session import backup_session
 
-from ..harness.pgbins import client_bindir
+from ..harness.pgtools import tools_bindir
 from .playbooks import run_playbook
 
 
@@ -108,8 +108,9 @@ def place_label(dest: Path, label: str, spcmap: str) -> None:
             (dest / name).chmod(0o600)
 
 
-def verifybackup(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(client_bindir() / "pg_verifybackup"), *args], capture_output=True, text=True, check=False)
+def verifybackup(major: int, *args: str) -> subprocess.CompletedProcess:
+    """pg_verifybackup of ``major`` itself (harness/pgtools): another major's refuses or misreads the manifest and WAL."""
+    return subprocess.run([str(tools_bindir(major) / "pg_verifybackup"), *args], capture_output=True, text=True, check=False)
 
 
 def postgres_refuses(cluster, dest: Path, tmp: Path) -> str:
