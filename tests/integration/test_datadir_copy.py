@@ -100,13 +100,14 @@ def test_copy_manifest_verify(lone_primary, testbed, pg_major, tmp_path):
         truncated = dest / "base" / "1" / "1249"
         truncated.write_bytes(truncated.read_bytes()[:8192])
         (dest / "extra-file").write_bytes(b"x")
-        os.unlink(dest / "PG_VERSION")
+        # a database's PG_VERSION, not the top one: 18's pg_verifybackup takes a directory without it for a tar-format backup
+        os.unlink(dest / "base" / "1" / "PG_VERSION")
         bad = verifybackup(pg_major, "-n", str(dest))
         assert bad.returncode != 0
         assert '"base/1/1259" has checksum mismatch' in bad.stderr or "checksum mismatch" in bad.stderr, bad.stderr
         assert '"base/1/1249" has size 8192 on disk' in bad.stderr, bad.stderr
         assert '"extra-file" is present on disk but not in the manifest' in bad.stderr, bad.stderr
-        assert '"PG_VERSION" is present in the manifest but not on disk' in bad.stderr, bad.stderr
+        assert '"base/1/PG_VERSION" is present in the manifest but not on disk' in bad.stderr, bad.stderr
     finally:
         temp_conn.close()
         if tmpfile.exists():
