@@ -275,6 +275,8 @@ def test_standby_promoted_during_the_backup(primary_standby, tmp_path, pg_major)
     # The fixture replaces the pair for the next test: this standby left recovery for good.
 
 
+# Both backup APIs (pg_start_backup on 13, pg_backup_start on 18) meet the conflicts; the conflicts are the server's.
+@pytest.mark.majors(13, 18)
 def test_a_start_cancelled_by_recovery_conflicts_says_why(primary_standby, testbed, tmp_path, pg_major):
     """A busy standby cancels a waiting start (fast false) with SQLSTATE 40001: tried again, then refused saying what to set."""
     primary, standby = primary_standby

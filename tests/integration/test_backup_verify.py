@@ -189,6 +189,8 @@ def test_backup_verify(lone_primary, testbed, ansible_env, tmp_path, pg_major):
         primary.sql("DROP TABLESPACE IF EXISTS bv_ts")
 
 
+# The standby-only path (pg_control ends the backup) on both backup APIs; the verifier's versions are test_backup_verify's.
+@pytest.mark.majors(13, 18)
 def test_backup_verify_standby_only(primary_standby, testbed, ansible_env, tmp_path, pg_major):
     """A backup started and stopped on the standby alone (pg_control copied last, standby.signal and primary_conninfo
     in the copy) passes, and its scratch copy recovers from the copy's pg_wal, is promoted and passes amcheck."""

@@ -21,8 +21,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.pg_control impor
 from .support.copies import backup_copy, postgres_refuses
 from .support.playbooks import run_playbook
 
-# Where these tests run (conftest._skip_outside_its_majors): the label comes from pg_stop_backup up to 14 and pg_backup_stop from 15 (18: the newest).
-pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 15, 18)]
+# Where these tests run (conftest._skip_outside_its_majors): the label comes from pg_stop_backup up to 14 (13) and pg_backup_stop from 15 (18: the newest).
+pytestmark = [pytest.mark.integration, pytest.mark.majors(13, 18)]
 
 
 def _place(env, testbed, tmp_path: Path, data_dir: Path, **place_args) -> dict:

@@ -41,7 +41,7 @@ def _tree_digest(root: Path) -> str:
 
 
 def test_restore_test_stops_at_the_end_point(primary_standby, testbed, tmp_path, pg_major):
-    spot_check(pg_major, (13, 15, 18), "recovery to a target LSN works alike from 13 on; oldest, Debian's and newest")
+    spot_check(pg_major, (13, 18), "recovery to a target LSN works alike from 13 on; the oldest and newest")
     primary, _standby = primary_standby
     primary.pgbench_init()
     primary.sql("CREATE EXTENSION IF NOT EXISTS amcheck")

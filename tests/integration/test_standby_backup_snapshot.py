@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -75,15 +76,33 @@ def hosts_snapshot_bed(netns_testbed, pg_major, tmp_path, request):
         yield stack.enter_context(snapshot_pair(netns_testbed, pg_major, tmp_path / "images", ROWS, standby_host=netns_testbed.host("db2")))
 
 
-# Each mode on one major (the old API on 13, the newest pg_control on 18; both on the one major PG_VERSIONS may select):
-# the procedure by hand runs in test_snapshot_backup.py (the good order on 13, the bad on 18); a role run across hosts takes a minute or two.
-@pytest.mark.parametrize(("mode", "preferred"), [("coordinated", 13), ("standby_only", 18)])
-def test_a_snapshot_backup_across_hosts_under_load_restores_to_the_primary(hosts_snapshot_bed, netns_testbed, ansible_env, tmp_path, pg_major, mode, preferred):
+def _command_provider(bed, port: int) -> dict:
+    """The command provider driven by btrfs commands, as a user would write it for their own tool: each snapshot beside
+    its volume's filesystem root, bind-mounted read-only where the module says (mount_root/<name>/<index>)."""
+    snap = "{mount_point}/.cmd-snap-{name}-{index}"
+    return {
+        "standby_backup_snapshot_provider": "command",
+        "standby_backup_snapshot_mount_root": str(bed.scratch_dir(f"snaprole-mounts-{port}")),
+        "standby_backup_snapshot_create_command": ["btrfs", "subvolume", "snapshot", "-r", "{volume}", snap],
+        "standby_backup_snapshot_mount_command": ["mount", "--bind", "-o", "ro", snap, "{snapshot_mount}"],
+        "standby_backup_snapshot_unmount_command": ["umount", "{snapshot_mount}"],
+        "standby_backup_snapshot_release_command": ["btrfs", "subvolume", "delete", snap],
+    }
+
+
+# Each mode on one major (the old API on 13, the newest pg_control on 18; both on the one major PG_VERSIONS may select),
+# each with one provider (btrfs; the command provider driven by btrfs commands, mounting after the stop): the procedure
+# by hand runs in test_snapshot_backup.py (the good order on 13, the bad on 18); a role run across hosts takes a minute or two.
+@pytest.mark.parametrize(("mode", "preferred", "provider"), [("coordinated", 13, "btrfs"), ("standby_only", 18, "command")])
+def test_a_snapshot_backup_across_hosts_under_load_restores_to_the_primary(
+    hosts_snapshot_bed, netns_testbed, ansible_env, tmp_path, pg_major, mode, preferred, provider
+):
     bed = netns_testbed
     primary, standby, ts_dir = hosts_snapshot_bed
     db3 = bed.host("db3")
     restored = bed.empty_cluster(pg_major, host=db3, name=f"pg{pg_major}-snaprole-{mode.replace('_', '-')}")
     ts_dest = bed.scratch_dir(f"snaprole-ts-{restored.port}")
+    provider_vars = _command_provider(bed, restored.port) if provider == "command" else {}
     inventory = bed.write_inventory(tmp_path / "inventory" / "hosts.yml")
     extra = backup_vars(
         db3.name, primary, standby, restored.datadir, tmp_path / "keepers",
@@ -93,7 +112,7 @@ def test_a_snapshot_backup_across_hosts_under_load_restores_to_the_primary(hosts
         standby_backup_ssh_options=SSH_OPTIONS,
         standby_backup_snapshot_host="db2",  # volume_snapshot runs there; the copy reads the snapshots over ssh as postgres
         standby_backup_progress_interval=2,
-        **_snapshot_vars(primary, ts_dest),
+        **_snapshot_vars(primary, ts_dest, **provider_vars),
     )  # fmt: skip
     try:
         with bed.load(primary, 600, clients=2) as load:
@@ -105,6 +124,12 @@ def test_a_snapshot_backup_across_hosts_under_load_restores_to_the_primary(hosts
         assert proc.returncode == 0, output[-8000:]
         assert '"verified": true' in output, output[-4000:]
         assert not _snapshots_left(*_volumes(standby, ts_dir)), "every snapshot is released after the backup"
+        if provider == "command":
+            # mounted out of backup mode, then unmounted and deleted by the user's commands
+            assert output.index("Stop the backup]") < output.index("Make the snapshots readable]"), output[-6000:]
+            mounts = provider_vars["standby_backup_snapshot_mount_root"]
+            left = [str(p) for v in _volumes(standby, ts_dir) for p in v.glob(".cmd-snap-*")] + [str(p) for p in Path(mounts).glob("*/*")]
+            assert not left, left
         in_backup = float(re.search(r'"server_seconds_in_backup_mode": "?([0-9.]+)', output).group(1))
         print(f"snapshot backup {mode}: {in_backup:.2f} s in backup mode")  # not asserted: bench/snapshot_bench.py measures
         start_lsn, stop_lsn = re.search(r'"start_lsn": "([0-9A-F/]+)".*?"stop_lsn": "([0-9A-F/]+)"', output, re.S).groups()

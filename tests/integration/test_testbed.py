@@ -80,6 +80,8 @@ def test_archive_and_wal_segment_size(testbed, pg_major):
         primary.stop()
 
 
+# pgbench is the client bindir's, the same program whatever the server: the newest.
+@pytest.mark.majors(18)
 def test_load_runs_and_stops(testbed, primary_standby):
     primary = primary_standby[0]
     primary.pgbench_init(scale=1)

@@ -109,7 +109,7 @@ def test_slot_keeps_backup_wal_through_checkpoint_storm(primary_standby, testbed
         primary.sql("ALTER SYSTEM SET wal_keep_size = 0")
         primary.sql("SELECT pg_reload_conf()")
         try:
-            with testbed.load(primary, 3, clients=4):
+            with testbed.load(primary, 3, clients=4, rate=0):  # a storm: as much WAL as it can
                 for _unused_round in range(3):
                     time.sleep(0.7)
                     primary.sql("SELECT pg_switch_wal()")

@@ -55,12 +55,22 @@ RUN_BASE = Path(os.environ["PGBT_RUN_BASE"]) if os.environ.get("PGBT_RUN_BASE") 
 PREFIX = "pgbt"  # + 4 hex digits: in run dir, namespace, link and cluster names, so leftovers are recognisable
 
 
+# pgbench's rate in the tests (transactions per second over all clients; 0: as fast as it can). A fixed rate is the
+# same load on a fast machine and a slow one, and it leaves the CPU to what the test checks: flat out, two clients
+# took one of this 2-core machine's cores (~1100 tps) for each loaded test, and with two tests side by side the
+# suite's time was the load's. 400 tps still writes every few milliseconds through the whole copy: pages change
+# behind the copy, WAL flows, checkpoints and restartpoints find dirty buffers. The bench (bench/) runs flat out.
+LOAD_RATE = int(os.environ.get("PGBT_LOAD_RATE", "400"))
+
+
 class Load:
     """pgbench writing against a primary in the background, bounded by -T and stopped by PID."""
 
-    def __init__(self, testbed: Testbed, cluster: Cluster, seconds: int, clients: int) -> None:
+    def __init__(self, testbed: Testbed, cluster: Cluster, seconds: int, clients: int, rate: int = LOAD_RATE) -> None:
         argv = [str(client_bindir() / "pgbench"), "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres"]
         argv += ["-n", "-T", str(seconds), "-c", str(clients), "-j", str(clients), "postgres"]
+        if rate:
+            argv[-1:-1] = ["-R", str(rate)]
         self.cluster = cluster
         self.output_file = testbed.run_dir / f"pgbench-{cluster.name}-{len(testbed.loads) + 1}.log"
         with open(self.output_file, "w") as out:
@@ -262,9 +272,10 @@ class Testbed:
                 ledger.stop_cluster({"datadir": str(pid_file.parent), "pg_ctl": None})
             shutil.rmtree(path, ignore_errors=True)
 
-    def load(self, cluster: Cluster, seconds: int, clients: int = 2) -> Load:
-        """pgbench -T ``seconds`` against ``cluster`` (run ``cluster.pgbench_init()`` first)."""
-        load = Load(self, cluster, seconds, clients)
+    def load(self, cluster: Cluster, seconds: int, clients: int = 2, rate: int = LOAD_RATE) -> Load:
+        """pgbench -T ``seconds`` at ``rate`` transactions a second (0: flat out) against ``cluster`` (run
+        ``cluster.pgbench_init()`` first)."""
+        load = Load(self, cluster, seconds, clients, rate)
         self.loads.append(load)
         return load
 
