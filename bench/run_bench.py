@@ -85,7 +85,7 @@ def one_pass(ctx: Ctx, methods: dict, names: list, reps: int, loads: list, unava
                 method = methods[name]
                 method.prep()
                 same_start(ctx)
-                pgbench = ctx.bed.load(ctx.primary, 86400, clients=2) if load else None
+                pgbench = ctx.bed.load(ctx.primary, 86400, clients=2, rate=0) if load else None  # flat out
                 if pgbench:
                     time.sleep(LOAD_WARMUP)
                 lsn0 = ctx.primary.current_lsn()

@@ -90,7 +90,7 @@ class Bench:
     def run(self, method: str) -> tuple:
         self.clear()
         same_start(self)
-        with self.bed.load(self.primary, 3600, clients=2) as load:
+        with self.bed.load(self.primary, 3600, clients=2, rate=0) as load:  # flat out, as in every earlier section
             time.sleep(2)
             result = self.ours(*METHODS[method]) if METHODS[method] else self.basebackup()
             load.stop()
