@@ -132,12 +132,13 @@ def test_a_clone_on_another_filesystem_or_a_failing_snapshot_leaves_nothing(test
         data_dir, snapshot, ts_dest = _places(standby, ts_dir, "clone2")
         stack.callback(_delete_subvolumes, snapshot, ts_dest)
 
-        elsewhere = testbed.scratch_dir(f"snapclone-elsewhere-{primary.port}") / "data"  # not on the standby's btrfs
+        elsewhere = testbed.scratch_dir(f"snapclone-elsewhere-{primary.port}") / "clone" / "data"  # not on the standby's btrfs
         refused = run_clone(ansible_env, inventory, _clone_vars(testbed, primary, standby, clone, elsewhere, ts_dest, tmp_path, "coordinated"))
         output = refused.stdout + refused.stderr
         assert refused.returncode != 0
         assert "not on the btrfs filesystem" in output and str(elsewhere.parent) in output and "replica_clone_data_dir" in output, output[-4000:]
         assert f"{standby.host}:{standby.port}" in output and "Nothing was started (no slot, no backup) and no snapshot was made" in output
+        assert "Refuse the clone's snapshots" in output and "Start the backup for the clone" not in output, output[-4000:]
         assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)] and primary.sql(KEEPERS) == [(0,)]
         assert not list((tmp_path / "keepers").glob("*/started.json")), "no backup was started"
         assert not elsewhere.exists() and not ts_dest.exists()
