@@ -53,8 +53,9 @@ def _checked_inputs(params: dict) -> tuple:
 
 
 def _place(target, dests_of: dict) -> str:
-    """Where the snapshot of ``target``'s volume goes so that each of its paths lands at its dest."""
-    first = target.paths[0]
+    """Where the snapshot of ``target``'s volume goes so that each of its paths lands at its dest. Its last path decides
+    (on the data directory's volume, the data directory: replica_clone_data_dir is chosen first, the tablespaces follow)."""
+    first = target.paths[-1]
     rel = os.path.relpath(os.path.realpath(first), target.volume.root)
     dest = dests_of[first]
     if rel == ".":
@@ -68,7 +69,7 @@ def _place(target, dests_of: dict) -> str:
             path=first,
             dest=dest,
         )
-    for path in target.paths[1:]:
+    for path in target.paths[:-1]:
         wanted = os.path.normpath(os.path.join(place, os.path.relpath(os.path.realpath(path), target.volume.root)))
         if dests_of[path] != wanted:
             raise PgBackupError(

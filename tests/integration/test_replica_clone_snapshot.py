@@ -143,6 +143,20 @@ def test_a_clone_on_another_filesystem_or_a_failing_snapshot_leaves_nothing(test
         assert not list((tmp_path / "keepers").glob("*/started.json")), "no backup was started"
         assert not elsewhere.exists() and not ts_dest.exists()
 
+        base = _clone_vars(testbed, primary, standby, clone, data_dir, ts_dest, tmp_path, "coordinated")
+        for change, expected in (
+            ({"replica_clone_upstream_ssh_host": "db-elsewhere"}, "but its files are on db-elsewhere (replica_clone_upstream_ssh_host)"),
+            ({"replica_clone_tablespace_mapping": {}}, f"has the tablespace(s) {ts_dir}, which replica_clone_tablespace_mapping does not map"),
+        ):
+            refused = run_clone(ansible_env, inventory, {**base, **change})
+            assert refused.returncode != 0 and expected in refused.stdout, refused.stdout[-4000:]
+            assert "Nothing was started (no slot, no backup)" in refused.stdout and "Start the backup for the clone" not in refused.stdout
+        existing = testbed.scratch_dir(f"snapclone-existing-{primary.port}")
+        (existing / "PG_VERSION").write_text(f"{pg_major}\n")
+        refused = run_clone(ansible_env, inventory, {**base, "replica_clone_data_dir": str(existing), "replica_clone_force": True})
+        assert refused.returncode != 0 and "makes a clone only where nothing is yet: it does not re-seed" in refused.stdout, refused.stdout[-4000:]
+        assert not list((tmp_path / "keepers").glob("*/started.json")) and not data_dir.exists(), "nothing was started or made"
+
         # the real btrfs, but the data directory's volume (snapshotted second, after the tablespace's) fails
         wrapper = tmp_path / "btrfs-failing"
         wrapper.write_text(

@@ -171,3 +171,21 @@ def test_unclone_leaves_a_directory_that_is_not_a_subvolume(bed):
     (bed.a / "clone").mkdir()
     assert not volume_snapshot.run(bed.params(action="unclone"), check_mode=False)["changed"]
     assert (bed.a / "clone").exists()
+
+
+def test_a_source_not_on_btrfs_is_refused(bed):
+    data = bed.c / "pg" / "data"
+    data.mkdir(parents=True)
+    params = bed.params(paths=[str(bed.ts), str(data)], dests=[str(bed.b / "tsc" / "ts"), str(bed.c / "clone" / "pg" / "data")])
+    with pytest.raises(PgBackupError, match=r"is on ext4 \(/dev/sdc at .*\), not btrfs; expected btrfs for a clone"):
+        volume_snapshot.run(params, check_mode=True)
+
+
+def test_two_paths_on_one_subvolume_need_dests_in_the_one_snapshot(bed):
+    ts2 = bed.a / "ts2"
+    ts2.mkdir()
+    # the data directory's snapshot is at A/clone, so ts2 (on A too) is at A/clone/ts2 in it, not elsewhere
+    params = bed.params(paths=[str(ts2), str(bed.data)], dests=[str(bed.a / "other" / "ts2"), str(bed.a / "clone" / "pg" / "data")])
+    with pytest.raises(PgBackupError, match=r"one snapshot at .*/fsA/clone holds both: its clone is .*/fsA/clone/ts2, not .*/fsA/other/ts2"):
+        volume_snapshot.run(params, check_mode=True)
+    assert bed.calls() == []
