@@ -21,7 +21,7 @@ import pytest
 
 from .conftest import spot_check
 from .support.restore_checks import TABLES, amcheck, fingerprints
-from .support.roles import clean_after_failure, run_clone
+from .support.roles import clean_after_failure, run_clone, run_to_end
 from .support.snapshots import snapshot_pair
 from .support.waiting import KEEPERS, wait_for
 
@@ -144,6 +144,10 @@ def test_a_clone_on_another_filesystem_or_a_failing_snapshot_leaves_nothing(test
         assert not elsewhere.exists() and not ts_dest.exists()
 
         base = _clone_vars(testbed, primary, standby, clone, data_dir, ts_dest, tmp_path, "coordinated")
+        code, planned = run_to_end(ansible_env, inventory, "clone_replica.yml", base, "--check")
+        assert code == 0 and f"writable btrfs snapshots of {ts_dir}, {standby.datadir} at {ts_dest}, {data_dir}" in planned, planned[-4000:]
+        assert not data_dir.exists() and not ts_dest.exists() and not list((tmp_path / "keepers").glob("*/started.json")), "--check made nothing"
+        assert standby.sql("SELECT count(*) FROM pg_replication_slots") == [(0,)]
         for change, expected in (
             ({"replica_clone_upstream_ssh_host": "db-elsewhere"}, "but its files are on db-elsewhere (replica_clone_upstream_ssh_host)"),
             ({"replica_clone_tablespace_mapping": {}}, f"has the tablespace(s) {ts_dir}, which replica_clone_tablespace_mapping does not map"),
