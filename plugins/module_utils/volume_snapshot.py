@@ -212,6 +212,10 @@ ACTIONS = {"create": create, "release": release, "mount": mount}
 
 
 def run(params: dict, *, check_mode: bool) -> dict:
+    if params["action"] in ("clone", "unclone"):
+        from . import snapshot_clone  # it builds on this module's grouping and checks
+
+        return getattr(snapshot_clone, params["action"])(params, check_mode=check_mode)
     if params["action"] == "list":
         return listing(params)
     return ACTIONS[params["action"]](params, check_mode=check_mode)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: volume_snapshot
-short_description: Read-only snapshots of the volumes a backup's paths are on, the data directory's volume last
+short_description: Read-only snapshots (or writable btrfs clones) of the volumes a backup's paths are on, the data directory's volume last
 version_added: 0.2.0
 description:
   - Finds the volume of every path in O(paths) (a btrfs subvolume, or the mounted device) and snapshots each volume
@@ -28,8 +28,12 @@ options:
     description:
       - C(create) makes the set, C(list) shows it, C(mount) makes it readable (mount_command; nothing to do on btrfs),
         C(release) unmounts and deletes it.
+      - C(clone) makes B(writable) btrfs snapshots that become a new cluster's files at O(dests) (the data directory's
+        volume last), then makes them a clone - C(pg_tblspc) links to the clone's tablespaces, a C(pg_wal) of its own,
+        what a base backup leaves out removed - and deletes every snapshot it made when any step fails. C(unclone)
+        deletes such a clone (the subvolume roots at the places C(clone) used). Both take O(provider=btrfs) only.
     type: str
-    choices: [create, list, mount, release]
+    choices: [create, list, mount, release, clone, unclone]
     default: create
   name:
     description: The set's name (the backup's id), 1 to 64 letters, digits, C(.), C(_), C(-).
@@ -40,6 +44,13 @@ options:
     type: list
     elements: path
     required: true
+  dests:
+    description:
+      - With O(action=clone) or O(action=unclone), where the clone has each of O(paths), in the same order. Each must be on
+        the same btrfs filesystem as its path and not exist; a path below its subvolume's root (R/data) needs a dest
+        ending the same way (with /new/data the snapshot of R is made at /new).
+    type: list
+    elements: path
   provider:
     description:
       - C(btrfs) snapshots each path's subvolume into C(<mount point>/.pgbackup-snapshots/<name>/) (mode 0700).
@@ -150,7 +161,8 @@ from ansible_collections.pgbackup.lowlevel.plugins.module_utils.errors import Pg
 from ansible_collections.pgbackup.lowlevel.plugins.module_utils.volume_snapshot import run
 
 ARGS = dict(
-    action=dict(type="str", choices=["create", "list", "mount", "release"], default="create"),
+    action=dict(type="str", choices=["create", "list", "mount", "release", "clone", "unclone"], default="create"),
+    dests=dict(type="list", elements="path"),
     name=dict(type="str", required=True),
     paths=dict(type="list", elements="path", required=True),
     provider=dict(type="str", choices=["btrfs", "command"], default="btrfs"),

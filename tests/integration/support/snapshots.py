@@ -135,3 +135,16 @@ def snapshot_pair(testbed, pg_major: int, images: Path, rows: int, size: int = F
     with standby_on_two_volumes(testbed, primary, "snap_ts", images, size, standby_host) as (standby, ts_dir):
         yield primary, standby, ts_dir
     testbed.discard(primary)
+
+
+def kept_snapshot_release(ansible_env: dict, inventory: Path, tmp_path: Path, host: str, kept: Path) -> tuple:
+    """standby_backup's entry point release_kept on ``host`` for the kept backup ``kept``: (exit code, output)."""
+    playbook = tmp_path / "release-kept.yml"
+    playbook.write_text(
+        f"- hosts: {host}\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: pgbackup.lowlevel.standby_backup\n        tasks_from: release_kept\n"
+        f"      vars:\n        standby_backup_dest: {json.dumps(str(kept))}\n"
+    )
+    argv = [ANSIBLE.replace("/ansible", "/ansible-playbook"), "-i", str(inventory), str(playbook)]
+    proc = subprocess.run(argv, env=ansible_env, capture_output=True, text=True, timeout=300, check=False)
+    return proc.returncode, proc.stdout + proc.stderr
