@@ -144,7 +144,10 @@ def test_a_failed_snapshot_deletes_the_clones_made_before_it(bed):
 
 
 def test_a_failed_preparation_deletes_every_snapshot(bed, monkeypatch):
-    monkeypatch.setattr(snapshot_clone, "own_wal_dir", lambda *_: (_ for _ in ()).throw(OSError("disk gone")))
+    def disk_gone(*args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(snapshot_clone, "own_wal_dir", disk_gone)
     with pytest.raises(PgBackupError, match="the clone failed at the clone's preparation: disk gone"):
         volume_snapshot.run(bed.params(), check_mode=False)
     assert not (bed.b / "tsc" / "ts").exists() and not (bed.a / "clone").exists()
